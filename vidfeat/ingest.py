@@ -53,8 +53,9 @@ def scan_source(src, *, labels: str | os.PathLike | None = None):
     import pandas as pd  # lazily: the sandbox child imports this module and must start fast
 
     rows = _scan_labels(Path(labels)) if labels is not None else _scan_folders(src)
-    df = pd.DataFrame(rows, columns=list(SCAN_COLUMNS)).astype(
-        {"size_bytes": "Int64", "mtime_ns": "Int64"})
+    df = pd.DataFrame(rows, columns=list(SCAN_COLUMNS))
+    for column in ("size_bytes", "mtime_ns"):  # built directly: via float64, ns would round
+        df[column] = pd.array([r[column] for r in rows], dtype="Int64")
     if df.empty:
         where = labels if labels is not None else src
         raise ValueError(f"no videos found in {where}")
