@@ -1,0 +1,250 @@
+"""Backbone registry: torchvision classifiers with the classifier removed, and their preprocessing.
+
+``create_backbone(name, weights)`` returns a :class:`Backbone` whose ``model`` maps a normalised
+float batch (B, 3, S, S) to pooled penultimate features (B, D). Its :class:`Preprocess` is the
+weights' own torchvision transform (resize short side, centre crop, scale, normalise), split in
+two halves so that the uint8 half can run where the pixels are (DataLoader workers on CPU, the
+GPU after ``decode_jpeg``) and only uint8 travels. Extract, unfreezing and predict all use it.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# name -> dotted path of the final Linear layer (the one replaced by Identity). The feature is
+# whatever feeds that layer: the pooled (and, for mobilenet_v3, projected) penultimate vector.
+_HEADS: dict[str, str] = {
+    **{f"resnet{d}": "fc" for d in (18, 34, 50, 101, 152)},
+    "resnext50_32x4d": "fc",
+    "wide_resnet50_2": "fc",
+    **{f"efficientnet_b{i}": "classifier.1" for i in range(8)},
+    "efficientnet_v2_s": "classifier.1",
+    "convnext_tiny": "classifier.2",
+    "convnext_small": "classifier.2",
+    "convnext_base": "classifier.2",
+    "mobilenet_v3_small": "classifier.3",
+    "mobilenet_v3_large": "classifier.3",
+    "regnet_y_400mf": "fc",
+    "regnet_y_800mf": "fc",
+    "regnet_y_1_6gf": "fc",
+    "vit_b_16": "heads.head",
+    "vit_b_32": "heads.head",
+    "swin_t": "head",
+}
+# Random init is seeded so that "none" is reproducible across processes (shards, resume, tests).
+RANDOM_INIT_SEED = 0
+_INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The one documented transform: uint8 RGB (N,3,H,W) -> normalised float (N,3,S,S).
+
+    ``resize_crop`` resizes the short side to ``resize_size`` (antialiased) and centre-crops
+    ``input_size``, staying uint8; ``normalize`` scales to [0, 1] and applies mean/std. This is
+    exactly torchvision's ``weights.transforms()`` on uint8 tensors.
+    """
+
+    resize_size: int
+    input_size: int
+    mean: tuple
+    std: tuple
+    interpolation: str = "bilinear"
+
+    def resize_crop(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """Resize short side and centre-crop; (…,3,H,W) uint8 in, (…,3,S,S) uint8 out."""
+        from torchvision.transforms import InterpolationMode
+        from torchvision.transforms import functional as F
+
+        mode = InterpolationMode(self.interpolation)
+        out = F.resize(images_uint8, [self.resize_size], interpolation=mode, antialias=True)
+        return F.center_crop(out, [self.input_size])
+
+    def normalize(self, images_uint8: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+        """uint8 (N,3,S,S) -> float ``dtype``, scaled to [0,1] then (x - mean) / std."""
+        mean = torch.tensor(self.mean, device=images_uint8.device, dtype=torch.float32)
+        std = torch.tensor(self.std, device=images_uint8.device, dtype=torch.float32)
+        x = images_uint8.to(torch.float32).div_(255)
+        x = x.sub_(mean[:, None, None]).div_(std[:, None, None])
+        return x.to(dtype)
+
+    def __call__(self, images_uint8_nchw: torch.Tensor) -> torch.Tensor:
+        return self.normalize(self.resize_crop(images_uint8_nchw))
+
+    def as_attrs(self) -> dict:
+        return {"resize_size": self.resize_size, "input_size": self.input_size,
+                "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation}
+
+
+@dataclass
+class Backbone:
+    """A headless classifier: ``model(x)`` -> (B, ``feature_dim``) pooled penultimate features."""
+
+    name: str
+    weights: str          # resolved: "ResNet50_Weights.IMAGENET1K_V2", "none", or a file path
+    model: nn.Module
+    feature_dim: int
+    preprocess: Preprocess
+    weights_sha256: str = ""   # of the state-dict file, when weights is a path
+
+
+def list_backbones() -> list[str]:
+    """Names accepted by :func:`create_backbone`."""
+    return sorted(_HEADS)
+
+
+def _check_name(name: str) -> str:
+    if name not in _HEADS:
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}")
+    return name
+
+
+def _weights_enum(name: str):
+    from torchvision.models import get_model_weights
+
+    return get_model_weights(name)
+
+
+def preprocess_for(name: str) -> Preprocess:
+    """The preprocessing of ``name``'s default torchvision weights (no download)."""
+    t = _weights_enum(_check_name(name)).DEFAULT.transforms()
+    return Preprocess(resize_size=int(t.resize_size[0]), input_size=int(t.crop_size[0]),
+                      mean=tuple(float(v) for v in t.mean), std=tuple(float(v) for v in t.std),
+                      interpolation=t.interpolation.value)
+
+
+def _resolve_torchvision_weights(name: str, weights: str):
+    enum = _weights_enum(name)
+    member = weights.split(".")[-1]
+    if member == "DEFAULT":
+        return enum.DEFAULT
+    try:
+        return enum[member]
+    except KeyError:
+        known = ", ".join(["DEFAULT", *(w.name for w in enum), "none", "PATH"])
+        raise ValueError(f"weights={weights!r} is not known for {name}; use one of {known}") from None
+
+
+def _is_path(weights: str) -> bool:
+    return os.sep in weights or weights.endswith((".pt", ".pth", ".bin")) or Path(weights).exists()
+
+
+def _build(name: str, weights_obj=None) -> nn.Module:
+    from torchvision.models import get_model
+
+    if weights_obj is not None:
+        try:
+            return get_model(name, weights=weights_obj)
+        except OSError as exc:  # URLError is an OSError: offline, proxy, full disk
+            raise RuntimeError(f"could not fetch {weights_obj} for {name} ({exc}); on an offline "
+                               "machine copy the file into torch hub's cache, or pass "
+                               "--weights PATH to a local state dict") from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return get_model(name, weights=None)
+
+
+def _split_head(model: nn.Module, head_path: str) -> int:
+    """Replace the final Linear by Identity in place; return its input width."""
+    parent_path, _, attr = head_path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    linear = parent[int(attr)] if attr.isdigit() else getattr(parent, attr)
+    if not isinstance(linear, nn.Linear):
+        raise TypeError(f"expected a Linear at {head_path}, found {type(linear).__name__}")
+    if attr.isdigit():
+        parent[int(attr)] = nn.Identity()
+    else:
+        setattr(parent, attr, nn.Identity())
+    return linear.in_features
+
+
+def _read_state_dict(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, disallowed globals
+        raise ValueError(f"cannot read weights file {path} as a state dict "
+                         f"(loaded with weights_only=True): {exc}") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"weights file {path} does not hold a state dict of tensors")
+    # checkpoints saved from DistributedDataParallel prefix every key
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+def _load_state_dict(model: nn.Module, sd: dict, head_path: str, path: Path) -> None:
+    """Load a full or headless state dict; name the first mismatched keys or shapes."""
+    sd = {k: v for k, v in sd.items() if not k.startswith(head_path + ".")}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        parts = [f"missing keys {missing[:5]}" if missing else "",
+                 f"unexpected keys {unexpected[:5]}" if unexpected else ""]
+        raise ValueError(f"weights file {path} does not match {type(model).__name__}: "
+                         + "; ".join(p for p in parts if p))
+    for key, value in sd.items():
+        if value.shape != expected[key].shape:
+            raise ValueError(f"weights file {path}: key {key!r} has shape {tuple(value.shape)}, "
+                             f"the model expects {tuple(expected[key].shape)}")
+    model.load_state_dict(sd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def create_backbone(name: str, weights: str | None = "DEFAULT") -> Backbone:
+    """Build backbone ``name`` in eval mode on the CPU, classifier removed.
+
+    ``weights``: ``"DEFAULT"`` or a torchvision weights name (``"IMAGENET1K_V1"`` or
+    ``"ResNet50_Weights.IMAGENET1K_V1"``; torch hub downloads and caches it), ``"none"``/None
+    (random init with a fixed seed, loudly warned), or a path to a local state dict of the full
+    or headless model, read with ``torch.load(weights_only=True)``.
+    """
+    _check_name(name)
+    head = _HEADS[name]
+    sha = ""
+    if weights is None or str(weights).lower() == "none":
+        warnings.warn(f"backbone {name} uses RANDOM weights (weights='none'): features are only "
+                      "good for tests", UserWarning, stacklevel=2)
+        log.warning("backbone %s: RANDOM INITIALISATION (weights='none'), not pretrained", name)
+        model, resolved = _build(name), "none"
+        dim = _split_head(model, head)
+    elif _is_path(str(weights)):
+        path = Path(weights).expanduser().resolve()
+        sd = _read_state_dict(path)
+        model = _build(name)
+        dim = _split_head(model, head)
+        _load_state_dict(model, sd, head, path)
+        resolved, sha = str(path), _sha256(path)
+    else:
+        wobj = _resolve_torchvision_weights(name, str(weights))
+        model, resolved = _build(name, wobj), f"{type(wobj).__name__}.{wobj.name}"
+        dim = _split_head(model, head)
+    model.eval().requires_grad_(False)
+    return Backbone(name=name, weights=resolved, model=model, feature_dim=dim,
+                    preprocess=preprocess_for(name), weights_sha256=sha)
+
+
+def load_image(path: str | os.PathLike) -> torch.Tensor:
+    """Decode a stored frame the documented way: libjpeg via torchvision, RGB uint8 (3,H,W)."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)

@@ -1,0 +1,404 @@
+"""The HDF5 feature file: building it safely, reading it (``FeatureStore``), merging shards.
+
+Layout (all row datasets in ``frames.parquet`` order)::
+
+    /features (N, D) float16|float32   /frame_id /video_id /split (str)   /label /repeat /row (int64)
+    /videos/features (V, D)  mean of each video's frame features, videos in first-frame order
+    /videos/video_id /videos/split (str)   /videos/label /videos/repeat /videos/n_frames (int64)
+
+``/row`` is each frame's index in ``frames.parquet`` (shards hold a subset). Root attributes
+describe the backbone, preprocessing, precision, manifest fingerprint and shard; ``complete`` is
+set last. A file is only ever built under a temporary name and renamed into place once complete,
+so a killed writer never leaves a file that looks finished; readers also refuse ``complete=False``.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import h5py
+import numpy as np
+import pandas as pd
+
+STR = h5py.string_dtype("utf-8")
+FRAME_DATASETS = ("features", "frame_id", "video_id", "label", "split", "repeat", "row")
+VIDEO_DATASETS = ("features", "video_id", "label", "split", "repeat", "n_frames")
+REQUIRED_ATTRS = ("class_names", "backbone", "weights", "feature_dim", "manifest_fingerprint",
+                  "complete")
+JSON_ATTRS = ("class_names", "sampling")
+# attributes that must agree between shards of one extraction
+SHARD_INVARIANTS = ("backbone", "weights", "weights_sha256", "feature_dim", "input_size",
+                    "resize_size", "mean", "std", "interpolation", "precision", "dtype",
+                    "manifest_fingerprint", "class_names", "shard_count", "manifest_frames")
+LEVELS = ("frame", "video")
+
+
+@dataclass
+class FeatureSet:
+    """Features and labels of one split at one level, as numpy arrays."""
+
+    X: np.ndarray                 # (n, D) float32
+    y: np.ndarray                 # (n,) int64 class index
+    video_id: np.ndarray          # (n,) str
+    frame_id: np.ndarray | None   # (n,) str at frame level, None at video level
+    repeat: np.ndarray            # (n,) int64 oversampling weight
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+# ----------------------------------------------------------------------------------- locking
+class OutputLock:
+    """An exclusive, non-blocking ``fcntl`` lock on ``<output>.lock``, held while writing.
+
+    The kernel drops the lock when the holder dies (SIGKILL included), so a stale lock file is
+    harmless; a second live writer fails at once instead of corrupting the output.
+    """
+
+    def __init__(self, output: str | os.PathLike):
+        self.path = Path(f"{os.fspath(output)}.lock")
+        self._fd: int | None = None
+
+    def __enter__(self) -> "OutputLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise RuntimeError(f"another vidfeat process is writing {self.path.with_suffix('')} "
+                                   f"(lock {self.path} is held); wait for it or use another "
+                                   "output") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the flock; the file stays (unlinking would race)
+            self._fd = None
+
+
+# ----------------------------------------------------------------------------------- writing
+def _strings(values) -> np.ndarray:
+    return np.asarray([str(v) for v in values], dtype=object)
+
+
+def _attr_value(value):
+    if isinstance(value, (list, dict)) and not (isinstance(value, list) and value
+                                                and all(isinstance(v, float) for v in value)):
+        return json.dumps(value)
+    return value
+
+
+def video_table(meta: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Videos of ``meta`` in first-frame order, and each frame's index into that table."""
+    codes, uniques = pd.factorize(meta["video_id"], sort=False)
+    first = meta.groupby(codes, sort=True).head(1)
+    videos = pd.DataFrame({"video_id": uniques.astype(str), "label": first["label"].to_numpy(),
+                           "split": first["split"].to_numpy(),
+                           "repeat": first["repeat"].to_numpy(),
+                           "n_frames": np.bincount(codes, minlength=len(uniques))})
+    return videos, codes
+
+
+def _add_by_group(sums: np.ndarray, codes: np.ndarray, block: np.ndarray) -> None:
+    """sums[c] += rows of ``block`` with code c (sort + reduceat: np.add.at is far slower)."""
+    order = np.argsort(codes, kind="stable")
+    c = codes[order]
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    sums[c[starts]] += np.add.reduceat(block[order], starts, axis=0)
+
+
+class FeatureFileBuilder:
+    """Writes a feature file under a temporary name; ``finish`` makes it final and visible.
+
+    ``meta`` has one row per frame (frame_id, video_id, label, split, repeat, row) in file
+    order. Call ``write(start, block)`` until every row has features, then ``finish(attrs)``.
+    """
+
+    def __init__(self, path: str | os.PathLike, meta: pd.DataFrame, feature_dim: int, *,
+                 dtype: str, chunk_rows: int = 256):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.meta = meta.reset_index(drop=True)
+        self.f = h5py.File(self.tmp, "w")
+        n = len(self.meta)
+        chunk = (max(1, min(n, chunk_rows)), feature_dim)
+        self.features = self.f.create_dataset("features", (n, feature_dim), dtype=dtype,
+                                              chunks=chunk if n else None)
+        for col in ("frame_id", "video_id", "split"):
+            self.f.create_dataset(col, data=_strings(self.meta[col]), dtype=STR)
+        for col in ("label", "repeat", "row"):
+            self.f.create_dataset(col, data=self.meta[col].to_numpy(np.int64))
+
+    def write(self, start: int, block: np.ndarray) -> None:
+        self.features[start:start + len(block)] = block
+
+    def _write_videos(self, chunk_rows: int = 65536) -> None:
+        videos, codes = video_table(self.meta)
+        dim = self.features.shape[1]
+        sums = np.zeros((len(videos), dim), np.float64)
+        for start in range(0, len(codes), chunk_rows):
+            block = self.features[start:start + chunk_rows].astype(np.float64)
+            _add_by_group(sums, codes[start:start + chunk_rows], block)
+        means = sums / np.maximum(videos["n_frames"].to_numpy(), 1)[:, None]
+        g = self.f.create_group("videos")
+        g.create_dataset("features", data=means.astype(self.features.dtype))
+        for col in ("video_id", "split"):
+            g.create_dataset(col, data=_strings(videos[col]), dtype=STR)
+        for col in ("label", "repeat", "n_frames"):
+            g.create_dataset(col, data=videos[col].to_numpy(np.int64))
+
+    def finish(self, attrs: dict) -> Path:
+        """Compute video means, write attributes, set ``complete`` last, fsync and rename."""
+        self._write_videos()
+        for key, value in attrs.items():
+            self.f.attrs[key] = _attr_value(value)
+        self.f.attrs["complete"] = True
+        self.f.flush()
+        self.f.close()
+        with open(self.tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self.f.id.valid:
+            self.f.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------- reading
+def _decode_attr(key: str, value):
+    if isinstance(value, bytes):
+        value = value.decode()
+    if key in JSON_ATTRS and isinstance(value, str):
+        return json.loads(value)
+    if isinstance(value, np.ndarray):
+        return [v.decode() if isinstance(v, bytes) else v.item() for v in value]
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class FeatureStore:
+    """Read-only view of a complete feature file; a context manager.
+
+    Raises FileNotFoundError for a missing path and ValueError naming what is wrong for a file
+    that is not HDF5, not a vidfeat feature file, lacks a dataset, or is incomplete.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"feature file not found: {self.path}")
+        try:
+            self._f = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise ValueError(f"{self.path} is not a readable HDF5 file: {exc}") from None
+        try:
+            self._check()
+        except ValueError:
+            self._f.close()
+            raise
+        self.attrs = {k: _decode_attr(k, v) for k, v in self._f.attrs.items()}
+        self.class_names: list[str] = list(self.attrs["class_names"])
+        self.feature_dim = int(self.attrs["feature_dim"])
+        self.backbone = str(self.attrs["backbone"])
+        self.fingerprint = str(self.attrs["manifest_fingerprint"])
+
+    def _check(self) -> None:
+        f = self._f
+        missing = [a for a in REQUIRED_ATTRS if a not in f.attrs]
+        if missing:
+            raise ValueError(f"{self.path} is not a vidfeat feature file "
+                             f"(attribute {missing[0]!r} missing)")
+        if not bool(f.attrs["complete"]):
+            raise ValueError(f"{self.path} is incomplete (complete=False): its writer did not "
+                             "finish; rerun the extraction to resume it")
+        wanted = [*FRAME_DATASETS, *(f"videos/{d}" for d in VIDEO_DATASETS)]
+        absent = [d for d in wanted if d not in f]
+        if absent:
+            raise ValueError(f"{self.path}: dataset /{absent[0]} missing")
+        n = f["features"].shape[0]
+        short = [d for d in FRAME_DATASETS if f[d].shape[0] != n]
+        if short:
+            raise ValueError(f"{self.path}: dataset /{short[0]} has {f[short[0]].shape[0]} rows, "
+                             f"/features has {n}")
+
+    def __len__(self) -> int:
+        return int(self._f["features"].shape[0])
+
+    @property
+    def n_videos(self) -> int:
+        return int(self._f["videos/features"].shape[0])
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._f.id.valid:
+            self._f.close()
+
+    def __repr__(self) -> str:
+        return (f"FeatureStore({str(self.path)!r}, frames={len(self)}, videos={self.n_videos}, "
+                f"backbone={self.backbone!r}, dim={self.feature_dim})")
+
+    def column(self, name: str, *, level: str = "frame") -> np.ndarray:
+        """A whole per-row dataset (``split``, ``video_id``, ``row``…) as numpy."""
+        ds = self._group(level)[name]
+        return ds.asstr()[...] if h5py.check_string_dtype(ds.dtype) else ds[...]
+
+    def _group(self, level: str):
+        from vidfeat.options import check_choice
+
+        check_choice("level", level, LEVELS)
+        return self._f if level == "frame" else self._f["videos"]
+
+    def iter_chunks(self, split: str | None = None, *, level: str = "frame",
+                    rows: int = 65536) -> Iterator[FeatureSet]:
+        """Yield FeatureSets of at most ``rows`` file rows each (fewer after the split filter)."""
+        g = self._group(level)
+        if rows < 1:
+            raise ValueError(f"rows must be > 0, got {rows}")
+        n = g["features"].shape[0]
+        for start in range(0, n, rows):
+            sl = slice(start, min(n, start + rows))
+            keep = (g["split"].asstr()[sl] == split) if split is not None else slice(None)
+            yield FeatureSet(
+                X=g["features"][sl].astype(np.float32)[keep],
+                y=g["label"][sl][keep],
+                video_id=g["video_id"].asstr()[sl].astype(str)[keep],
+                frame_id=g["frame_id"].asstr()[sl].astype(str)[keep] if level == "frame" else None,
+                repeat=g["repeat"][sl][keep])
+
+    def load(self, split: str | None = None, *, level: str = "frame") -> FeatureSet:
+        """All rows of ``split`` (None: every split) at ``level`` ("frame" or "video")."""
+        if split is not None:
+            from vidfeat.manifest import SPLITS
+            from vidfeat.options import check_choice
+
+            check_choice("split", split, SPLITS)
+        parts = list(self.iter_chunks(split, level=level))
+        if not parts:
+            dim = self.feature_dim
+            return FeatureSet(np.zeros((0, dim), np.float32), np.zeros(0, np.int64),
+                              np.zeros(0, str), np.zeros(0, str) if level == "frame" else None,
+                              np.zeros(0, np.int64))
+        cat = np.concatenate
+        return FeatureSet(X=cat([p.X for p in parts]), y=cat([p.y for p in parts]),
+                          video_id=cat([p.video_id for p in parts]),
+                          frame_id=cat([p.frame_id for p in parts]) if level == "frame" else None,
+                          repeat=cat([p.repeat for p in parts]))
+
+
+# ----------------------------------------------------------------------------------- merging
+def _check_shards(stores: Sequence[FeatureStore]) -> int:
+    """Refuse mismatched, duplicated or missing shards; return the shard count."""
+    first = stores[0]
+    for s in stores[1:]:
+        for key in SHARD_INVARIANTS:
+            if s.attrs.get(key) != first.attrs.get(key):
+                raise ValueError(f"shards do not match: {key} is {s.attrs.get(key)!r} in {s.path} "
+                                 f"but {first.attrs.get(key)!r} in {first.path}")
+    count = int(first.attrs.get("shard_count", 1))
+    seen: dict[int, Path] = {}
+    for s in stores:
+        idx = int(s.attrs.get("shard_index", 0))
+        if idx in seen:
+            raise ValueError(f"shard {idx}/{count} given twice: {seen[idx]} and {s.path}")
+        seen[idx] = s.path
+    missing = sorted(set(range(count)) - set(seen))
+    if missing:
+        raise ValueError(f"missing shard(s) {', '.join(f'{i}/{count}' for i in missing)}; "
+                         f"got {len(seen)} of {count}")
+    return count
+
+
+def _merged_meta(stores: Sequence[FeatureStore], total: int) -> pd.DataFrame:
+    cols = ("frame_id", "video_id", "split", "label", "repeat", "row")
+    parts = [pd.DataFrame({c: s.column(c) for c in cols}).assign(_shard=i, _local=np.arange(len(s)))
+             for i, s in enumerate(stores)]
+    meta = pd.concat(parts, ignore_index=True).sort_values("row", kind="stable")
+    if not np.array_equal(meta["row"].to_numpy(), np.arange(total)):
+        raise ValueError(f"shards do not cover the manifest's {total} frames exactly once")
+    return meta.reset_index(drop=True)
+
+
+def merge(shards: Sequence[str | os.PathLike], output: str | os.PathLike, *,
+          overwrite: bool = False, chunk_rows: int = 65536) -> Path:
+    """Join the shard files of one extraction into ``output`` (a self-contained copy).
+
+    Refuses incomplete, missing, duplicated or mismatched shards (different backbone, weights,
+    precision, dtype or manifest). The result equals a single unsharded run's file.
+    """
+    output = Path(output)
+    paths = [Path(p) for p in shards]
+    if not paths:
+        raise ValueError("merge needs at least one shard file")
+    if any(p.resolve() == output.resolve() for p in paths):
+        raise ValueError(f"output {output} is also one of the shards")
+    with OutputLock(output):
+        if output.exists() and not overwrite:
+            raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
+        stores = [FeatureStore(p) for p in paths]
+        try:
+            return _merge_into(stores, output, chunk_rows)
+        finally:
+            for s in stores:
+                s.close()
+
+
+def _merge_into(stores: Sequence[FeatureStore], output: Path, chunk_rows: int) -> Path:
+    _check_shards(stores)
+    first = stores[0]
+    meta = _merged_meta(stores, int(first.attrs.get("manifest_frames", 0)))
+    dtype = first._f["features"].dtype
+    builder = FeatureFileBuilder(output, meta, first.feature_dim, dtype=dtype,
+                                 chunk_rows=first._f["features"].chunks[0]
+                                 if first._f["features"].chunks else 256)
+    try:
+        for i, s in enumerate(stores):
+            dest = meta.index[meta["_shard"] == i].to_numpy()
+            local = meta.loc[dest, "_local"].to_numpy()
+            for start in range(0, len(dest), chunk_rows):
+                _scatter(builder, dest[start:start + chunk_rows],
+                         _gather(s._f["features"], local[start:start + chunk_rows]))
+        attrs = {k: v for k, v in first.attrs.items() if k != "complete"}
+        attrs.update(shard="0/1", shard_index=0, shard_count=1)
+        return builder.finish(attrs)
+    except BaseException:
+        builder.abort()
+        raise
+
+
+def _is_run(idx: np.ndarray) -> bool:
+    return len(idx) > 0 and idx[-1] - idx[0] == len(idx) - 1 and bool(np.all(np.diff(idx) == 1))
+
+
+def _gather(dataset, idx: np.ndarray) -> np.ndarray:
+    if _is_run(idx):
+        return dataset[int(idx[0]):int(idx[-1]) + 1]
+    order = np.argsort(idx, kind="stable")  # h5py fancy reads need increasing indices
+    out = np.empty((len(idx), *dataset.shape[1:]), dataset.dtype)
+    out[order] = dataset[idx[order]]
+    return out
+
+
+def _scatter(builder: FeatureFileBuilder, dest: np.ndarray, block: np.ndarray) -> None:
+    # shards are contiguous row ranges in practice: one slice write; otherwise row by row runs
+    if _is_run(dest):
+        builder.write(int(dest[0]), block)
+        return
+    for d, row in zip(dest, block):
+        builder.write(int(d), row[None])
