@@ -1,0 +1,79 @@
+"""Synthetic feature files in the extract HDF5 layout, written with plain h5py (no extract run)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+STR = h5py.string_dtype("utf-8")
+
+
+def make_features(counts: dict[str, int], *, dim: int = 16, frames: int = 4, sep: float = 1.5,
+                  noise: float = 1.0, seed: int = 0, splits=(0.6, 0.2, 0.2)):
+    """Learnable class clusters: per class ``counts[c]`` videos of ``frames`` frames each.
+
+    Returns a dict of per-frame arrays (features, label, video_id, frame_id, split, repeat).
+    Each video has its own offset around its class centre; videos are split by video.
+    """
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(counts), dim)) * sep
+    rows = {k: [] for k in ("features", "label", "video_id", "frame_id", "split", "repeat")}
+    for c, (name, n_videos) in enumerate(counts.items()):
+        for v in range(n_videos):
+            vid = f"{name}/v{v:04d}.mp4"
+            split = "train" if v < splits[0] * n_videos else (
+                "val" if v < (splits[0] + splits[1]) * n_videos else "test")
+            centre = centres[c] + rng.normal(size=dim) * noise * 0.3
+            for f in range(frames):
+                rows["features"].append(centre + rng.normal(size=dim) * noise)
+                rows["label"].append(c)
+                rows["video_id"].append(vid)
+                rows["frame_id"].append(f"{vid}#{f}")
+                rows["split"].append(split)
+                rows["repeat"].append(1)
+    out = {k: np.asarray(v) for k, v in rows.items()}
+    out["features"] = out["features"].astype(np.float32)
+    out["class_names"] = list(counts)
+    return out
+
+
+def write_features(path, data: dict, *, backbone: str = "resnet18", weights: str = "none",
+                   complete: bool = True, dtype: str = "float16", drop: tuple = (),
+                   attrs: dict | None = None) -> Path:
+    """Write ``data`` (``make_features`` output) in the feature-file layout; ``drop`` omits datasets."""
+    path = Path(path)
+    X = data["features"].astype(dtype)
+    n, dim = X.shape
+    with h5py.File(path, "w") as f:
+        frame = {"features": X, "label": data["label"].astype(np.int64),
+                 "repeat": data["repeat"].astype(np.int64), "row": np.arange(n, dtype=np.int64)}
+        for key, value in frame.items():
+            if key not in drop:
+                f.create_dataset(key, data=value)
+        for key in ("frame_id", "video_id", "split"):
+            if key not in drop:
+                f.create_dataset(key, data=data[key].astype(object), dtype=STR)
+        vids, first, inverse = np.unique(data["video_id"], return_index=True, return_inverse=True)
+        sums = np.zeros((len(vids), dim))
+        np.add.at(sums, inverse, data["features"])
+        nf = np.bincount(inverse)
+        g = f.create_group("videos")
+        g.create_dataset("features", data=(sums / nf[:, None]).astype(dtype))
+        g.create_dataset("video_id", data=vids.astype(object), dtype=STR)
+        g.create_dataset("split", data=data["split"][first].astype(object), dtype=STR)
+        g.create_dataset("label", data=data["label"][first].astype(np.int64))
+        g.create_dataset("repeat", data=data["repeat"][first].astype(np.int64))
+        g.create_dataset("n_frames", data=nf.astype(np.int64))
+        base = {"class_names": json.dumps(data["class_names"]), "backbone": backbone,
+                "weights": weights, "feature_dim": dim, "input_size": 224, "resize_size": 256,
+                "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+                "interpolation": "bilinear", "precision": "fp32", "dtype": dtype,
+                "vidfeat_version": "0.1.0", "manifest_fingerprint": "f" * 16,
+                "ingest_dir": "/nonexistent", "sampling": json.dumps({"mode": "uniform",
+                                                                      "frames_per_video": 4})}
+        for key, value in {**base, **(attrs or {})}.items():
+            f.attrs[key] = value
+        f.attrs["complete"] = complete
+    return path

@@ -1,0 +1,546 @@
+"""Classifier heads on cached features, and the batched trainer behind them and ``vidfeat.train``.
+
+A *head* is a linear layer or a small MLP on standardised features. Training runs K heads at once
+as ONE module whose parameters are stacked along a leading K axis (``StackedHead``): a sweep over
+learning rate, weight decay, class weights, logit adjustment or dropout is one pass over the
+features, each head with its own hyperparameters. Every head starts from the same seed-derived
+initial weights, sees the same minibatches and the same dropout noise, so head k of a sweep is
+trained exactly as it would be alone (up to float summation order).
+
+``LinearHead`` and ``MLPHead`` wrap this with scikit-learn's estimator contract (parameters in
+``__init__``, ``fit`` returns self, fitted state ends in ``_``). They train from numpy arrays, torch
+tensors, or a ``FeatureStore`` (train split; val split for early stopping).
+
+Saved weights are plain tensors (``state_dict``) loadable with ``torch.load(weights_only=True)``;
+the architecture is described by ``head_spec`` (JSON), never by pickled code.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vidfeat.options import check_choice, check_positive
+
+DEVICES = ("auto", "cpu", "cuda")
+SAMPLERS = {None: None, "none": None, "balanced": "balanced"}
+
+
+# ----------------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class HeadConfig:
+    """Per-head hyperparameters: everything a sweep may vary in one batched pass."""
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    class_weight: str = "none"          # none | balanced | effective:BETA
+    logit_adjust: float = 0.0           # tau of Menon et al. (0 = off)
+    dropout: float = 0.0                # MLP only
+
+    def __post_init__(self):
+        check_positive("lr", self.lr)
+        check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        check_positive("logit_adjust", self.logit_adjust, allow_zero=True)
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        parse_class_weight(self.class_weight)
+
+
+def parse_class_weight(spec: str) -> float | str | None:
+    """'none' -> None, 'balanced' -> 'balanced', 'effective:BETA' -> BETA (0 <= BETA < 1)."""
+    spec = str(spec)
+    if spec.startswith("effective:"):
+        try:
+            beta = float(spec.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"class_weight={spec!r}: BETA must be a number, e.g. "
+                             "'effective:0.999'") from None
+        if not 0 <= beta < 1:
+            raise ValueError(f"class_weight={spec!r}: BETA must be in [0, 1)")
+        return beta
+    if spec not in ("none", "balanced"):
+        raise ValueError(f"class_weight={spec!r} is not one of 'none', 'balanced', 'effective:BETA'")
+    return None if spec == "none" else spec
+
+
+def class_weights(spec: str, counts: np.ndarray) -> np.ndarray:
+    """Per-class loss weights, scaled so the weighted sample count equals the real one.
+
+    ``balanced`` is n / (C * n_c); ``effective:BETA`` is (1 - BETA) / (1 - BETA**n_c) (Cui et al.
+    2019). Classes absent from training get weight 0 (they have no samples to weigh).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    kind = parse_class_weight(spec)
+    present = counts > 0
+    w = np.zeros_like(counts)
+    if kind is None:
+        w[present] = 1.0
+    elif kind == "balanced":
+        w[present] = 1.0 / counts[present]
+    else:
+        w[present] = (1 - kind) / (1 - kind ** counts[present]) if kind > 0 else 1.0
+    return w * counts.sum() / max((w * counts).sum(), 1e-12)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a clear error."""
+    check_choice("device", device, DEVICES)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but no CUDA GPU is available (use device='cpu')")
+    return torch.device(device)
+
+
+# ----------------------------------------------------------------------------------- module
+class StackedHead(nn.Module):
+    """K independent heads (linear when ``hidden`` is empty, else an MLP) in batched tensors.
+
+    ``forward(x)`` maps features (B, D) to logits (K, B, C). Inputs are standardised with the
+    ``mean``/``scale`` buffers (set from the training features) before the first layer.
+    """
+
+    def __init__(self, in_dim: int, n_classes: int, *, hidden: Sequence[int] = (), k: int = 1,
+                 seed: int = 0, dropout: Sequence[float] | float = 0.0):
+        super().__init__()
+        self.dims = [int(in_dim), *map(int, hidden), int(n_classes)]
+        gen = torch.Generator().manual_seed(int(seed))
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for d_in, d_out in zip(self.dims[:-1], self.dims[1:]):
+            # nn.Linear's default init, drawn once and copied to all K heads so that every head
+            # of a sweep starts where it would start alone
+            bound = 1 / math.sqrt(d_in)
+            w = (torch.rand(d_in, d_out, generator=gen) * 2 - 1) * bound
+            b = (torch.rand(d_out, generator=gen) * 2 - 1) * bound
+            self.weights.append(nn.Parameter(w.expand(k, -1, -1).clone()))
+            self.biases.append(nn.Parameter(b.expand(k, -1).clone()))
+        drop = torch.as_tensor(dropout, dtype=torch.float32).expand(k).clone()
+        self.register_buffer("dropout", drop)
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("scale", torch.ones(in_dim))
+        self.noise: torch.Generator | None = None   # dropout noise, shared by all K heads
+
+    @property
+    def k(self) -> int:
+        return self.weights[0].shape[0]
+
+    def set_standardization(self, mean, std) -> None:
+        std = torch.as_tensor(np.asarray(std), dtype=torch.float32)
+        self.mean.copy_(torch.as_tensor(np.asarray(mean), dtype=torch.float32))
+        # constant features carry no signal; dividing by ~0 would only amplify float noise
+        self.scale.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = (x.float() - self.mean) / self.scale
+        k, (d, c) = self.k, self.weights[0].shape[1:]
+        # first layer: one GEMM for all K heads, since they share the input
+        w0 = self.weights[0].permute(1, 0, 2).reshape(d, k * c)
+        h = (h @ w0).view(-1, k, c).transpose(0, 1) + self.biases[0][:, None, :]
+        for w, b in zip(self.weights[1:], self.biases[1:]):
+            h = self._dropout(F.relu(h))
+            h = torch.baddbmm(b[:, None, :], h, w)
+        return h
+
+    def _dropout(self, h: torch.Tensor) -> torch.Tensor:
+        if not self.training or not bool((self.dropout > 0).any()):
+            return h
+        # one uniform draw shared by all heads, thresholded per head: head k sees the same mask
+        # in a sweep as alone
+        u = torch.rand(h.shape[1:], generator=self.noise, device=h.device)
+        p = self.dropout[:, None, None]
+        return h * (u >= p) / (1 - p)
+
+    def select(self, index: int) -> "StackedHead":
+        """A K=1 copy of head ``index`` (weights, standardisation and dropout)."""
+        one = StackedHead(self.dims[0], self.dims[-1], hidden=self.dims[1:-1], k=1)
+        state = {name: (t[index:index + 1] if name.startswith(("weights", "biases", "dropout"))
+                        else t) for name, t in self.state_dict().items()}
+        one.load_state_dict({n: t.detach().clone().cpu() for n, t in state.items()})
+        return one
+
+
+def head_spec(model: StackedHead) -> dict:
+    """JSON description of a head's architecture (what ``build_head`` needs)."""
+    return {"in_dim": model.dims[0], "hidden": model.dims[1:-1], "n_classes": model.dims[-1],
+            "dropout": float(model.dropout[0])}
+
+
+def build_head(spec: dict, state: dict | None = None) -> StackedHead:
+    """Rebuild a K=1 head from ``head_spec`` output and (optionally) its state dict."""
+    model = StackedHead(spec["in_dim"], spec["n_classes"], hidden=spec.get("hidden", ()),
+                        dropout=spec.get("dropout", 0.0))
+    if state is not None:
+        model.load_state_dict(state)
+    return model
+
+
+# ----------------------------------------------------------------------------------- data
+def epoch_indices(rng: np.random.Generator, repeat: np.ndarray,
+                  weights: np.ndarray | None = None) -> np.ndarray:
+    """One epoch of row indices: each row ``repeat`` times, shuffled (oversampling honoured).
+
+    With ``weights`` (class-balanced sampler), draw as many rows with replacement, with
+    probability proportional to ``weights``.
+    """
+    total = int(repeat.sum())
+    if weights is None:
+        return rng.permutation(np.repeat(np.arange(len(repeat)), repeat))
+    p = weights / weights.sum()
+    return rng.choice(len(repeat), size=total, replace=True, p=p)
+
+
+class ArraySource:
+    """Training rows held in memory (on the training device): features, labels, repeat."""
+
+    def __init__(self, X, y, repeat=None, *, device: torch.device | str = "cpu"):
+        self.X = torch.as_tensor(X).to(device=device, dtype=torch.float32)
+        self.y = torch.as_tensor(np.asarray(y, dtype=np.int64)).to(device)
+        self.labels = np.asarray(y, dtype=np.int64)
+        self.repeat = (np.ones(len(self.labels), dtype=np.int64) if repeat is None
+                       else np.asarray(repeat, dtype=np.int64))
+        if not (len(self.X) == len(self.labels) == len(self.repeat)):
+            raise ValueError(f"features, labels and repeat differ in length: "
+                             f"{len(self.X)}, {len(self.labels)}, {len(self.repeat)}")
+        if self.X.ndim != 2:
+            raise ValueError(f"features must be 2-D (rows x dims), got shape {tuple(self.X.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        X = self.X.double()
+        return X.mean(0).cpu().numpy(), X.std(0, unbiased=False).cpu().numpy()
+
+    def batches(self, rng, batch_size: int, weights=None) -> Iterator[tuple[torch.Tensor, ...]]:
+        idx = torch.as_tensor(epoch_indices(rng, self.repeat, weights), device=self.X.device)
+        for start in range(0, len(idx), batch_size):
+            sel = idx[start:start + batch_size]
+            yield self.X[sel], self.y[sel]
+
+    def chunks(self, rows: int = 65536) -> Iterator[torch.Tensor]:
+        for start in range(0, len(self.X), rows):
+            yield self.X[start:start + rows]
+
+
+# ----------------------------------------------------------------------------------- training
+@dataclass
+class FitResult:
+    """What ``fit_heads`` returns per head: the best state and its validation history."""
+    model: StackedHead             # K=1, on CPU, best epoch's weights
+    best_epoch: int                # 1-based; the last epoch when there was no validation
+    best_score: tuple | None       # (select metric, -val loss) at best_epoch
+    history: list = field(default_factory=list)   # per epoch: {"epoch", "train_loss", "score"}
+
+
+@dataclass
+class TrainSpec:
+    """Options shared by all heads of one batched fit."""
+    hidden: tuple = ()
+    epochs: int = 50
+    batch_size: int = 256
+    seed: int = 0
+    sampler: str | None = None
+    patience: int = 5
+
+    def __post_init__(self):
+        check_positive("epochs", self.epochs)
+        check_positive("batch_size", self.batch_size)
+        check_positive("patience", self.patience)
+        self.sampler = check_choice("sampler", self.sampler, SAMPLERS)
+
+
+class _BatchedAdamW:
+    """AdamW over stacked parameters with a learning rate and weight decay per head (K axis)."""
+
+    def __init__(self, params, lr: torch.Tensor, wd: torch.Tensor, betas=(0.9, 0.999), eps=1e-8):
+        self.params, self.lr, self.wd, self.betas, self.eps = list(params), lr, wd, betas, eps
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+        self.t = 0
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.t += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        for p, m, v in zip(self.params, self.m, self.v):
+            shape = (-1,) + (1,) * (p.ndim - 1)
+            lr = self.lr.view(shape)
+            if p.ndim == 3:   # weight matrices decay; biases do not (as in sklearn's intercept)
+                p.mul_(1 - lr * self.wd.view(shape))
+            m.mul_(b1).add_(p.grad, alpha=1 - b1)
+            v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+            p.sub_(lr * (m / c1) / ((v / c2).sqrt() + self.eps))
+            p.grad = None
+
+
+def class_counts(labels: np.ndarray, repeat: np.ndarray, n_classes: int) -> np.ndarray:
+    """Rows per class as training sees them (oversampling repeats included)."""
+    return np.bincount(labels, weights=repeat, minlength=n_classes).astype(np.float64)
+
+
+def loss_terms(configs: Sequence[HeadConfig], counts: np.ndarray, device) -> tuple[torch.Tensor, ...]:
+    """(K, C) class weights and (K, C) logit offsets tau * log(prior) for the training loss."""
+    cw = np.stack([class_weights(c.class_weight, counts) for c in configs])
+    log_prior = np.log(np.maximum(counts / max(counts.sum(), 1), 1e-12))
+    offset = np.stack([c.logit_adjust * log_prior for c in configs])
+    as_t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
+    return as_t(cw), as_t(offset)
+
+
+def stacked_loss(logits: torch.Tensor, y: torch.Tensor, cw: torch.Tensor,
+                 offset: torch.Tensor) -> torch.Tensor:
+    """Sum over heads of each head's mean weighted (logit-adjusted) cross-entropy.
+
+    Summing keeps heads independent: head k's gradient is that of its own loss.
+    """
+    k, b, c = logits.shape
+    adjusted = logits + offset[:, None, :]
+    ce = F.cross_entropy(adjusted.reshape(k * b, c), y.repeat(k), reduction="none").view(k, b)
+    return (ce * cw[:, y]).mean(1).sum()
+
+
+def predict_logits(model: nn.Module, chunks: Iterator[torch.Tensor]) -> torch.Tensor:
+    """Concatenated logits (K, N, C) on CPU, in eval mode, chunk by chunk."""
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = [model(x.to(device, non_blocking=True)).float().cpu() for x in chunks]
+    return torch.cat(out, dim=1) if out else torch.zeros(model.k, 0, model.dims[-1])
+
+
+def fit_heads(source, n_classes: int, configs: Sequence[HeadConfig], spec: TrainSpec, *,
+              device: torch.device, validate: Callable[[StackedHead], list[tuple]] | None = None,
+              progress: bool = False, desc: str = "train") -> list[FitResult]:
+    """Train one head per config in ONE batched pass over ``source``; early-stop on ``validate``.
+
+    ``validate(model)`` returns, per head, a score tuple (higher is better); each head keeps the
+    weights of its best epoch and stops improving after ``spec.patience`` epochs without gain.
+    """
+    from tqdm.auto import tqdm
+
+    mean, std = source.moments()
+    torch.manual_seed(spec.seed)
+    model = StackedHead(mean.shape[0], n_classes, hidden=spec.hidden, k=len(configs),
+                        seed=spec.seed, dropout=[c.dropout for c in configs])
+    model.set_standardization(mean, std)
+    model.to(device)
+    model.noise = torch.Generator(device=device).manual_seed(spec.seed)
+    counts = class_counts(source.labels, source.repeat, n_classes)
+    cw, offset = loss_terms(configs, counts, device)
+    as_t = lambda vals: torch.tensor(vals, dtype=torch.float32, device=device)  # noqa: E731
+    opt = _BatchedAdamW(model.parameters(), as_t([c.lr for c in configs]),
+                        as_t([c.weight_decay for c in configs]))
+    sample_w = None
+    if spec.sampler == "balanced":
+        sample_w = source.repeat / np.maximum(counts, 1)[source.labels]
+    rng = np.random.default_rng(spec.seed)
+    tracker = _EarlyStopping(len(configs), spec.patience)
+    bar = tqdm(range(1, spec.epochs + 1), desc=desc, unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.train()
+        total, steps = torch.zeros((), device=device), 0
+        for xb, yb in source.batches(rng, spec.batch_size, sample_w):
+            loss = stacked_loss(model(xb), yb, cw, offset)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+            steps += 1
+        train_loss = float(total) / max(steps, 1) / len(configs)
+        scores = validate(model) if validate is not None else [None] * len(configs)
+        tracker.update(epoch, model, scores, train_loss)
+        bar.set_postfix(loss=f"{train_loss:.4f}", best=tracker.best_text())
+        if tracker.all_stopped():
+            break
+    bar.close()
+    return tracker.results(model)
+
+
+class _EarlyStopping:
+    """Best epoch and weights per head; a head 'stops' after ``patience`` epochs without gain."""
+
+    def __init__(self, k: int, patience: int):
+        self.k, self.patience = k, patience
+        self.best: list = [None] * k
+        self.best_epoch = [0] * k
+        self.state: list = [None] * k
+        self.history: list[list] = [[] for _ in range(k)]
+
+    def update(self, epoch: int, model: StackedHead, scores: list, train_loss: float) -> None:
+        for i, score in enumerate(scores):
+            if self.stopped(i, epoch - 1):
+                continue   # keeps training in the batch, but its result is already fixed
+            self.history[i].append({"epoch": epoch, "train_loss": train_loss,
+                                    "score": list(score) if score is not None else None})
+            if score is None or self.best[i] is None or tuple(score) > tuple(self.best[i]):
+                self.best[i], self.best_epoch[i] = score, epoch
+                self.state[i] = model.select(i).state_dict()
+
+    def stopped(self, i: int, epoch: int) -> bool:
+        return self.best[i] is not None and epoch - self.best_epoch[i] >= self.patience
+
+    def all_stopped(self) -> bool:
+        last = max((h[-1]["epoch"] for h in self.history if h), default=0)
+        return all(self.stopped(i, last) for i in range(self.k))
+
+    def best_text(self) -> str:
+        vals = [b[0] for b in self.best if b is not None]
+        return f"{max(vals):.4f}" if vals else "-"
+
+    def results(self, model: StackedHead) -> list[FitResult]:
+        out = []
+        for i in range(self.k):
+            one = model.select(i)
+            one.load_state_dict(self.state[i])
+            best = tuple(self.best[i]) if self.best[i] is not None else None
+            out.append(FitResult(one, self.best_epoch[i], best, self.history[i]))
+        return out
+
+
+def validation_scorer(chunks_fn: Callable[[], Iterator[torch.Tensor]], y_val: np.ndarray,
+                      metric: Callable[[np.ndarray, np.ndarray], float]):
+    """A ``validate`` callback: per head (metric(y, logits), -mean cross-entropy)."""
+    y_t = torch.as_tensor(np.asarray(y_val, dtype=np.int64))
+
+    def validate(model: StackedHead) -> list[tuple]:
+        logits = predict_logits(model, chunks_fn())
+        return [(metric(y_val, lk.numpy()), -F.cross_entropy(lk, y_t).item()) for lk in logits]
+    return validate
+
+
+# ----------------------------------------------------------------------------------- sklearn API
+class _Head:
+    """scikit-learn style estimator over ``fit_heads`` (one head)."""
+
+    _hidden: tuple = ()
+
+    def get_params(self, deep: bool = True) -> dict:
+        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
+        return {n: getattr(self, n) for n in names}
+
+    def set_params(self, **params) -> "_Head":
+        valid = self.get_params()
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"invalid parameter {name!r} for {type(self).__name__}; "
+                                 f"valid: {', '.join(valid)}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def _config(self) -> HeadConfig:
+        return HeadConfig(lr=self.lr, weight_decay=self.weight_decay,
+                          class_weight=self.class_weight, logit_adjust=self.logit_adjust or 0.0,
+                          dropout=getattr(self, "dropout", 0.0))
+
+    def _spec(self) -> TrainSpec:
+        return TrainSpec(hidden=tuple(self._hidden), epochs=self.epochs,
+                         batch_size=self.batch_size, seed=self.seed, sampler=self.sampler,
+                         patience=self.patience)
+
+    def fit(self, X, y=None, *, X_val=None, y_val=None, repeat=None) -> "_Head":
+        """Fit on (X, y) arrays/tensors, or on a FeatureStore's train split (val: its val split).
+
+        With validation data, keeps the epoch with the best validation balanced accuracy.
+        """
+        from vidfeat.metrics import classification_metrics
+
+        X, y, X_val, y_val, repeat = self._inputs(X, y, X_val, y_val, repeat)
+        device = resolve_device(self.device)
+        source = ArraySource(X, y, repeat, device=device)
+        validate = None
+        if X_val is not None:
+            names = [str(i) for i in range(len(self.classes_))]
+            val = ArraySource(X_val, y_val, device=device)
+            ba = lambda t, z: classification_metrics(t, z.argmax(1), names)["balanced_accuracy"]  # noqa
+            validate = validation_scorer(val.chunks, val.labels, ba)
+        result = fit_heads(source, len(self.classes_), [self._config()], self._spec(),
+                           device=device, validate=validate, progress=self.progress)[0]
+        self.model_, self.best_epoch_, self.history_ = result.model, result.best_epoch, result.history
+        self.n_features_in_ = self.model_.dims[0]
+        return self
+
+    def _inputs(self, X, y, X_val, y_val, repeat):
+        if y is None and hasattr(X, "load"):    # a FeatureStore
+            train, val = X.load("train"), X.load("val")
+            self.class_names_ = list(X.class_names)
+            self.classes_ = np.arange(len(self.class_names_))
+            vx, vy = (val.X, val.y) if len(val.y) else (None, None)
+            return train.X, train.y, vx, vy, train.repeat
+        if y is None:
+            raise ValueError("fit(X, y) needs labels y (or pass a FeatureStore as X)")
+        X = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
+        y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+        self.classes_, codes = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"need at least 2 classes to train a classifier, got {len(self.classes_)}")
+        if X_val is not None:
+            y_val = np.searchsorted(self.classes_, np.asarray(y_val))
+        return X, codes, X_val, y_val, repeat
+
+    def decision_function(self, X) -> np.ndarray:
+        """Logits (n_samples, n_classes)."""
+        self._check_fitted()
+        X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has shape {tuple(X.shape)}; this head expects "
+                             f"(n, {self.n_features_in_})")
+        return predict_logits(self.model_, iter(X.split(65536)))[0].numpy()
+
+    def predict_proba(self, X) -> np.ndarray:
+        return torch.softmax(torch.from_numpy(self.decision_function(X)), 1).numpy()
+
+    def predict(self, X) -> np.ndarray:
+        return self.classes_[self.decision_function(X).argmax(1)]
+
+    def score(self, X, y) -> float:
+        """Mean accuracy on (X, y)."""
+        y = y.cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+        return float((self.predict(X) == y).mean())
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit first")
+
+
+class LinearHead(_Head):
+    """Multinomial logistic regression on standardised features, trained with AdamW."""
+
+    def __init__(self, *, lr: float = 1e-3, weight_decay: float = 1e-4, epochs: int = 50,
+                 batch_size: int = 256, class_weight: str = "none", sampler: str | None = None,
+                 logit_adjust: float | None = None, patience: int = 5, seed: int = 0,
+                 device: str = "auto", progress: bool = False):
+        self.lr, self.weight_decay, self.epochs, self.batch_size = lr, weight_decay, epochs, batch_size
+        self.class_weight, self.sampler, self.logit_adjust = class_weight, sampler, logit_adjust
+        self.patience, self.seed, self.device, self.progress = patience, seed, device, progress
+
+
+class MLPHead(_Head):
+    """A ReLU MLP (``hidden`` sizes, ``dropout``) on standardised features, trained with AdamW."""
+
+    def __init__(self, *, hidden: Sequence[int] = (512,), dropout: float = 0.2, lr: float = 1e-3,
+                 weight_decay: float = 1e-4, epochs: int = 50, batch_size: int = 256,
+                 class_weight: str = "none", sampler: str | None = None,
+                 logit_adjust: float | None = None, patience: int = 5, seed: int = 0,
+                 device: str = "auto", progress: bool = False):
+        self.hidden, self.dropout = hidden, dropout
+        self.lr, self.weight_decay, self.epochs, self.batch_size = lr, weight_decay, epochs, batch_size
+        self.class_weight, self.sampler, self.logit_adjust = class_weight, sampler, logit_adjust
+        self.patience, self.seed, self.device, self.progress = patience, seed, device, progress
+
+    @property
+    def _hidden(self) -> tuple:
+        return tuple(self.hidden)
+
+
+__all__ = ["LinearHead", "MLPHead", "StackedHead", "HeadConfig", "TrainSpec", "fit_heads",
+           "head_spec", "build_head"]
