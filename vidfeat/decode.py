@@ -1,0 +1,240 @@
+"""Decode the planned frames of one video and store them as JPEGs (short side ``spec.size``).
+
+How (PyAV, in-process, one frame in memory at a time whatever the video's length):
+
+- ``uniform``/``fps``: targets are visited in time order; for each, the cursor either keeps
+  decoding (the next target is in the current GOP, or close) or seeks to the keyframe before it.
+  The container's index (MP4, MKV cues...) says where keyframes are, so a 16-frame sample of an
+  hour-long video decodes 16 short GOP prefixes, never the whole video. A target ``t`` gets
+  the last frame with pts <= t (what a player shows at t); a seek that lands after ``t`` (some
+  containers, e.g. MPEG-TS) is retried further back. B-frames are handled by the decoder
+  (frames come out in presentation order) and non-zero start times by using absolute pts.
+- ``keyframes``: only keyframe packets reach the decoder (``skip_frame="NONKEY"`` too).
+
+Frames are resized with swscale (``reformat``) to a short side of ``spec.size``, rotated by the
+display matrix, and saved with Pillow at ``spec.jpeg_quality``. Targets landing on the same frame
+give one record. Failure -> ``VideoError`` (one line) and the JPEGs this call wrote are removed;
+undecodable packets in mid-stream are skipped (up to ``MAX_BAD_PACKETS`` in a row) and a read
+error mid-file ends the stream there, as a player would; the caller's timeout bounds the time.
+"""
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .media import VideoError, error_reason, open_video
+from .probe import ProbeResult, normalize_rotation
+from .sample import SamplingSpec, plan_times
+
+__all__ = ["FrameRecord", "decode_frames"]
+
+MAX_BAD_PACKETS = 64      # consecutive undecodable packets before the video is declared broken
+NO_INDEX_GAP_S = 1.0      # without a keyframe index, keep decoding across gaps up to this long
+TIME_EPS = 1e-6          # float slack when a target is meant to hit a frame time exactly
+_TRANSPOSE = {90: "ROTATE_90", 180: "ROTATE_180", 270: "ROTATE_270"}  # counter-clockwise
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """One stored frame: its index in the video, the pts time it is shown at, its JPEG name."""
+
+    frame_index: int
+    timestamp_s: float
+    filename: str
+
+
+def decode_frames(path, probe: ProbeResult, spec: SamplingSpec, out_dir, *, n: int | None = None,
+                  threads: int | None = None) -> list[FrameRecord]:
+    """Write the frames ``spec`` asks for into ``out_dir`` as JPEGs; return their records.
+
+    ``n`` overrides ``spec.frames_per_video`` (uniform). ``threads`` caps the decoder's threads
+    (default ``$VIDFEAT_DECODE_THREADS``, else min(4, cores)); ingest lowers it per worker.
+    Raises VideoError on failure, leaving ``out_dir`` as it found it.
+    """
+    import av
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    try:
+        with open_video(path) as container:
+            if not container.streams.video:
+                raise VideoError("no video stream")
+            stream = container.streams.video[0]
+            _configure(stream, threads)
+            if spec.mode == "keyframes":
+                frames = _keyframes(container, stream)
+            else:
+                frames = _Cursor(container, stream).frames_at(plan_times(probe, spec, n=n))
+            return _store(frames, probe, spec, out, written)
+    except (VideoError, av.error.FFmpegError, OSError) as exc:
+        for p in written:
+            p.unlink(missing_ok=True)
+        if isinstance(exc, VideoError):
+            raise
+        raise VideoError(f"decode failed ({error_reason(exc)})") from None
+
+
+def _configure(stream, threads: int | None) -> None:
+    if threads is None:
+        threads = int(os.environ.get("VIDFEAT_DECODE_THREADS") or min(4, os.cpu_count() or 1))
+    stream.thread_type = "AUTO"
+    stream.codec_context.thread_count = max(0, threads)
+
+
+def _store(frames, probe: ProbeResult, spec: SamplingSpec, out: Path, written: list) -> list:
+    records, last_index, last_time = [], -1, None
+    for time_s, frame in frames:
+        if time_s == last_time:
+            continue  # several targets on one frame: one record
+        # Presentation index at the nominal rate: exact for CFR; for VFR kept unique and ordered.
+        index = max(last_index + 1, round((time_s - probe.start_s) * probe.fps))
+        path = out / f"{index:06d}.jpg"
+        written.append(path)
+        save_jpeg(frame, path, size=spec.size, quality=spec.jpeg_quality)
+        records.append(FrameRecord(index, time_s, path.name))
+        last_index, last_time = index, time_s
+    if not records:
+        raise VideoError("no frame decodes")
+    return records
+
+
+def save_jpeg(frame, path: Path, *, size: int, quality: int) -> None:
+    """Resize ``frame`` to short side ``size`` (swscale), apply its display rotation, save JPEG."""
+    from PIL import Image
+
+    w, h = frame.width, frame.height
+    scale = size / min(w, h)
+    tw, th = max(1, round(w * scale)), max(1, round(h * scale))
+    interp = "AREA" if scale < 1 else "BICUBIC"
+    image = frame.reformat(width=tw, height=th, format="rgb24", interpolation=interp).to_image()
+    rotation = normalize_rotation(frame.rotation)
+    if rotation:
+        image = image.transpose(getattr(Image.Transpose, _TRANSPOSE[rotation]))
+    image.save(path, format="JPEG", quality=quality)
+
+
+def _packets(container, stream):
+    """Demuxed packets; a read error mid-file ends the stream there (truncated downloads)."""
+    import av
+
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except av.error.FFmpegError:
+            return
+        yield packet
+
+
+def _decode(packets):
+    """Decoded frames of ``packets``, skipping undecodable packets up to MAX_BAD_PACKETS in a row."""
+    import av
+
+    bad = 0
+    for packet in packets:
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError as exc:
+            bad += 1
+            if bad > MAX_BAD_PACKETS:
+                raise VideoError(f"stream does not decode ({error_reason(exc)})") from None
+            continue
+        bad = 0
+        yield from frames
+
+
+def _keyframes(container, stream):
+    stream.codec_context.skip_frame = "NONKEY"
+    tb = stream.time_base
+    keys = (p for p in _packets(container, stream) if p.is_keyframe or p.size == 0)
+    for frame in _decode(keys):
+        if frame.pts is not None:
+            yield float(frame.pts * tb), frame
+
+
+class _Cursor:
+    """Frames shown at sorted target times, seeking only when that beats decoding on."""
+
+    def __init__(self, container, stream):
+        self.container, self.stream, self.tb = container, stream, stream.time_base
+        self.start = float(stream.start_time * self.tb) if stream.start_time is not None else 0.0
+        self.keys = _index_keyframes(stream)
+        self.frames = None            # decoded-frame iterator since the last seek
+        self.prev = self.next = None  # (time, frame): last shown <= target, first one after it
+
+    def frames_at(self, targets):
+        for t in sorted(targets):
+            if self._should_seek(t):
+                self._seek_covering(t)
+            else:
+                self._advance(t)
+            if self.prev is not None:
+                yield self.prev
+
+    def _position(self) -> float | None:
+        cur = self.next or self.prev
+        return None if cur is None else cur[0]
+
+    def _should_seek(self, t: float) -> bool:
+        pos = self._position()
+        if self.frames is None or pos is None or (self.prev is not None and t < self.prev[0]):
+            return True
+        if self.keys:  # seek only if a keyframe lies between where we are and the target
+            i = bisect.bisect_right(self.keys, t) - 1
+            return i >= 0 and self.keys[i] > pos
+        return t - pos > NO_INDEX_GAP_S
+
+    def _seek_covering(self, t: float) -> None:
+        """Seek so that the frame shown at ``t`` is decoded, backing off if a seek lands late."""
+        back = 0.0
+        while True:
+            at = t - back
+            self._seek(at)
+            self._advance(t)
+            if self.prev is not None:
+                return
+            if at <= self.start:  # t precedes the first frame: that frame is what is shown
+                self.prev, self.next = self.next, None
+                return
+            back = max(1.0, back * 2)
+
+    def _seek(self, at: float) -> None:
+        offset = int((max(at, self.start)) / self.tb)
+        self.container.seek(offset, stream=self.stream, backward=True, any_frame=False)
+        self.frames = _decode(_packets(self.container, self.stream))
+        self.prev = self.next = None
+
+    def _advance(self, t: float) -> None:
+        """Decode on until the next frame is after ``t``; ``prev`` is then the frame shown at t."""
+        while True:
+            if self.next is None:
+                frame = next(self.frames, None)
+                if frame is None:
+                    return
+                self.next = (self._time(frame), frame)
+            if self.next[0] > t + TIME_EPS:
+                return
+            self.prev, self.next = self.next, None
+
+    def _time(self, frame) -> float:
+        if frame.pts is not None:
+            return float(frame.pts * self.tb)
+        prev = self.prev[0] if self.prev else self.start
+        return prev + 1e-6  # no pts: keep order, right after the previous frame
+
+
+def _index_keyframes(stream) -> list[float]:
+    """Sorted keyframe times from the container index; empty when there is no usable index.
+
+    A single entry (e.g. Matroska before its cues are read) says nothing about later keyframes.
+    """
+    tb = stream.time_base
+    entries = list(stream.index_entries or ())
+    if len(entries) < 2:
+        return []
+    return sorted(float(e.timestamp * tb) for e in entries if e.is_keyframe)
