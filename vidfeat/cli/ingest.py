@@ -1,0 +1,58 @@
+"""``vidfeat ingest SRC -o OUTDIR``: probe, split, balance and store frames (``vidfeat.ingest``)."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "probe, sample, split, balance and store frames of labelled videos, with manifests"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("src", nargs="?", default=None,
+                        help="folder of class folders SRC/<label>/**/<video> (omit with --labels)")
+    parser.add_argument("-o", "--outdir", required=True, help="output folder (reruns resume)")
+    parser.add_argument("--labels", help="CSV or Parquet with path,label[,split]; relative paths "
+                                         "resolve against the file's folder")
+    sampling = parser.add_argument_group("sampling")
+    sampling.add_argument("--frames-per-video", type=int, default=16,
+                          help="frames per video, uniform over the duration")
+    sampling.add_argument("--fps", type=float, default=None, help="dense: frames per second")
+    sampling.add_argument("--keyframes", action="store_true", help="every keyframe, nothing else")
+    sampling.add_argument("--size", type=int, default=256, help="short side of stored JPEGs")
+    sampling.add_argument("--jpeg-quality", type=int, default=90)
+    data = parser.add_argument_group("split and balance")
+    data.add_argument("--split", default="0.8,0.1,0.1",
+                      help="train,val,test fractions, stratified by class at the video level")
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--balance", default="none",
+                      help="none | undersample | oversample | frames (train split only)")
+    data.add_argument("--max-frames-per-video", type=int, default=None,
+                      help="--balance frames: cap per video (default 4x --frames-per-video)")
+    data.add_argument("--max-per-class", type=int, default=None, help="cap train videos per class")
+    run = parser.add_argument_group("run")
+    run.add_argument("--format", dest="fmt", default="parquet", help="parquet | csv")
+    run.add_argument("--jobs", type=int, default=1, help="videos processed in parallel")
+    run.add_argument("--timeout", type=float, default=600.0,
+                     help="seconds per video and phase before its work is killed")
+    run.add_argument("--backend", default="threading",
+                     help="joblib backend: threading | loky | multiprocessing | dask")
+    run.add_argument("--strict", action="store_true", help="exit non-zero if any video failed")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="retry videos that failed in an earlier run into OUTDIR")
+    run.add_argument("--no-progress", dest="progress", action="store_false",
+                     help="no progress bar or summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    from vidfeat.ingest import ingest
+
+    if args.src is None and args.labels is None:
+        raise ValueError("give SRC (a folder of class folders) or --labels FILE")
+    result = ingest(args.src, args.outdir, labels=args.labels,
+                    frames_per_video=args.frames_per_video, fps=args.fps,
+                    keyframes=args.keyframes, size=args.size, jpeg_quality=args.jpeg_quality,
+                    split=args.split, seed=args.seed, balance=args.balance,
+                    max_frames_per_video=args.max_frames_per_video,
+                    max_per_class=args.max_per_class, fmt=args.fmt, jobs=args.jobs,
+                    timeout=args.timeout, strict=args.strict, retry_failed=args.retry_failed,
+                    backend=args.backend, progress=args.progress)
+    return result.exit_code

@@ -1,0 +1,66 @@
+"""Train/val/test split at the video level, stratified by class, reproducible from a seed.
+
+Every frame of a video lands in its video's split, so no video (and no frame) is in two splits.
+Each class is shuffled by its own generator, derived from ``(seed, label)``: adding a class, or
+videos of another class, does not move the videos of this one. Videos that already carry a split
+(the labels file's ``split`` column) keep it; failed videos get none.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from vidfeat.manifest import SPLITS
+
+
+def rng_for(seed: int, *keys: str) -> np.random.Generator:
+    """A generator that depends only on ``seed`` and ``keys`` (stable across runs and machines)."""
+    return np.random.default_rng([int(seed), *(zlib.crc32(k.encode("utf-8")) for k in keys)])
+
+
+def parse_ratios(split: str | Sequence[float]) -> tuple[float, float, float]:
+    """``"0.8,0.1,0.1"`` or a 3-sequence -> train/val/test fractions (non-negative, summing to 1)."""
+    parts = split.split(",") if isinstance(split, str) else list(split)
+    try:
+        ratios = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ValueError(f"split={split!r} must be three numbers train,val,test") from None
+    if len(ratios) != 3 or any(not math.isfinite(r) or r < 0 for r in ratios):
+        raise ValueError(f"split={split!r} must be three non-negative numbers train,val,test")
+    if abs(sum(ratios) - 1) > 1e-6 or ratios[0] == 0:
+        raise ValueError(f"split={split!r} must sum to 1 with a non-zero train fraction")
+    return ratios  # type: ignore[return-value]
+
+
+def split_counts(n: int, ratios: Sequence[float]) -> list[int]:
+    """``n`` videos shared out by ``ratios`` with largest remainders (ties go to train first)."""
+    exact = [n * r for r in ratios]
+    counts = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(exact)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in by_remainder[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def assign_splits(videos: pd.DataFrame, split: str | Sequence[float] = (0.8, 0.1, 0.1), *,
+                  seed: int = 0) -> pd.DataFrame:
+    """Return ``videos`` with ``split`` filled for ok rows that have none, stratified by label.
+
+    Needs columns ``video_id, label, split, status``; failed rows get ``split=""``.
+    """
+    ratios = parse_ratios(split)
+    out = videos.copy()
+    out["split"] = out["split"].fillna("").astype(str)
+    ok = out["status"] == "ok"
+    out.loc[~ok, "split"] = ""
+    todo = out[ok & (out["split"] == "")]
+    for label, group in todo.groupby("label", sort=True):
+        ids = group.sort_values("video_id").index.to_numpy()
+        ids = ids[rng_for(seed, "split", str(label)).permutation(len(ids))]
+        names = np.repeat(SPLITS, split_counts(len(ids), ratios))
+        out.loc[ids, "split"] = names
+    return out
