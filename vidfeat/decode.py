@@ -20,6 +20,7 @@ error mid-file ends the stream there, as a player would; the caller's timeout bo
 from __future__ import annotations
 
 import bisect
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,7 +191,12 @@ class _Cursor:
         return t - pos > NO_INDEX_GAP_S
 
     def _seek_covering(self, t: float) -> None:
-        """Seek so that the frame shown at ``t`` is decoded, backing off if a seek lands late."""
+        """Seek so that the frame shown at ``t`` is decoded, backing off while seeks land late.
+
+        Seeks may land after the target (MPEG-TS seeks by dts, MP4 indexes hold dts): retry
+        from 1, 2, 4... s earlier; once a seek from before the stream start still lands after
+        ``t``, no frame precedes it and the first frame is the one shown.
+        """
         back = 0.0
         while True:
             at = t - back
@@ -198,13 +204,13 @@ class _Cursor:
             self._advance(t)
             if self.prev is not None:
                 return
-            if at <= self.start:  # t precedes the first frame: that frame is what is shown
+            if at < self.start - 1.0:
                 self.prev, self.next = self.next, None
                 return
             back = max(1.0, back * 2)
 
     def _seek(self, at: float) -> None:
-        offset = int((max(at, self.start)) / self.tb)
+        offset = math.floor(at / self.tb)
         self.container.seek(offset, stream=self.stream, backward=True, any_frame=False)
         self.frames = _decode(_packets(self.container, self.stream))
         self.prev = self.next = None

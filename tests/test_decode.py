@@ -1,0 +1,248 @@
+"""decode: sampled frames are exactly what a full decode shows at each time, found by seeking."""
+import struct
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+from videos import ffmpeg, make_video
+
+from vidfeat import decode
+from vidfeat.decode import TIME_EPS, FrameRecord, decode_frames
+from vidfeat.probe import VideoError, probe_video
+from vidfeat.sample import SamplingSpec, plan_times
+
+
+def full_decode(path):
+    """Reference: every frame of a plain front-to-back decode, as (pts seconds, RGB array)."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return [(float(f.pts * s.time_base), f.to_ndarray(format="rgb24")) for f in c.decode(s)]
+
+
+def shown_at(ref, t):
+    """Index of the frame a player shows at t: the last one with pts <= t (first if t is earlier)."""
+    times = [x for x, _ in ref]
+    return max([i for i, x in enumerate(times) if x <= t + TIME_EPS], default=0)
+
+
+def load(out, rec):
+    return np.asarray(Image.open(out / rec.filename).convert("RGB"), dtype=np.float32)
+
+
+def counter_video(path, *, duration, fps, gop, vfr=False, extra=()):
+    """Flat frames whose grey level encodes the frame number (16 + 7n mod 200): every frame is
+    told apart from every other by its mean, whatever the JPEG/resize noise."""
+    src = f"color=c=black:s=64x48:r={fps}:d={duration},format=yuv420p"
+    vf = "geq=lum='16+mod(N*7,200)':cb=128:cr=128"
+    args = ["-f", "lavfi", "-i", src]
+    if vfr:  # first second at fps, then fps/4, real timestamps kept
+        n = int(fps)
+        vf = f"settb=1/1000,setpts='if(lt(N,{n}),N*1000/{fps},1000+(N-{n})*4000/{fps})',{vf}"
+        args += ["-fps_mode", "passthrough", "-video_track_timescale", "1000"]
+    codec = ["-c:v", "mpeg4"] if path.suffix == ".avi" else ["-c:v", "libx264", "-preset", "ultrafast"]
+    ffmpeg(*args, "-vf", vf, *codec, "-g", str(gop), *extra, str(path))
+    return path
+
+
+def assert_exact(path, spec, out, *, n=None):
+    """Each record is the frame shown at its target: same pts, and the same picture."""
+    probe = probe_video(path)
+    recs = decode_frames(path, probe, spec, out, n=n)
+    ref = full_decode(path)
+    expected = sorted({shown_at(ref, t) for t in plan_times(probe, spec, n=n)})
+    assert [r.timestamp_s for r in recs] == pytest.approx([ref[i][0] for i in expected], abs=1e-9)
+    means = np.array([frame.mean() for _, frame in ref])
+    for rec, i in zip(recs, expected):
+        err = np.abs(means - load(out, rec).mean())
+        assert int(np.argmin(err)) == i and err[i] < 0.6, (rec, i, err[i], err.min())
+    return recs
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    return {
+        "bframes.mp4": counter_video(root / "bframes.mp4", duration=4, fps=25, gop=12,
+                                     extra=("-bf", "2")),
+        "gop.mkv": counter_video(root / "gop.mkv", duration=4, fps=25, gop=10),
+        "start.ts": counter_video(root / "start.ts", duration=4, fps=25, gop=10, extra=("-bf", "2")),
+        "vfr.mp4": counter_video(root / "vfr.mp4", duration=4, fps=10, gop=5, vfr=True),
+        "avi.avi": counter_video(root / "avi.avi", duration=2, fps=10, gop=5),
+    }
+
+
+@pytest.mark.parametrize("name", ["bframes.mp4", "gop.mkv", "start.ts", "vfr.mp4", "avi.avi"])
+def test_uniform_frames_are_exact(clips, tmp_path, name):
+    recs = assert_exact(clips[name], SamplingSpec(frames_per_video=7, size=48), tmp_path)
+    assert len(recs) == 7
+    indexes = [r.frame_index for r in recs]
+    assert indexes == sorted(set(indexes))
+    assert [r.filename for r in recs] == [f"{i:06d}.jpg" for i in indexes]
+
+
+@pytest.mark.parametrize("name", ["bframes.mp4", "start.ts", "vfr.mp4"])
+def test_fps_mode_is_exact(clips, tmp_path, name):
+    recs = assert_exact(clips[name], SamplingSpec(mode="fps", fps=3, size=48), tmp_path)
+    assert len(recs) >= 8
+
+
+def test_nonzero_start_timestamps_are_absolute(clips, tmp_path):
+    probe = probe_video(clips["start.ts"])
+    recs = decode_frames(clips["start.ts"], probe, SamplingSpec(frames_per_video=4, size=48), tmp_path)
+    assert probe.start_s > 0.5
+    assert all(probe.start_s <= r.timestamp_s <= probe.start_s + probe.duration_s for r in recs)
+    assert recs[0].frame_index == round((recs[0].timestamp_s - probe.start_s) * probe.fps)
+
+
+def test_more_targets_than_frames_gives_each_frame_once(tmp_path):
+    p = counter_video(tmp_path / "short.mp4", duration=0.5, fps=10, gop=3)  # 5 frames
+    recs = assert_exact(p, SamplingSpec(frames_per_video=16, size=48), tmp_path / "out")
+    assert [r.frame_index for r in recs] == [0, 1, 2, 3, 4]
+    assert sorted(f.name for f in (tmp_path / "out").iterdir()) == [r.filename for r in recs]
+
+
+def test_one_frame_video(video, tmp_path):
+    p = video("one.mp4", duration=0.1, fps=10)
+    for mode in ("uniform", "keyframes"):
+        out = tmp_path / mode
+        recs = decode_frames(p, probe_video(p), SamplingSpec(mode=mode, size=48), out)
+        assert recs == [FrameRecord(0, 0.0, "000000.jpg")]
+
+
+class _Counter:
+    """Counts frames that come out of the decoder (wraps decode._decode; decoding is real)."""
+
+    def __init__(self, monkeypatch):
+        self.frames = 0
+        real = decode._decode
+
+        def counting(packets):
+            for frame in real(packets):
+                self.frames += 1
+                yield frame
+        monkeypatch.setattr(decode, "_decode", counting)
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory):
+    """60 s at 25 fps (1500 frames), a keyframe every second, tiny frames so it is quick."""
+    return make_video(tmp_path_factory.mktemp("long") / "long.mp4", duration=60, fps=25, gop=25,
+                      size=(32, 24), source="testsrc")
+
+
+def test_sixteen_frames_do_not_decode_the_whole_video(long_clip, tmp_path, monkeypatch):
+    counter = _Counter(monkeypatch)
+    probe = probe_video(long_clip)
+    recs = decode_frames(long_clip, probe, SamplingSpec(size=24), tmp_path)
+    assert len(recs) == 16
+    # each target costs at most one GOP prefix (25 frames) + the frame after it
+    assert counter.frames <= 16 * 26 < probe.frame_count / 3
+
+
+def test_keyframes_mode_decodes_keyframes_only(long_clip, tmp_path, monkeypatch):
+    with av.open(str(long_clip)) as c:
+        s = c.streams.video[0]
+        key_times = [float(p.pts * s.time_base) for p in c.demux(s) if p.is_keyframe]
+    counter = _Counter(monkeypatch)
+    recs = decode_frames(long_clip, probe_video(long_clip), SamplingSpec(mode="keyframes", size=24),
+                         tmp_path)
+    assert [r.timestamp_s for r in recs] == pytest.approx(key_times)
+    assert len(recs) == 60 and counter.frames == 60
+    assert [r.frame_index for r in recs] == [25 * i for i in range(60)]
+
+
+def test_keyframe_images_match_full_decode(clips, tmp_path):
+    path = clips["gop.mkv"]
+    recs = decode_frames(path, probe_video(path), SamplingSpec(mode="keyframes", size=48), tmp_path)
+    ref = dict(full_decode(path))
+    assert len(recs) == 10
+    for rec in recs:
+        assert abs(load(tmp_path, rec).mean() - ref[rec.timestamp_s].mean()) < 0.6
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotation_applied_like_ffmpeg(video, tmp_path, rotation):
+    p = video(f"rot{rotation}.mp4", rotation=rotation, size=(64, 48), duration=0.3, fps=10)
+    ffmpeg("-i", str(p), "-frames:v", "1", str(tmp_path / "ref.png"))  # ffmpeg autorotates
+    ref = np.asarray(Image.open(tmp_path / "ref.png").convert("RGB"), dtype=np.float32)
+    out = tmp_path / "out"
+    recs = decode_frames(p, probe_video(p), SamplingSpec(mode="keyframes", size=48), out)
+    img = load(out, recs[0])
+    assert img.shape == ref.shape == ((64, 48, 3) if rotation in (90, 270) else (48, 64, 3))
+    assert np.abs(img - ref).mean() < 12.0
+    if rotation == 180:
+        assert np.abs(img - ref[::-1, ::-1]).mean() > 20  # the check can tell orientations apart
+
+
+def test_resized_to_short_side(tmp_path):
+    p = tmp_path / "odd.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=s=175x143:r=10:d=1", "-c:v", "libx264",
+           "-preset", "ultrafast", str(p))
+    for size in (64, 200):
+        out = tmp_path / str(size)
+        recs = decode_frames(p, probe_video(p), SamplingSpec(frames_per_video=2, size=size), out)
+        with Image.open(out / recs[0].filename) as im:
+            assert im.size == (round(175 * size / 143), size)
+
+
+def test_jpeg_quality_is_used(video, tmp_path):
+    p = video("q.mp4", duration=0.3, size=(128, 96), source="mandelbrot")
+    sizes = []
+    for q in (20, 95):
+        out = tmp_path / f"q{q}"
+        recs = decode_frames(p, probe_video(p), SamplingSpec(frames_per_video=1, size=96, jpeg_quality=q), out)
+        sizes.append((out / recs[0].filename).stat().st_size)
+    assert sizes[0] < sizes[1] / 1.5
+
+
+def _corrupt_after(path, fraction):
+    """Random bytes over the coded frames from ``fraction`` of the mdat payload on."""
+    data = bytearray(path.read_bytes())
+    i = data.find(b"mdat")
+    n = struct.unpack(">I", data[i - 4:i])[0]
+    a = i + 4 + int((n - 8) * fraction)
+    data[a:i - 4 + n] = np.random.default_rng(0).integers(0, 256, i - 4 + n - a, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_undecodable_video_raises_and_leaves_nothing(video, tmp_path):
+    p = video("bad.mp4", duration=1.0, fps=10)
+    probe = probe_video(p)
+    _corrupt_after(p, 0.0)
+    out = tmp_path / "out"
+    with pytest.raises(VideoError, match="no frame decodes|does not decode"):
+        decode_frames(p, probe, SamplingSpec(frames_per_video=4, size=48), out)
+    assert list(out.iterdir()) == []
+
+
+def test_corrupt_tail_keeps_the_good_frames(video, tmp_path):
+    p = video("tail.mp4", duration=2.0, fps=10, gop=5)
+    probe = probe_video(p)
+    _corrupt_after(p, 0.6)
+    recs = decode_frames(p, probe, SamplingSpec(frames_per_video=4, size=48), tmp_path)
+    assert 1 <= len(recs) <= 4 and recs[0].timestamp_s == pytest.approx(0.2)
+
+
+def test_hostile_file_refused_at_decode_too(video, tmp_path):
+    target = video("t.mp4")
+    probe = probe_video(target)
+    fake = tmp_path / "x.mp4"
+    fake.write_text(f"#EXTM3U\n#EXTINF:1,\n{target}\n#EXT-X-ENDLIST\n")
+    with pytest.raises(VideoError, match="playlist"):
+        decode_frames(fake, probe, SamplingSpec(size=48), tmp_path / "out")
+
+
+@pytest.mark.parametrize("name", ["-y.mp4", "a b é.mkv"])
+def test_odd_names_decode(video, tmp_path, name):
+    p = video(name, duration=0.5)
+    recs = decode_frames(p, probe_video(p), SamplingSpec(frames_per_video=3, size=48), tmp_path / "o")
+    assert len(recs) == 3
+
+
+def test_threads_option(video, tmp_path):
+    p = video("t.mp4", duration=1.0)
+    a = decode_frames(p, probe_video(p), SamplingSpec(size=48), tmp_path / "a", threads=1)
+    b = decode_frames(p, probe_video(p), SamplingSpec(size=48), tmp_path / "b", threads=3)
+    assert a == b
