@@ -15,7 +15,8 @@ streamed from the HDF5 file in shuffled blocks (bounded memory), so a cache larg
 
 Bad input: a missing file -> FileNotFoundError; not a vidfeat file, an incomplete file, a split with
 no samples, fewer than two classes in train, or an unknown option -> ValueError naming it. Nothing
-in MODEL_DIR is replaced until training has succeeded (files are written atomically).
+in MODEL_DIR is replaced until head training has succeeded (files are written atomically); fine-
+tuning writes its best weights and a checkpoint each epoch, and a rerun resumes from it.
 """
 from __future__ import annotations
 
@@ -380,14 +381,27 @@ def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = 
                  "sweep": grid or None}
         config = model_config(store, head=head, spec=head_spec(model), hyper=hyper,
                               selected=selected, best_epoch=results[best].best_epoch)
-        metrics = {"val": _evaluate_source(model, val_src, names, dev)}
         streamed = bool(train_src.streamed or val_src.streamed)
         for src in (train_src, val_src):
             if isinstance(src, H5Source):
                 src.close()
         del train_src, val_src
-        metrics["test"] = _evaluate_split(model, store, "test", names, dev, budget, stream_rows)
-    model_dir.mkdir(parents=True, exist_ok=True)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        if unfreeze:
+            ft = _prepare_unfreeze(store, model, frames, hyper)
+            info = fine_tune(ft, configs[best], spec, epochs=unfreeze_epochs,
+                             backbone_lr_scale=backbone_lr_scale, model_dir=model_dir, names=names,
+                             select_metric=select_metric, dev=dev, progress=progress)
+            metrics = {s: _ft_metrics(ft, s, batch_size, dev, names) for s in ("val", "test")}
+            model = ft.head.cpu()
+            _save_tensors(ft.backbone.state_dict(), model_dir / BACKBONE_FILE)
+            config["files"]["backbone"] = BACKBONE_FILE
+            config["unfreeze"] = {"epochs": unfreeze_epochs, "backbone_lr_scale": backbone_lr_scale,
+                                  "frames": str(Path(frames or store.attrs["ingest_dir"]).resolve()),
+                                  **info}
+        else:
+            metrics = {"val": _evaluate_split(model, store, "val", names, dev, budget, stream_rows),
+                       "test": _evaluate_split(model, store, "test", names, dev, budget, stream_rows)}
     _save_tensors(model.state_dict(), model_dir / HEAD_FILE)
     if len(configs) > 1:
         _write_sweep(model_dir, table)
@@ -419,6 +433,14 @@ def _sweep_table(results, configs, grid, val_src, names, dev) -> list[dict]:
         rows.append({"config": i, **asdict(cfg), "best_epoch": res.best_epoch,
                      **_flat(m, "val_"), "selected": False})
     return rows
+
+
+def _ft_metrics(ft, split: str, batch_size: int, dev, names: list[str]) -> dict | None:
+    ds, _, video_id = ft.data[split]
+    if len(ds) == 0:
+        log.warning("no stored %s frames: no %s metrics", split, split)
+        return None
+    return split_metrics(_ft_logits(ft, split, batch_size, dev), ds.labels, video_id, names)
 
 
 def _evaluate_source(model: StackedHead, src, names: list[str], dev) -> dict:
@@ -483,3 +505,205 @@ def _check_compatible(config: dict, store) -> None:
     if config.get("backbone") and backbone != config["backbone"]:
         raise ValueError(f"{store.path} was extracted with backbone {backbone!r}; the model "
                          f"expects {config['backbone']!r}")
+
+
+# ----------------------------------------------------------------------------------- unfreeze
+CHECKPOINT_FILE = "unfreeze_checkpoint.pt"
+
+
+class _FrameImages(torch.utils.data.Dataset):
+    """Stored JPEG frames -> resized, centre-cropped uint8 tensors (normalised on the device)."""
+
+    def __init__(self, root: Path, paths: Sequence[str], labels: np.ndarray, preprocess):
+        self.root, self.paths, self.labels, self.preprocess = root, list(paths), labels, preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from vidfeat.backbones import load_image
+
+        img = self.preprocess.resize_crop(load_image(self.root / self.paths[i])[None])[0]
+        return img, int(self.labels[i])
+
+
+@dataclass
+class _FineTune:
+    """Everything one end-to-end fine-tuning run needs (built by ``_prepare_unfreeze``)."""
+    backbone: torch.nn.Module
+    head: StackedHead
+    preprocess: object
+    data: dict                      # split -> (Dataset, repeat, video_id)
+    run_key: str
+    history: list = field(default_factory=list)
+
+
+def _recorded_preprocess(store):
+    from vidfeat.backbones import Preprocess
+
+    a = store.attrs
+    try:
+        return Preprocess(resize_size=int(a["resize_size"]), input_size=int(a["input_size"]),
+                          mean=tuple(_attr_json(a["mean"])), std=tuple(_attr_json(a["std"])),
+                          interpolation=str(_attr_json(a.get("interpolation")) or "bilinear"))
+    except KeyError as exc:
+        raise ValueError(f"{store.path} lacks preprocessing attribute {exc}; cannot unfreeze") from None
+
+
+def _frame_splits(frames_dir, names: list[str], preprocess) -> dict:
+    from vidfeat.manifest import read_manifest
+
+    m = read_manifest(frames_dir, check_files=True)
+    index = {n: i for i, n in enumerate(names)}
+    frames = m.frames[m.frames["label"].isin(index)]
+    if len(frames) < len(m.frames):
+        log.warning("%d stored frames have labels unknown to the feature file; skipped",
+                    len(m.frames) - len(frames))
+    data = {}
+    for split in ("train", "val", "test"):
+        f = frames[frames["split"] == split]
+        labels = f["label"].map(index).to_numpy(np.int64)
+        data[split] = (_FrameImages(m.root, f["path"].tolist(), labels, preprocess),
+                       f["repeat"].to_numpy(np.int64), f["video_id"].to_numpy().astype(str))
+    for split in ("train", "val"):
+        if len(data[split][0]) == 0:
+            raise ValueError(f"split {split!r} of the stored frames in {frames_dir} has no samples")
+    return data
+
+
+def _prepare_unfreeze(store, head: StackedHead, frames, hyper: dict) -> _FineTune:
+    from vidfeat.backbones import create_backbone
+
+    frames = frames or _attr_json(store.attrs.get("ingest_dir"))
+    if not frames:
+        raise ValueError("unfreeze needs frames=OUTDIR (the ingest folder of the stored frames)")
+    name, weights = store.backbone, _attr_json(store.attrs.get("weights"))
+    bb = create_backbone(name, weights)
+    if bb.feature_dim != store.feature_dim:
+        raise ValueError(f"backbone {name} gives {bb.feature_dim}-d features; {store.path} holds "
+                         f"{store.feature_dim}-d")
+    pre = _recorded_preprocess(store)
+    key = json.dumps({"features": store.fingerprint, "backbone": name, "weights": weights,
+                      "hyper": hyper}, sort_keys=True, default=str)
+    return _FineTune(bb.model, head, pre, _frame_splits(Path(frames), list(store.class_names), pre),
+                     key)
+
+
+def _amp(dev: torch.device):
+    """Autocast context and grad scaler: bf16 where supported, else fp16 with scaling; off on CPU."""
+    import contextlib
+
+    if dev.type != "cuda":
+        return contextlib.nullcontext, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+
+
+def _loader(dataset, indices, batch_size: int, dev: torch.device):
+    workers = 0 if len(indices) < 512 else min(4, max(1, (os.cpu_count() or 2) - 1))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=list(indices),
+                                       num_workers=workers, pin_memory=dev.type == "cuda")
+
+
+def _ft_logits(ft: _FineTune, split: str, batch_size: int, dev) -> np.ndarray:
+    ds = ft.data[split][0]
+    ft.backbone.eval()
+    ft.head.eval()
+    autocast, _ = _amp(dev)
+    out = []
+    with torch.inference_mode(), autocast():
+        for img, _ in _loader(ds, range(len(ds)), batch_size, dev):
+            x = ft.preprocess.normalize(img.to(dev, non_blocking=True))
+            out.append(ft.head(ft.backbone(x).float())[0].float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, ft.head.dims[-1]), np.float32)
+
+
+def fine_tune(ft: _FineTune, cfg: HeadConfig, spec: TrainSpec, *, epochs: int, backbone_lr_scale: float,
+              model_dir: Path, names: list[str], select_metric: str, dev: torch.device,
+              progress: bool) -> dict:
+    """Fine-tune backbone and head end to end; checkpoint each epoch; resume from a checkpoint.
+
+    The best epoch by val ``select_metric`` is what stays in ``ft``; returns its metrics.
+    """
+    from tqdm.auto import tqdm
+
+    from vidfeat.heads import class_counts, epoch_indices, loss_terms, stacked_loss
+
+    train_ds, repeat, _ = ft.data["train"]
+    counts = class_counts(train_ds.labels, repeat, len(names))
+    cw, offset = loss_terms([cfg], counts, dev)
+    ft.backbone.to(dev).requires_grad_(True)
+    ft.head.to(dev).requires_grad_(True)
+    opt = torch.optim.AdamW([
+        {"params": list(ft.backbone.parameters()), "lr": cfg.lr * backbone_lr_scale},
+        {"params": list(ft.head.parameters()), "lr": cfg.lr}], weight_decay=cfg.weight_decay)
+    autocast, scaler = _amp(dev)
+    state = _resume(model_dir, ft, opt, scaler)
+    weights = repeat / np.maximum(counts, 1)[train_ds.labels] if spec.sampler == "balanced" else None
+    metric = _metric_fn(select_metric, names, ft.data["val"][2])
+    bar = tqdm(range(state["epoch"] + 1, epochs + 1), desc="unfreeze", unit="epoch",
+               disable=not progress)
+    for epoch in bar:
+        ft.backbone.train()
+        ft.head.train()
+        rng = np.random.default_rng([spec.seed, epoch])   # per epoch: a resumed run matches
+        total, steps = 0.0, 0
+        for img, y in _loader(train_ds, epoch_indices(rng, repeat, weights), spec.batch_size, dev):
+            with autocast():
+                x = ft.preprocess.normalize(img.to(dev, non_blocking=True))
+                loss = stacked_loss(ft.head(ft.backbone(x).float()), y.to(dev), cw, offset)
+            opt.zero_grad(set_to_none=True)
+            (scaler.scale(loss) if scaler else loss).backward()
+            scaler.step(opt) if scaler else opt.step()
+            if scaler:
+                scaler.update()
+            total, steps = total + loss.item(), steps + 1
+        logits = _ft_logits(ft, "val", spec.batch_size, dev)
+        score = metric(ft.data["val"][0].labels, logits)
+        state["history"].append({"epoch": epoch, "train_loss": total / max(steps, 1),
+                                 "val_" + select_metric: score})
+        if state["best_score"] is None or score > state["best_score"]:
+            state["best_score"], state["best_epoch"] = score, epoch
+            _save_tensors(ft.backbone.state_dict(), model_dir / BACKBONE_FILE)
+            _save_tensors(ft.head.state_dict(), model_dir / HEAD_FILE)
+        state["epoch"] = epoch
+        _checkpoint(model_dir, ft, opt, scaler, state)
+        bar.set_postfix(loss=f"{total / max(steps, 1):.4f}", val=f"{score:.4f}")
+    bar.close()
+    ft.history = state["history"]
+    ft.backbone.load_state_dict(torch.load(model_dir / BACKBONE_FILE, weights_only=True))
+    ft.head.load_state_dict(torch.load(model_dir / HEAD_FILE, weights_only=True))
+    return {"best_epoch": state["best_epoch"], "history": state["history"]}
+
+
+def _checkpoint(model_dir: Path, ft: _FineTune, opt, scaler, state: dict) -> None:
+    ckpt = {"run_key": ft.run_key, "backbone": ft.backbone.state_dict(),
+            "head": ft.head.state_dict(), "optimizer": opt.state_dict(),
+            "scaler": scaler.state_dict() if scaler else {}, **state}
+    tmp = model_dir / f".{CHECKPOINT_FILE}.tmp"
+    torch.save(ckpt, tmp)
+    os.replace(tmp, model_dir / CHECKPOINT_FILE)
+
+
+def _resume(model_dir: Path, ft: _FineTune, opt, scaler) -> dict:
+    fresh = {"epoch": 0, "best_score": None, "best_epoch": 0, "history": []}
+    path = model_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        return fresh
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:   # truncated or foreign file: start over rather than fail
+        log.warning("ignoring unreadable checkpoint %s (%s); starting over", path, exc)
+        return fresh
+    if ckpt.get("run_key") != ft.run_key:
+        log.warning("checkpoint %s is from a different run (features, backbone or "
+                    "hyperparameters differ); starting over", path)
+        return fresh
+    ft.backbone.load_state_dict(ckpt["backbone"])
+    ft.head.load_state_dict(ckpt["head"])
+    opt.load_state_dict(ckpt["optimizer"])
+    if scaler and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    log.info("resuming fine-tuning from %s after epoch %d", path, ckpt["epoch"])
+    return {k: ckpt[k] for k in fresh}

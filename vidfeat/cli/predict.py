@@ -1,0 +1,28 @@
+"""``vidfeat predict MODEL_DIR VIDEO...``: one JSON line per video (top-k labels)."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "classify videos with a trained model; prints one JSON line per video"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model_dir", help="folder written by 'vidfeat train'")
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="local video files")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--batch-size", type=int, default=64, help="frames per backbone batch")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit status 0 when every video was classified, 1 when some gave an error line."""
+    import json
+
+    from vidfeat.predict import predict
+
+    failed = 0
+    for entry in predict(args.model_dir, args.videos, top_k=args.top_k, device=args.device,
+                         batch_size=args.batch_size):
+        failed += "error" in entry
+        print(json.dumps(entry), flush=True)
+    return 1 if failed else 0
