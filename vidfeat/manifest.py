@@ -125,8 +125,10 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
 
 def read_table(path: Path) -> pd.DataFrame:
     if path.suffix == ".csv":
-        # keep "" as "" (error column), not NaN; keep ids as text
-        return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"video_id": str})
+        # keep "" as "" (error column), not NaN; keep ids and labels as text ("007" stays "007")
+        text = {c: str for c, t in {**VIDEO_COLUMNS, **VIDEO_OPTIONAL, **FRAME_COLUMNS}.items()
+                if t == "string"}
+        return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=text)
     return pd.read_parquet(path)
 
 
@@ -223,7 +225,7 @@ def _check_frames(frames: pd.DataFrame, videos: pd.DataFrame) -> None:
     if unsafe.any():
         raise ManifestError("frames manifest: column 'path' must be relative to OUTDIR without '..'")
     per_video = videos.set_index("video_id")[["label", "split"]]
-    joined = frames.join(per_video, on="video_id", rsuffix="_video")
+    joined = frames.join(per_video.add_suffix("_video"), on="video_id")
     for col in ("label", "split"):
         bad = joined[joined[col] != joined[f"{col}_video"]]
         if len(bad):

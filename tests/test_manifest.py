@@ -1,0 +1,100 @@
+"""Manifest contract: write/read round trip (parquet and csv) and errors naming the culprit."""
+import pandas as pd
+import pytest
+
+from vidfeat.manifest import ManifestError, read_manifest, write_manifest
+
+
+def tables():
+    videos = pd.DataFrame({
+        "video_id": ["a/1.mp4", "a/2.mp4", "b/1.mp4"], "path": ["/x/a/1.mp4", "/x/a/2.mp4", "/x/b/1.mp4"],
+        "label": ["a", "a", "b"], "split": ["train", "val", ""], "status": ["ok", "ok", "failed"],
+        "error": ["", "", "moov atom not found"], "duration_s": [1.0, 2.0, None],
+        "fps": [10.0, 10.0, None], "width": [64, 64, None], "height": [48, 48, None],
+        "n_frames": [2, 1, 0], "repeat": [2, 1, 0]})
+    frames = pd.DataFrame({
+        "frame_id": ["a/1.mp4#0", "a/1.mp4#5", "a/2.mp4#3"], "video_id": ["a/1.mp4", "a/1.mp4", "a/2.mp4"],
+        "label": ["a", "a", "a"], "split": ["train", "train", "val"], "frame_index": [0, 5, 3],
+        "timestamp_s": [0.0, 0.5, 0.3],
+        "path": ["frames/a/1.mp4/000000.jpg", "frames/a/1.mp4/000005.jpg", "frames/a/2.mp4/000003.jpg"],
+        "repeat": [2, 2, 1]})
+    return videos, frames
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_round_trip(tmp_path, fmt):
+    videos, frames = tables()
+    write_manifest(tmp_path, videos, frames, {"k": 1}, fmt=fmt)
+    m = read_manifest(tmp_path)
+    assert m.videos["video_id"].tolist() == videos["video_id"].tolist()
+    assert m.videos["error"].fillna("").tolist() == videos["error"].tolist()
+    assert m.frames["timestamp_s"].tolist() == frames["timestamp_s"].tolist()
+    assert m.class_names == ["a"] and m.info == {"k": 1}
+    assert (tmp_path / f"videos.{fmt}").exists()
+
+
+def test_csv_keeps_numeric_looking_ids_as_text(tmp_path):
+    videos, frames = tables()
+    videos.loc[0, "video_id"] = "007"
+    frames["video_id"] = frames["video_id"].replace("a/1.mp4", "007")
+    frames["frame_id"] = frames["video_id"] + "#" + frames["frame_index"].astype(str)
+    write_manifest(tmp_path, videos, frames, fmt="csv")
+    assert read_manifest(tmp_path).videos["video_id"].iloc[0] == "007"
+
+
+def broken(change):
+    videos, frames = tables()
+    change(videos, frames)
+    return videos, frames
+
+
+CASES = {
+    "missing column": (lambda v, f: v.pop("label"), "column 'label'"),
+    "bad status": (lambda v, f: v.__setitem__("status", ["ok", "done", "failed"]), "'done'"),
+    "bad split": (lambda v, f: v.__setitem__("split", ["train", "dev", ""]), "'dev'"),
+    "duplicate id": (lambda v, f: v.__setitem__("video_id", ["a/1.mp4", "a/1.mp4", "b/1.mp4"]),
+                     "duplicate value 'a/1.mp4'"),
+    "no reason": (lambda v, f: v.__setitem__("error", ["", "", ""]), "'error' is empty for failed video 'b/1.mp4'"),
+    "bad dtype": (lambda v, f: v.__setitem__("duration_s", ["x", "1", None]), "column 'duration_s'"),
+    "unknown video": (lambda v, f: f.__setitem__("video_id", ["a/1.mp4", "a/1.mp4", "b/1.mp4"]),
+                      "'b/1.mp4' that is not an ok video"),
+    "repeat": (lambda v, f: f.__setitem__("repeat", [2, 0, 1]), "column 'repeat'"),
+    "escaping path": (lambda v, f: f.__setitem__("path", ["../x.jpg", "a.jpg", "b.jpg"]), "column 'path'"),
+    "split differs": (lambda v, f: f.__setitem__("split", ["train", "test", "val"]), "column 'split' of frame 'a/1.mp4#5'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_manifest_error_names_column_or_value(tmp_path, case):
+    change, message = CASES[case]
+    videos, frames = broken(change)
+    # written with pandas directly: write_manifest itself refuses to write a bad manifest
+    videos.to_parquet(tmp_path / "videos.parquet")
+    frames.to_parquet(tmp_path / "frames.parquet")
+    with pytest.raises(ManifestError, match=message.replace("(", r"\(")):
+        read_manifest(tmp_path)
+    with pytest.raises(ManifestError, match=message.replace("(", r"\(")):
+        write_manifest(tmp_path / "again", videos, frames)
+
+
+def test_missing_folder_or_tables(tmp_path):
+    with pytest.raises(ManifestError, match="not found"):
+        read_manifest(tmp_path / "nope")
+    with pytest.raises(ManifestError, match="no videos.parquet or videos.csv"):
+        read_manifest(tmp_path)
+
+
+def test_check_files_finds_missing_jpegs(tmp_path):
+    videos, frames = tables()
+    write_manifest(tmp_path, videos, frames)
+    with pytest.raises(ManifestError, match="3 frame files missing"):
+        read_manifest(tmp_path, check_files=True)
+
+
+def test_csv_keeps_numeric_looking_labels_as_text(tmp_path):
+    videos, frames = tables()
+    videos["label"] = videos["label"].map({"a": "007", "b": "1"})
+    frames["label"] = "007"
+    write_manifest(tmp_path, videos, frames, fmt="csv")
+    m = read_manifest(tmp_path)
+    assert m.class_names == ["007"] and m.videos["label"].tolist() == ["007", "007", "1"]
