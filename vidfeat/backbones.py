@@ -210,6 +210,24 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def resolve_weights(name: str, weights: str | None = "DEFAULT") -> tuple[str, str]:
+    """What ``weights`` means for ``name``, cheaply (no download, no model): (resolved, sha256).
+
+    resolved is ``"none"``, an absolute file path, or ``"<Enum>.<MEMBER>"``; sha256 is the
+    file's digest for a path, else "".
+    """
+    _check_name(name)
+    if weights is None or str(weights).lower() == "none":
+        return "none", ""
+    if _is_path(str(weights)):
+        path = Path(weights).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file not found: {path}")
+        return str(path), _sha256(path)
+    wobj = _resolve_torchvision_weights(name, str(weights))
+    return f"{type(wobj).__name__}.{wobj.name}", ""
+
+
 def create_backbone(name: str, weights: str | None = "DEFAULT") -> Backbone:
     """Build backbone ``name`` in eval mode on the CPU, classifier removed.
 
