@@ -21,7 +21,9 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from vidfeat.manifest import ManifestError, write_manifest
 from vidfeat.metrics import classification_metrics
+from vidfeat.probe import probe_video
 from vidfeat.report import BETAS, report
+from videos import make_video
 
 # (label, split, frames stored, repeat, duration_s) -- balancing oversampled gamma in train and
 # undersampled one alpha train video (repeat 0)
@@ -278,7 +280,7 @@ def test_warnings_name_the_classes(tmp_path):
     assert w["single_video"] == ["solo"]
     missing = {m["message"]: m["classes"] for m in r.warnings if m["code"] == "missing_from_split"}
     assert missing == {"classes 'beta', 'solo' have no video in 'val'": ["beta", "solo"],
-                       "classes 'solo' have no video in 'test'": ["solo"]}
+                       "class 'solo' has no video in 'test'": ["solo"]}
     drift = r.data["split_distribution"]["drift_from_train"]
     # independent TVD: train 16/3/1 of 20, test 2/3/0 of 5
     assert drift["test"] == pytest.approx(0.5 * (abs(0.8 - 0.4) + abs(0.15 - 0.6) + abs(0.05 - 0)))
@@ -334,7 +336,8 @@ def test_all_videos_failed(tmp_path):
     assert r.warnings[0]["message"].startswith("no usable video: all 3 videos failed (most common "
                                                "reasons: 'moov atom not found' x2")
     assert r.data["failures"]["by_class"]["a"]["reasons"] == [
-        {"error": "moov atom not found", "count": 2, "examples": ["a/bad0.mp4", "a/bad1.mp4"]}]
+        {"reason": "moov atom not found", "count": 2, "examples": ["a/bad0.mp4", "a/bad1.mp4"],
+         "example_error": "moov atom not found"}]
     assert set(r.files) == {"json", "md", "html"}  # nothing to plot
     assert "Failed videos (3)" in r.files["html"].read_text()
     assert r.data["imbalance"]["videos"]["before"]["imbalance_ratio"] is None
@@ -407,3 +410,72 @@ def test_cli_import_is_light():
             "print(heavy)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_failure_reasons_are_grouped_by_kind(tmp_path):
+    spec = [("a", "train", 2, 1, 1.0)] * 3 + [("b", "train", 2, 1, 1.0)] * 3
+    root = write_outdir(tmp_path / "o", spec, failed=[("a", "moov atom not found: /x/1.mp4"),
+                                                      ("a", "moov atom not found: /x/2.mp4"),
+                                                      ("a", "timed out after 5s (work killed)")])
+    fail = report(root, tmp_path / "r", progress=False).data["failures"]["by_class"]["a"]
+    assert [(r["reason"], r["count"]) for r in fail["reasons"]] == [
+        ("moov atom not found", 2), ("timed out after 5s (work killed)", 1)]
+    assert fail["reasons"][0]["example_error"] == "moov atom not found: /x/1.mp4"
+
+
+@pytest.fixture(scope="module")
+def messy_folder(tmp_path_factory):
+    """Class folders of real videos: a rotated and a VFR one, a corrupt and an empty file."""
+    root = tmp_path_factory.mktemp("messy")
+    make_video(root / "alpha" / "a0.mp4", duration=1.0, fps=10)
+    make_video(root / "alpha" / "a1.mp4", duration=1.0, fps=10, rotation=90)
+    make_video(root / "alpha" / "a2.mp4", duration=2.0, fps=8, vfr=True)
+    make_video(root / "beta" / "b0.mp4", duration=1.0, fps=10, source="smptebars")
+    (root / "beta" / "broken.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    (root / "beta" / "empty.mp4").write_bytes(b"")
+    return root
+
+
+def test_preflight_on_class_folders_probes_without_extracting(messy_folder, tmp_path):
+    r = report(messy_folder, tmp_path / "rep", progress=False)
+    d = r.data
+    assert d["source"]["kind"] == "folder" and d["source"]["frames"] == "source"
+    assert d["splits"] == ["all"] and d["imbalance"]["scope"] == "all"
+    alpha = d["counts"]["alpha"]["all"]
+    probes = [probe_video(p) for p in sorted((messy_folder / "alpha").glob("*.mp4"))]
+    assert alpha["videos"] == 3
+    assert alpha["duration_s"] == pytest.approx(sum(p.duration_s for p in probes))
+    assert alpha["frames"] == sum(p.frame_count for p in probes)
+    assert d["counts"]["beta"]["all"] == {**d["counts"]["beta"]["all"], "videos": 1, "failed": 2}
+    assert d["counts"]["beta"]["all"]["frames"] == 10  # the source's frame count
+    reasons = {x["reason"] for x in d["failures"]["by_class"]["beta"]["reasons"]}
+    assert len(reasons) == 2 and any("empty" in x for x in reasons)
+    w = codes(r)
+    assert w["rotated"] == ["alpha"] and w["vfr"] == ["alpha"] and w["failures"] == ["beta"]
+    assert not {"empty_split", "missing_from_split", "split_drift"} & set(w)
+    assert not list(messy_folder.rglob("*.jpg")) and not (messy_folder / "report").exists()
+    assert "frames in the source videos" in r.files["md"].read_text()
+
+
+def test_preflight_on_a_labels_file_uses_its_splits(messy_folder, tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("path,label,split\n"
+                      f"{messy_folder}/alpha/a0.mp4,alpha,train\n"
+                      f"{messy_folder}/alpha/a1.mp4,alpha,test\n"
+                      f"{messy_folder}/beta/b0.mp4,beta,train\n"
+                      "http://example.com/x.mp4,beta,train\n")
+    r = report(labels, tmp_path / "rep", progress=False, jobs=2)
+    d = r.data
+    assert d["source"]["kind"] == "labels" and d["splits"] == ["train", "test", "all"]
+    assert d["counts"]["alpha"]["test"]["videos"] == 1 and d["counts"]["beta"]["train"]["videos"] == 1
+    assert d["totals"]["failed"] == 1
+    assert "empty_split" in codes(r) and codes(r)["missing_from_split"] == ["beta"]
+
+
+def test_preflight_probe_timeout_fails_the_video_not_the_report(messy_folder, tmp_path):
+    r = report(messy_folder, tmp_path / "rep", timeout=0.001, progress=False)
+    assert r.data["totals"]["ok"] == 0 and r.warnings[0]["code"] == "no_videos"
+    reasons = [x["reason"] for e in r.data["failures"]["by_class"].values() for x in e["reasons"]]
+    assert any(x.startswith("timed out after") for x in reasons)
+    assert "no usable video: all 6 videos failed" in r.files["html"].read_text()
+    strict_json(r.files["json"])

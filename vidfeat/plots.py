@@ -28,6 +28,14 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _plain_log(axis) -> None:
+    """Log axis with plain tick labels (3, 10, 300), not 3x10^0."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _width(n_classes: int) -> float:
     return min(max(6.0, 0.35 * n_classes + 2), 40.0)
 
@@ -58,6 +66,8 @@ def class_counts(path: Path, classes: list[str], panels: dict[str, dict[str, lis
     for ax, (unit, series) in zip(axes, panels.items()):
         _grouped_bars(ax, classes, series)
         ax.set_yscale("log")
+        ax.set_ylim(bottom=0.5)  # bars grow from below 1, so a count of 1 or 2 stays visible
+        _plain_log(ax.yaxis)
         ax.set_ylabel(unit)
         ax.set_title(f"{unit} per class, before and after balancing (log scale)")
     return _save(fig, path)
@@ -112,6 +122,7 @@ def recall_vs_frequency(path: Path, series: dict[str, tuple[list[str], list[floa
                 ax.annotate(c, (x, y), fontsize="x-small", xytext=(3, 3), textcoords="offset points")
     if any(f > 0 for _, freqs, _ in series.values() for f in freqs):
         ax.set_xscale("log")
+        _plain_log(ax.xaxis)
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("training frames per class (log scale)")
     ax.set_ylabel("recall")

@@ -37,8 +37,10 @@ distribution of videos and train's.
          #           "duration_s", "duration_s_after": float, "mean_duration_s",
          #           "frames_per_video": float | null, "failed": int ("all" only, else 0)}
      "failures": {"failed": int, "by_class": {class: {"failed": int,
-                  "reasons": [{"error": str, "count": int, "examples": [video_id]}],
-                  "other_reasons": int}}},  # top 10 reasons per class, the rest counted
+                  "reasons": [{"reason": str, "count": int, "examples": [video_id],
+                               "example_error": str}],
+                  "other_reasons": int}}},
+         # reason = the error up to its first ": " (ingest.failure_reason); top 10 per class
      "imbalance": {"scope": "train" | "all",
                    "videos" | "frames": {"before" | "after": MEASURES}},
          # MEASURES = {"counts": {class: int}, "total": int, "n_classes": int,
@@ -74,6 +76,7 @@ import html
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -108,20 +111,24 @@ class ReportResult:
 
 
 def report(source, output=None, *, model=None, labels: str | None = None, jobs: int = 1,
-           min_videos: int = 10, max_drift: float = 0.2, progress: bool = True) -> ReportResult:
+           timeout: float = 600.0, min_videos: int = 10, max_drift: float = 0.2,
+           progress: bool = True) -> ReportResult:
     """Write report.json/.md/.html and PNG plots for SOURCE (ingest OUTDIR, class folders or
     labels file) into ``output`` (default: OUTDIR/report for an ingest OUTDIR, else ./report).
 
     ``model`` adds the evaluation in MODEL_DIR; ``min_videos`` is the per-class video count below
     which a class is flagged; ``max_drift`` the total variation distance above which a split's
-    class distribution is flagged as drifting from train; ``jobs`` probes in parallel (pre-flight).
+    class distribution is flagged as drifting from train. A pre-flight probes ``jobs`` videos at
+    a time, each in a child process killed after ``timeout`` seconds (the video then fails).
     """
     check_positive("jobs", jobs)
+    check_positive("timeout", timeout)
     check_positive("min_videos", min_videos)
     if not 0 < max_drift <= 1:
         raise ValueError(f"max_drift must be in (0, 1], got {max_drift!r}")
     start = time.perf_counter()
-    src, kind, table = load_source(source, labels=labels, jobs=jobs, progress=progress)
+    src, kind, table = load_source(source, labels=labels, jobs=jobs, timeout=timeout,
+                                   progress=progress)
     data = build_report(table, source={"path": str(src), "kind": kind, "labels": labels and str(labels),
                                        "frames": "stored" if kind == "ingest" else "source"},
                         min_videos=min_videos, max_drift=max_drift)
@@ -139,7 +146,8 @@ def report(source, output=None, *, model=None, labels: str | None = None, jobs: 
 
 # -- loading -------------------------------------------------------------------------------------
 
-def load_source(source, *, labels=None, jobs: int = 1, progress: bool = True):
+def load_source(source, *, labels=None, jobs: int = 1, timeout: float = 600.0,
+                progress: bool = True):
     """-> (path, kind, per-video table) for an ingest OUTDIR, class folders or a labels file."""
     src = Path(source).expanduser().absolute()
     if not src.exists():
@@ -150,7 +158,7 @@ def load_source(source, *, labels=None, jobs: int = 1, progress: bool = True):
                              "report on a folder of videos")
         return src, "ingest", _ingest_table(src)
     kind = "folder" if src.is_dir() and labels is None else "labels"
-    return src, kind, _preflight_table(src, labels, jobs=jobs, progress=progress)
+    return src, kind, _preflight_table(src, labels, jobs=jobs, timeout=timeout, progress=progress)
 
 
 def _is_ingest_dir(path: Path) -> bool:
@@ -194,14 +202,16 @@ def _column(df: pd.DataFrame, name: str, default) -> pd.Series:
     return df[name] if name in df.columns else pd.Series(default, index=df.index)
 
 
-def _preflight_table(src: Path, labels, *, jobs: int, progress: bool) -> pd.DataFrame:
+def _preflight_table(src: Path, labels, *, jobs: int, timeout: float,
+                     progress: bool) -> pd.DataFrame:
     from vidfeat.ingest import scan_source
 
     if src.is_file():  # SOURCE is itself the labels file
         src, labels = None, src
     scan = scan_source(src, labels=labels).reset_index(drop=True)
     todo = scan.index[scan["status"] == "ok"]
-    probed = _probe_all(scan.loc[todo, "path"].tolist(), jobs=jobs, progress=progress)
+    probed = _probe_all(scan.loc[todo, ["video_id", "path"]].itertuples(index=False), len(todo),
+                        jobs=jobs, timeout=timeout, progress=progress)
     scan = scan.assign(duration_s=np.nan, frame_count=0, vfr=False, rotation=0)
     for i, (row, error) in zip(todo, probed):
         if error:
@@ -212,23 +222,32 @@ def _preflight_table(src: Path, labels, *, jobs: int, progress: bool) -> pd.Data
     return video_table(scan, frames=frames, frames_after=frames)
 
 
-def _probe_one(path: str) -> tuple[dict, str]:
-    from vidfeat.probe import probe_video
-
-    try:
-        p = probe_video(path)
-    except Exception as exc:  # a hostile file may break the decoder in any way: record it
-        return {}, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return {"duration_s": p.duration_s, "frame_count": p.frame_count, "vfr": p.vfr,
-            "rotation": p.rotation}, ""
-
-
-def _probe_all(paths: list[str], *, jobs: int, progress: bool) -> list[tuple[dict, str]]:
+def _probe_all(rows, total: int, *, jobs: int, timeout: float,
+               progress: bool) -> list[tuple[dict, str]]:
+    """Probe each (video_id, path) in ingest's sandbox (a child killed after ``timeout``), so a
+    hostile file that hangs or crashes the decoder fails its row instead of the report."""
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
-    results = Parallel(n_jobs=jobs, return_as="generator")(delayed(_probe_one)(p) for p in paths)
-    return list(tqdm(results, total=len(paths), desc="probe", unit="video", disable=not progress))
+    from vidfeat.ingest import VideoTask, close_sandboxes, run_video_task
+    from vidfeat.probe import probe_video
+
+    tasks = (VideoTask(phase="probe", video_id=vid, path=path, outdir="", timeout=timeout, key="",
+                       work=probe_video) for vid, path in rows)
+    try:
+        # threads: each drives its own sandbox child, which does the real work
+        entries = Parallel(n_jobs=jobs, backend="threading", return_as="generator")(
+            delayed(run_video_task)(t) for t in tasks)
+        entries = list(tqdm(entries, total=total, desc="probe", unit="video", disable=not progress))
+    finally:
+        close_sandboxes()
+    return [(_probe_fields(e["probe"]), "") if e["status"] == "ok" else ({}, e["error"])
+            for e in entries]
+
+
+def _probe_fields(probe: dict) -> dict:
+    return {"duration_s": probe["duration_s"], "frame_count": probe["frame_count"],
+            "vfr": probe["vfr"], "rotation": probe["rotation"]}
 
 
 # -- numbers -------------------------------------------------------------------------------------
@@ -286,13 +305,17 @@ def _num(x) -> float | None:
 
 def failures(table: pd.DataFrame) -> dict:
     """Failed videos per class with their most common reasons and a few example ids."""
+    from vidfeat.ingest import failure_reason
+
     bad = table[~table["ok"]]
+    bad = bad.assign(reason=bad["error"].map(failure_reason))
     by_class = {}
     for label, rows in bad.groupby("label", sort=True):
-        reasons = rows.groupby("error", sort=False)["video_id"].agg(list)
+        reasons = rows.groupby("reason", sort=False)["video_id"].agg(list)
         reasons = reasons.loc[reasons.map(len).sort_values(ascending=False, kind="stable").index]
-        top = [{"error": e, "count": len(ids), "examples": ids[:3]}
-               for e, ids in reasons.iloc[:TOP_REASONS].items()]
+        first_error = rows.groupby("reason", sort=False)["error"].first()
+        top = [{"reason": e, "count": len(ids), "examples": ids[:3],
+                "example_error": first_error[e]} for e, ids in reasons.iloc[:TOP_REASONS].items()]
         by_class[label or "(no label)"] = {
             "failed": len(rows), "reasons": top,
             "other_reasons": int(reasons.iloc[TOP_REASONS:].map(len).sum())}
@@ -362,8 +385,14 @@ def _warn(code: str, message: str, classes=()) -> dict:
 
 
 def _names(classes, limit: int = 8) -> str:
+    """"class 'a' has" / "classes 'a', 'b' have": the subject of a warning, with its verb."""
     shown = ", ".join(repr(c) for c in classes[:limit])
-    return shown + (f" and {len(classes) - limit} more" if len(classes) > limit else "")
+    shown += f" and {len(classes) - limit} more" if len(classes) > limit else ""
+    return f"class {shown} has" if len(classes) == 1 else f"classes {shown} have"
+
+
+def _videos(n: int) -> str:
+    return f"{n:,} video is" if n == 1 else f"{n:,} videos are"
 
 
 def data_warnings(data: dict, table: pd.DataFrame, *, min_videos: int, max_drift: float) -> list:
@@ -389,16 +418,16 @@ def _class_warnings(data: dict, min_videos: int) -> list:
                          "classifier needs at least two, and imbalance measures are trivial", usable))
     empty = [c for c, n in videos.items() if not n]
     if empty:
-        out.append(_warn("no_usable_videos", f"classes {_names(empty)} have no usable video "
+        out.append(_warn("no_usable_videos", f"{_names(empty)} no usable video "
                          "(every one failed): they cannot be learned", empty))
     single = [c for c in usable if videos[c] == 1]
     if single:
-        out.append(_warn("single_video", f"classes {_names(single)} have a single video: it sits "
+        out.append(_warn("single_video", f"{_names(single)} a single video: it sits "
                          "in one split, so the class is either never trained on or never "
                          "evaluated", single))
     few = [c for c in usable if 1 < videos[c] < min_videos]
     if few:
-        out.append(_warn("few_videos", f"classes {_names(few)} have fewer than {min_videos} "
+        out.append(_warn("few_videos", f"{_names(few)} fewer than {min_videos} "
                          "videos: their results will be noisy", few))
     return out
 
@@ -417,7 +446,7 @@ def _split_warnings(data: dict, max_drift: float) -> list:
             continue
         missing = [c for c in usable if not data["counts"][c][s]["videos"]]
         if missing:
-            out.append(_warn("missing_from_split", f"classes {_names(missing)} have no video in "
+            out.append(_warn("missing_from_split", f"{_names(missing)} no video in "
                              f"{s!r}", missing))
     for s, tvd in dist["drift_from_train"].items():
         if tvd is not None and tvd > max_drift:
@@ -433,7 +462,7 @@ def _top_reasons(fail: dict, limit: int = 3) -> str:
     totals: dict[str, int] = {}
     for entry in fail["by_class"].values():
         for r in entry["reasons"]:
-            totals[r["error"]] = totals.get(r["error"], 0) + r["count"]
+            totals[r["reason"]] = totals.get(r["reason"], 0) + r["count"]
     top = sorted(totals.items(), key=lambda kv: -kv[1])[:limit]
     return "; ".join(f"{e!r} x{n}" for e, n in top) or "none recorded"
 
@@ -443,13 +472,15 @@ def _failure_and_flag_warnings(data: dict) -> list:
     fail = data["failures"]
     if fail["failed"] and data["totals"]["ok"]:
         classes = list(fail["by_class"])
-        out.append(_warn("failures", f"{fail['failed']} videos failed in classes {_names(classes)} "
-                         f"(most common: {_top_reasons(fail)})", classes))
+        subject = "1 video" if fail["failed"] == 1 else f"{fail['failed']:,} videos"
+        out.append(_warn("failures", f"{subject} failed ({', '.join(map(repr, classes[:8]))}"
+                         f"{', ...' if len(classes) > 8 else ''}; most common: "
+                         f"{_top_reasons(fail)})", classes))
     for code, what in (("vfr", "variable-frame-rate"), ("rotated", "rotated")):
         flagged = data["flags"][code]
         if flagged:
             detail = ", ".join(f"{c!r}: {n}" for c, n in list(flagged.items())[:8])
-            out.append(_warn(code, f"{sum(flagged.values())} videos are {what} ({detail})",
+            out.append(_warn(code, f"{_videos(sum(flagged.values()))} {what} ({detail})",
                              list(flagged)))
     return out
 
@@ -543,15 +574,16 @@ def _model_warnings(data: dict) -> list:
     model, out = data["model"], []
     unknown = [c for c in model["class_names"] if data["classes"] and c not in data["classes"]]
     if unknown:
-        out.append(_warn("model_classes", f"model classes {_names(unknown)} are not in the report "
+        out.append(_warn("model_classes", f"model {_names(unknown)} no video in the report "
                          "source: was the model trained on other data?", unknown))
     for split, levels in model["results"].items():
         for level, m in levels.items():
             zero = [c for c, v in m["per_class"].items()
                     if v.get("support", 0) > 0 and v.get("recall", 0) == 0]
             if zero:
-                out.append(_warn("zero_recall", f"{split} {level}-level: the model never recognises "
-                                 f"classes {_names(zero)}", zero))
+                names = ", ".join(map(repr, zero[:8])) + (", ..." if len(zero) > 8 else "")
+                out.append(_warn("zero_recall", f"{split} {level} level: the model never recognises "
+                                 f"{names} (recall 0)", zero))
     return out
 
 
@@ -583,12 +615,14 @@ _COUNT_COLUMNS = [("videos", "videos"), ("videos_after", "videos after"),
 def _count_table(data: dict, split: str) -> tuple:
     keys = _COUNT_COLUMNS + ([("failed", "failed")] if split == "all" else [])
     rows = [[c] + [_fmt(data["counts"][c][split][k]) for k, _ in keys] for c in data["classes"]]
-    totals = [sum(data["counts"][c][split][k] for c in data["classes"])
-              for k in ("videos", "videos_after", "dropped_videos", "frames", "frames_after",
-                        "duration_s")]
+    total = {k: sum(data["counts"][c][split][k] for c in data["classes"])
+             for k in ("videos", "videos_after", "dropped_videos", "frames", "frames_after",
+                       "duration_s", "duration_s_after", "failed")}
+    n = total["videos"]
+    total["mean_duration_s"] = total["duration_s"] / n if n else None
+    total["frames_per_video"] = total["frames"] / n if n else None
     if len(data["classes"]) > 1:
-        rows.append(["**total**"] + [_fmt(t) for t in totals] + ["", ""]
-                    + ([_fmt(data["totals"]["failed"])] if split == "all" else []))
+        rows.append(["**total**"] + [_fmt(total[k]) for k, _ in keys])
     return ("table", ["class"] + [h for _, h in keys], rows)
 
 
@@ -663,7 +697,7 @@ def _failure_section(data: dict) -> list:
     fail = data["failures"]
     if not fail["failed"]:
         return []
-    rows = [[c, _fmt(e["failed"]), "; ".join(f"{r['error']} (x{r['count']}, e.g. {r['examples'][0]})"
+    rows = [[c, _fmt(e["failed"]), "; ".join(f"{r['reason']} (x{r['count']}, e.g. {r['examples'][0]})"
                                              for r in e["reasons"])
              + (f"; {e['other_reasons']} with other reasons" if e["other_reasons"] else "")]
             for c, e in fail["by_class"].items()]
@@ -751,15 +785,19 @@ def render_markdown(blocks: list, plots: dict[str, Path]) -> str:
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;
-padding:3px 8px;text-align:right}th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}
+padding:3px 8px;text-align:left}.n{text-align:right}th{background:#f3f3f3}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}li{margin:.3em 0}
 h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}"""
+
+
+_NUMERIC = re.compile(r"[-+]?[\d,.]+%?( \(\d+%\))?|n/a")
 
 
 def _html_cell(text: str, tag: str) -> str:
     bold = text.startswith("**") and text.endswith("**") and len(text) > 4
     body = html.escape(text[2:-2] if bold else text)
-    return f"<{tag}>{'<b>' + body + '</b>' if bold else body}</{tag}>"
+    align = ' class="n"' if _NUMERIC.fullmatch(text) else ""  # numbers right, text left
+    return f"<{tag}{align}>{'<b>' + body + '</b>' if bold else body}</{tag}>"
 
 
 def render_html(blocks: list, plots: dict[str, Path]) -> str:
