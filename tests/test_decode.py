@@ -246,3 +246,19 @@ def test_threads_option(video, tmp_path):
     a = decode_frames(p, probe_video(p), SamplingSpec(size=48), tmp_path / "a", threads=1)
     b = decode_frames(p, probe_video(p), SamplingSpec(size=48), tmp_path / "b", threads=3)
     assert a == b
+
+
+def test_truncated_download_gives_the_frames_it_has(tmp_path, monkeypatch):
+    """moov up front (faststart) but the data cut at half: later targets get the last good frame,
+    and the stream's end is decoded once, not once per target."""
+    full = counter_video(tmp_path / "fs.mp4", duration=4, fps=25, gop=10,
+                         extra=("-movflags", "+faststart"))
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    probe = probe_video(cut)
+    assert probe.frame_count == 100  # the header still promises the whole video
+    counter = _Counter(monkeypatch)
+    recs = decode_frames(cut, probe, SamplingSpec(frames_per_video=8, size=48), tmp_path / "out")
+    times = [r.timestamp_s for r in recs]
+    assert 2 <= len(recs) < 8 and times == sorted(set(times)) and times[-1] < 2.5
+    assert counter.frames < 2 * probe.frame_count

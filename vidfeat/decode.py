@@ -167,6 +167,7 @@ class _Cursor:
         self.keys = _index_keyframes(stream)
         self.frames = None            # decoded-frame iterator since the last seek
         self.prev = self.next = None  # (time, frame): last shown <= target, first one after it
+        self.ended = False            # the iterator reached the end of the stream
 
     def frames_at(self, targets):
         for t in sorted(targets):
@@ -185,6 +186,8 @@ class _Cursor:
         pos = self._position()
         if self.frames is None or pos is None or (self.prev is not None and t < self.prev[0]):
             return True
+        if self.ended:  # past the last frame (or a truncated file's last good one): it stays shown
+            return False
         if self.keys:  # seek only if a keyframe lies between where we are and the target
             i = bisect.bisect_right(self.keys, t) - 1
             return i >= 0 and self.keys[i] > pos
@@ -214,6 +217,7 @@ class _Cursor:
         self.container.seek(offset, stream=self.stream, backward=True, any_frame=False)
         self.frames = _decode(_packets(self.container, self.stream))
         self.prev = self.next = None
+        self.ended = False
 
     def _advance(self, t: float) -> None:
         """Decode on until the next frame is after ``t``; ``prev`` is then the frame shown at t."""
@@ -221,6 +225,7 @@ class _Cursor:
             if self.next is None:
                 frame = next(self.frames, None)
                 if frame is None:
+                    self.ended = True
                     return
                 self.next = (self._time(frame), frame)
             if self.next[0] > t + TIME_EPS:
