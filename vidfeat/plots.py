@@ -29,9 +29,10 @@ def _save(fig, path: Path) -> Path:
 
 
 def _plain_log(axis) -> None:
-    """Log axis with plain tick labels (3, 10, 300), not 3x10^0."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    """Log axis with 1-2-5 ticks and plain labels (2, 5, 10, 20), not 2x10^0."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 
