@@ -899,6 +899,7 @@ def summarize(result: ReportResult, elapsed: float) -> str:
     if warnings:
         parts.append(f"{len(warnings)} warnings, e.g. {warnings[0]['message']}.")
     plots = len(result.files) - 3
-    parts.append(f"Wrote report.json, report.md, report.html and {plots} plots to {result.output} "
+    parts.append(f"Wrote report.json, report.md, report.html and {plots} "
+                 f"plot{'' if plots == 1 else 's'} to {result.output} "
                  f"in {elapsed:.1f} s.")
     return " ".join(parts)

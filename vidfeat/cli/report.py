@@ -18,12 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", metavar="FILE", default=None,
                         help="labels CSV/Parquet (path,label[,split]) for a pre-flight")
     parser.add_argument("--jobs", type=int, default=1, help="parallel probes (pre-flight)")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds before a pre-flight probe is killed (the video fails)")
     parser.add_argument("--min-videos", type=int, default=10,
                         help="warn about classes with fewer videos than this")
     parser.add_argument("--max-drift", type=float, default=0.2,
                         help="warn when a split's class distribution is further than this "
                              "(total variation distance) from train's")
-    parser.add_argument("-q", "--quiet", dest="progress", action="store_false",
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
                         help="no progress bar or summary")
 
 
@@ -31,5 +33,5 @@ def run(args: argparse.Namespace) -> int:
     from vidfeat.report import report
 
     report(args.source, args.output, model=args.model, labels=args.labels, jobs=args.jobs,
-           min_videos=args.min_videos, max_drift=args.max_drift, progress=args.progress)
+           timeout=args.timeout, min_videos=args.min_videos, max_drift=args.max_drift, progress=args.progress)
     return 0
