@@ -33,5 +33,6 @@ def run(args: argparse.Namespace) -> int:
     from vidfeat.report import report
 
     report(args.source, args.output, model=args.model, labels=args.labels, jobs=args.jobs,
-           timeout=args.timeout, min_videos=args.min_videos, max_drift=args.max_drift, progress=args.progress)
+           timeout=args.timeout, min_videos=args.min_videos, max_drift=args.max_drift,
+           progress=args.progress)
     return 0
