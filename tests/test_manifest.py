@@ -98,3 +98,10 @@ def test_csv_keeps_numeric_looking_labels_as_text(tmp_path):
     write_manifest(tmp_path, videos, frames, fmt="csv")
     m = read_manifest(tmp_path)
     assert m.class_names == ["007"] and m.videos["label"].tolist() == ["007", "007", "1"]
+
+
+def test_no_frames_at_all_is_a_valid_manifest(tmp_path):
+    videos, frames = tables()
+    videos["status"], videos["error"], videos["split"] = "failed", "broken", ""
+    write_manifest(tmp_path, videos, frames.iloc[:0])
+    assert read_manifest(tmp_path).frames.empty

@@ -221,9 +221,11 @@ def _check_frames(frames: pd.DataFrame, videos: pd.DataFrame) -> None:
                             "that is not an ok video in the videos manifest")
     if (frames["repeat"] < 1).any():
         raise ManifestError("frames manifest: column 'repeat' must be >= 1")
-    unsafe = frames["path"].map(lambda p: p.startswith("/") or ".." in Path(p).parts)
-    if unsafe.any():
-        raise ManifestError("frames manifest: column 'path' must be relative to OUTDIR without '..'")
+    # a list, not Series.map: on an empty string column map keeps the string dtype
+    unsafe = [p for p in frames["path"] if p.startswith("/") or ".." in Path(p).parts]
+    if unsafe:
+        raise ManifestError(f"frames manifest: column 'path' has value {unsafe[0]!r}; "
+                            "paths must be relative to OUTDIR without '..'")
     per_video = videos.set_index("video_id")[["label", "split"]]
     joined = frames.join(per_video.add_suffix("_video"), on="video_id")
     for col in ("label", "split"):

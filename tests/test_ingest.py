@@ -1,0 +1,350 @@
+"""Ingest end to end on real generated videos: scan, failures as rows, timeout kill, resume."""
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from vidfeat.cli import main as cli_main
+from vidfeat.decode import decode_frames
+from vidfeat.ingest import JOURNAL, PARTIAL, Sandbox, ingest, scan_source
+from vidfeat.manifest import read_manifest
+
+from videos import make_audio, make_video
+
+TESTS = Path(__file__).parent
+# the module (``import vidfeat.ingest as m`` gives the function: the package shadows it)
+ingest_mod = importlib.import_module("vidfeat.ingest")
+
+
+# --- functions the sandbox child runs (top level, so they pickle by reference) ---------------
+
+def hang_on_marker(path, *args, **kwargs):
+    """decode_frames, except for videos whose name holds 'hang': those never return."""
+    if "hang" in os.path.basename(path):
+        time.sleep(3600)
+    return decode_frames(path, *args, **kwargs)
+
+
+def crash(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def hang_after_writing(path, probe, spec, out_dir, **kwargs):
+    """Writes one JPEG, then hangs for videos named 'hang*': a decode killed half-way."""
+    if "hang" in os.path.basename(path):
+        Path(out_dir, "000000.jpg").write_bytes(b"half")
+        time.sleep(3600)
+    return decode_frames(path, probe, spec, out_dir, **kwargs)
+
+
+def fail(*args, **kwargs):
+    raise ValueError("boom\nsecond line")
+
+
+# --- scanning --------------------------------------------------------------------------------
+
+def touch(path, data=b"x"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_scan_class_folders(tmp_path):
+    for rel in ["cat/a.mp4", "cat/sub/a.mp4", "dog/-rm -rf é.MKV", "dog/notes.txt", "dog/.hidden.mp4",
+                "top.mp4", ".git/x.mp4"]:
+        touch(tmp_path / rel)
+    touch(tmp_path / "dog/empty.webm", b"")
+    df = scan_source(tmp_path)
+    assert df["video_id"].tolist() == ["cat/a.mp4", "cat/sub/a.mp4", "dog/-rm -rf é.MKV",
+                                       "dog/empty.webm"]
+    assert df["label"].tolist() == ["cat", "cat", "dog", "dog"]
+    assert df["status"].tolist() == ["ok", "ok", "ok", "failed"]
+    assert df["error"].iloc[3] == "file is empty (0 bytes)"
+    assert all(Path(p).is_absolute() and Path(p).exists() for p in df["path"])
+
+
+def test_scan_refuses_missing_or_empty_source(tmp_path):
+    with pytest.raises(FileNotFoundError, match="source folder not found"):
+        scan_source(tmp_path / "nope")
+    with pytest.raises(ValueError, match="no videos found"):
+        scan_source(tmp_path)
+
+
+def test_scan_labels_file(tmp_path):
+    root = tmp_path / "data"
+    touch(root / "v/a.mp4")
+    touch(root / "w/a.mp4")
+    outside = touch(tmp_path / "elsewhere/b.mp4")
+    os.mkfifo(root / "fifo.mp4")
+    labels = pd.DataFrame({"path": ["v/a.mp4", "w/a.mp4", "http://example.com/x.mp4",
+                                    "concat:v/a.mp4|w/a.mp4", "missing.mp4", str(outside),
+                                    "../elsewhere/b.mp4", "fifo.mp4", "v/a.mp4", "w/a.mp4"],
+                           "label": ["x", "y", "x", "x", "y", "y", "y", "x", "x", ""],
+                           "split": ["train", "", "", "", "", "Test", "", "", "val", "bogus"]})
+    labels.to_csv(root / "labels.csv", index=False)
+    df = scan_source(None, labels=root / "labels.csv").set_index("video_id")
+    assert df.loc["v/a.mp4", "status"] == "ok" and df.loc["v/a.mp4", "split"] == "train"
+    assert df.loc["w/a.mp4", "path"] == str(root / "w/a.mp4")
+    ext = df.loc[f"_external{outside}"]
+    assert ext["status"] == "ok" and ext["split"] == "test"
+    for vid, reason in [("_rejected/line4", "URL or protocol"), ("_rejected/line5", "URL or protocol"),
+                        ("missing.mp4", "file not found"), ("fifo.mp4", "not a regular file"),
+                        (f"_external{outside}~dup8", "same file as line 7"),
+                        ("v/a.mp4~dup10", "same file as line 2"), ("w/a.mp4~dup11", "same file as line 3")]:
+        assert df.loc[vid, "status"] == "failed" and reason in df.loc[vid, "error"], vid
+    for vid in df.index:  # safe as a relative folder under frames/
+        assert not vid.startswith("/") and ".." not in Path(vid).parts
+
+
+def test_labels_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="labels file not found"):
+        scan_source(None, labels=tmp_path / "nope.csv")
+    (tmp_path / "l.csv").write_text("file,label\na.mp4,x\n")
+    with pytest.raises(ValueError, match="missing column 'path'"):
+        scan_source(None, labels=tmp_path / "l.csv")
+    (tmp_path / "l.json").write_text("{}")
+    with pytest.raises(ValueError, match="must be .csv or .parquet"):
+        scan_source(None, labels=tmp_path / "l.json")
+
+
+# --- the sandbox -----------------------------------------------------------------------------
+
+def test_sandbox_kills_hung_work_and_recovers():
+    box = Sandbox()
+    try:
+        assert box.call(pow, (2, 10), timeout=30) == (True, 1024)
+        first = box.proc.pid
+        start = time.monotonic()
+        ok, reason = box.call(time.sleep, (600,), timeout=1)
+        assert not ok and "timed out after 1s" in reason and time.monotonic() - start < 10
+        with pytest.raises(ProcessLookupError):
+            os.kill(first, 0)  # the hung child is gone
+        assert box.call(fail, timeout=30) == (False, "ValueError: boom second line")
+        ok, reason = box.call(crash, timeout=30)
+        assert not ok and "SIGSEGV" in reason
+        assert box.call(pow, (3, 2), timeout=30) == (True, 9)  # a fresh child took over
+    finally:
+        box.close()
+
+
+# --- ingest end to end -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory):
+    """Good videos in odd names plus every bad-input kind, in class folders."""
+    root = tmp_path_factory.mktemp("messy")
+    for i in range(3):
+        make_video(root / "cat" / f"cat {i} é.mp4", duration=1, fps=10)
+        make_video(root / "dog" / f"-dog{i}.mp4", duration=1, fps=10, source="smptebars")
+    make_video(root / "cat" / "sub" / f"cat 0 é.mp4", duration=1, fps=10, rotation=90)
+    touch(root / "dog" / "zero.mp4", b"")
+    good = (root / "cat" / "cat 0 é.mp4").read_bytes()
+    touch(root / "dog" / "truncated.mp4", good[: len(good) // 3] if good[4:8] == b"ftyp" else good[:40])
+    touch(root / "dog" / "text.mp4", b"just some text, not a video\n" * 20)
+    make_audio(root / "dog" / "audio.mp4")
+    touch(root / "dog" / "playlist.mp4", b"#EXTM3U\n#EXT-X-VERSION:3\n#EXTINF:1,\nhttp://127.0.0.1:9/x.ts\n")
+    return root
+
+
+BAD = {"dog/zero.mp4", "dog/truncated.mp4", "dog/text.mp4", "dog/audio.mp4", "dog/playlist.mp4"}
+
+
+@pytest.fixture(scope="module")
+def messy_run(messy, tmp_path_factory):
+    out = tmp_path_factory.mktemp("messy_out")
+    return ingest(messy, out, frames_per_video=4, size=32, split=(0.5, 0.25, 0.25), seed=1,
+                  progress=False)
+
+
+def test_bad_inputs_become_failed_rows_and_the_run_goes_on(messy_run):
+    v = messy_run.manifest.videos.set_index("video_id")
+    assert set(v.index[v["status"] == "failed"]) == BAD
+    assert (v.loc[list(BAD), "error"].str.len() > 0).all()
+    assert "moov atom not found" in v.loc["dog/truncated.mp4", "error"]
+    assert "no video stream" in v.loc["dog/audio.mp4", "error"]
+    assert "playlist" in v.loc["dog/playlist.mp4", "error"].lower()
+    assert (v.loc[list(BAD), "split"] == "").all() and (v.loc[list(BAD), "n_frames"] == 0).all()
+    assert messy_run.n_ok == 7 and messy_run.n_failed == 5 and messy_run.exit_code == 0
+    assert sum(messy_run.failures.values()) == 5
+    assert sum(messy_run.manifest.info["failures"].values()) == 5
+
+
+def test_manifests_and_frames_on_disk(messy_run):
+    m = read_manifest(messy_run.outdir, check_files=True)
+    ok = m.videos[m.videos["status"] == "ok"]
+    assert (ok["n_frames"] == 4).all() and len(m.frames) == 4 * len(ok)
+    assert m.frames.groupby("video_id")["split"].nunique().max() == 1  # no video in two splits
+    assert set(m.frames["video_id"]) == set(ok["video_id"])
+    rotated = ok.set_index("video_id").loc["cat/sub/cat 0 é.mp4"]
+    assert (rotated["width"], rotated["height"]) == (48, 64)
+    for rel in m.frames["path"].iloc[::5]:
+        with Image.open(m.root / rel) as im:
+            assert min(im.size) == 32
+    assert not (messy_run.outdir / PARTIAL).exists() or not any((messy_run.outdir / PARTIAL).iterdir())
+    info = json.loads((messy_run.outdir / "ingest.json").read_text())
+    assert info["counts"]["videos"] == {"total": 12, "ok": 7, "failed": 5, "dropped": 0, "reused": 0}
+    assert info["arguments"]["frames_per_video"] == 4 and info["versions"]["av"]
+    assert info["counts"]["frames"] == len(m.frames) and info["elapsed_s"] > 0
+
+
+def test_rerun_reuses_everything_and_retry_failed_retries(messy, messy_run, tmp_path):
+    again = ingest(messy, messy_run.outdir, frames_per_video=4, size=32, split=(0.5, 0.25, 0.25),
+                   seed=1, progress=False)
+    assert again.n_reused == 11  # all but zero.mp4, which fails at scan time every run
+    pd.testing.assert_frame_equal(again.manifest.frames, messy_run.manifest.frames)
+    lines = (messy_run.outdir / JOURNAL).read_text().splitlines()
+    retried = ingest(messy, messy_run.outdir, frames_per_video=4, size=32,
+                     split=(0.5, 0.25, 0.25), seed=1, retry_failed=True, progress=False)
+    new = [json.loads(x) for x in (messy_run.outdir / JOURNAL).read_text().splitlines()[len(lines):]]
+    assert sorted(e["video_id"] for e in new) == sorted(BAD - {"dog/zero.mp4"})  # zero: scan-time
+    assert retried.n_failed == 5
+
+
+def test_same_seed_identical_manifests(messy, messy_run, tmp_path):
+    other = ingest(messy, tmp_path / "out", frames_per_video=4, size=32,
+                   split=(0.5, 0.25, 0.25), seed=1, jobs=2, progress=False)
+    for name in ("videos.parquet", "frames.parquet"):
+        assert (other.outdir / name).read_bytes() == (messy_run.outdir / name).read_bytes()
+
+
+def test_timeout_kills_a_hung_decode_and_the_run_goes_on(tmp_path, monkeypatch):
+    for name in ("a.mp4", "hang.mp4", "b.mp4"):
+        make_video(tmp_path / "src" / "x" / name, duration=1, fps=5)
+    monkeypatch.setattr(ingest_mod, "decode_frames", hang_on_marker)
+    start = time.monotonic()
+    result = ingest(tmp_path / "src", tmp_path / "out", frames_per_video=2, split=(1, 0, 0),
+                    timeout=5, jobs=2, progress=False)
+    assert time.monotonic() - start < 60
+    v = result.manifest.videos.set_index("video_id")
+    assert v.loc["x/hang.mp4", "status"] == "failed"
+    assert v.loc["x/hang.mp4", "error"].startswith("timed out after 5s")
+    assert (v.loc[["x/a.mp4", "x/b.mp4"], "status"] == "ok").all()
+    assert not (result.outdir / "frames" / "x" / "hang.mp4").exists()
+    assert result.failures == {"timed out after 5s (work killed)": 1}
+
+
+def test_exit_codes_all_failed_and_strict(tmp_path, monkeypatch):
+    make_video(tmp_path / "src" / "x" / "a.mp4", duration=1, fps=5)
+    touch(tmp_path / "src" / "x" / "bad.mp4", b"nope" * 100)
+    args = ["ingest", str(tmp_path / "src"), "-o", str(tmp_path / "o1"), "--no-progress",
+            "--frames-per-video", "2"]
+    assert cli_main(args) == 0
+    assert cli_main(args + ["--strict"]) == 1
+    assert cli_main(args + ["--balance", "smote"]) == 2
+    monkeypatch.setattr(ingest_mod, "decode_frames", fail)
+    result = ingest(tmp_path / "src", tmp_path / "o2", frames_per_video=2, progress=False)
+    assert result.n_ok == 0 and result.exit_code == 1
+    assert result.failures["ValueError"] == 1 and sum(result.failures.values()) == 2
+
+
+def test_labels_file_with_url_row_and_split_column(tmp_path):
+    a = make_video(tmp_path / "v" / "a b.mp4", duration=1, fps=5)
+    make_video(tmp_path / "v" / "c.mp4", duration=1, fps=5, source="smptebars")
+    pd.DataFrame({"path": ["v/a b.mp4", "v/c.mp4", "https://example.com/evil.mp4"],
+                  "label": ["1", "2", "1"], "split": ["val", "test", ""]}).to_parquet(tmp_path / "l.parquet")
+    result = ingest(None, tmp_path / "out", labels=tmp_path / "l.parquet", frames_per_video=2,
+                    fmt="csv", progress=False)
+    m = read_manifest(result.outdir, check_files=True)
+    assert (result.outdir / "videos.csv").exists() and not (result.outdir / "videos.parquet").exists()
+    v = m.videos.set_index("video_id")
+    assert v.loc["v/a b.mp4", "split"] == "val" and v.loc["v/c.mp4", "split"] == "test"
+    assert v.loc["v/a b.mp4", "path"] == str(a)
+    assert v.loc["_rejected/line4", "status"] == "failed" and "URL" in v.loc["_rejected/line4", "error"]
+    assert m.class_names == ["1", "2"]
+
+
+@pytest.mark.parametrize("mode", ["undersample", "oversample", "frames"])
+def test_balancing_through_ingest(tiny_dataset, tmp_path, mode):
+    result = ingest(tiny_dataset, tmp_path / mode, frames_per_video=2, balance=mode,
+                    split=(1, 0, 0), max_frames_per_video=8, progress=False)
+    m = read_manifest(result.outdir, check_files=True)
+    v = m.videos
+    if mode == "undersample":
+        kept = v[v["repeat"] > 0]
+        assert kept.groupby("label").size().to_dict() == {"alpha": 2, "beta": 2, "gamma": 2}
+        assert set(m.frames["video_id"]) == set(kept["video_id"])
+        assert result.manifest.info["counts"]["videos"]["dropped"] == 6
+    elif mode == "oversample":
+        assert v.groupby("label")["repeat"].sum().to_dict() == {"alpha": 6, "beta": 6, "gamma": 6}
+        assert (m.frames.groupby("label")["repeat"].sum() == 12).all()
+    else:
+        per_class = m.frames.groupby("label").size().to_dict()
+        assert per_class == {"alpha": 12, "beta": 12, "gamma": 12}  # 6x2 = 4x3 = 2x6
+        assert not m.frames["frame_id"].duplicated().any()
+
+
+def test_fps_and_keyframes_modes(tmp_path):
+    make_video(tmp_path / "src" / "x" / "a.mp4", duration=2, fps=10, gop=5)
+    dense = ingest(tmp_path / "src", tmp_path / "fps", fps=2, split=(1, 0, 0), progress=False)
+    assert dense.manifest.frames["timestamp_s"].tolist() == [0.0, 0.5, 1.0, 1.5]
+    keys = ingest(tmp_path / "src", tmp_path / "kf", keyframes=True, split=(1, 0, 0), progress=False)
+    assert keys.manifest.frames["frame_index"].tolist() == [0, 5, 10, 15]
+    with pytest.raises(ValueError, match="fps or keyframes"):
+        ingest(tmp_path / "src", tmp_path / "x", fps=1, keyframes=True)
+    with pytest.raises(ValueError, match="balance='frames' needs uniform"):
+        ingest(tmp_path / "src", tmp_path / "x", fps=1, balance="frames")
+
+
+def test_second_ingest_into_same_outdir_is_refused(tmp_path):
+    import fcntl
+
+    make_video(tmp_path / "src" / "x" / "a.mp4", duration=1, fps=5)
+    (tmp_path / "out").mkdir()
+    with open(tmp_path / "out" / ".ingest.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(RuntimeError, match="another vidfeat ingest"):
+            ingest(tmp_path / "src", tmp_path / "out", progress=False)
+
+
+KILLED_RUN = """
+import importlib, sys, test_ingest
+m = importlib.import_module("vidfeat.ingest")
+m.decode_frames = test_ingest.hang_after_writing
+m.ingest(sys.argv[1], sys.argv[2], frames_per_video=2, split=(1, 0, 0), jobs=1, progress=False)
+"""
+
+
+def test_resume_after_a_killed_run(tmp_path):
+    src = tmp_path / "src"
+    for name in ("a.mp4", "b.mp4", "hang.mp4", "z.mp4"):
+        make_video(src / "x" / name, duration=1, fps=5)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), *sys.path]))
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(src), str(out)], env=env)
+    try:  # wait until the 'hang' video is half-written, then SIGKILL the whole run
+        deadline = time.monotonic() + 120
+        while not list((out / PARTIAL).glob("*/000000.jpg")) and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list((out / PARTIAL).glob("*/000000.jpg")), "the run never reached the hang"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    journal = [json.loads(x) for x in (out / JOURNAL).read_text().splitlines()]
+    decoded = {e["video_id"] for e in journal if e["phase"] == "decode"}
+    assert decoded == {"x/a.mp4", "x/b.mp4"}  # sorted order: a, b done; hang killed; z not begun
+    assert not (out / "frames" / "x" / "hang.mp4").exists() and not (out / "videos.parquet").exists()
+    result = ingest(src, out, frames_per_video=2, split=(1, 0, 0), progress=False)
+    m = read_manifest(out, check_files=True)
+    assert (m.videos["status"] == "ok").all() and (m.videos["n_frames"] == 2).all()
+    assert result.n_reused == 4  # all four probed before the kill; a and b decoded too
+    assert not any((out / PARTIAL).glob("*"))
+    with Image.open(out / m.frames.set_index("video_id").loc["x/hang.mp4", "path"].iloc[0]) as im:
+        assert im.size[1] == 256 or im.size[0] == 256  # a real JPEG, not the half-written bytes
+
+
+def test_cli_does_not_import_torch(tiny_dataset, tmp_path):
+    code = ("import sys; from vidfeat.cli import main; "
+            f"rc = main(['ingest', {str(tiny_dataset)!r}, '-o', {str(tmp_path / 'o')!r}, "
+            "'--no-progress', '--frames-per-video', '1']); "
+            "assert rc == 0; bad = {'torch', 'torchvision', 'matplotlib', 'sklearn'} & set(sys.modules); "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
