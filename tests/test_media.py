@@ -1,5 +1,6 @@
 """media: safe local paths and the one guarded way to open a container (open_video)."""
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def test_open_video_unreadable(video):
 
 
 def test_open_video_not_video_bytes(tmp_path):
-    (tmp_path / "r.mp4").write_bytes(os.urandom(4096))
+    (tmp_path / "r.mp4").write_bytes(random.Random(0).randbytes(4096))
     (tmp_path / "t.mp4").write_text("just some text, not a video\n" * 20)
     for name in ("r.mp4", "t.mp4"):
         with pytest.raises(VideoError, match="not a video container"):
@@ -152,7 +153,7 @@ def test_whitelist_stops_playlists_even_without_the_sniffer(video, tmp_path, mon
     with _Listener() as web:
         for kind, name in (("hls", "p.m3u8"), ("concat", "p.ffconcat")):
             fake = _playlist(tmp_path / name, [str(target), web.url], kind)
-            with pytest.raises(VideoError, match="not an allowed video container|not a video"):
+            with pytest.raises(VideoError, match="not a video container"):
                 open_video(fake)
         assert not web.connected()
 

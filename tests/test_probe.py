@@ -1,5 +1,6 @@
 """probe: every field from real generated videos, and every bad-input kind as one-line VideoError."""
 import os
+import random
 import struct
 
 import pytest
@@ -97,7 +98,7 @@ def _bad_inputs(tmp_path, video):
     full = video("full.mp4", duration=2.0).read_bytes()
     (tmp_path / "cut.mp4").write_bytes(full[: len(full) // 3])
     (tmp_path / "zero.mp4").write_bytes(b"")
-    (tmp_path / "rand.mp4").write_bytes(os.urandom(20000))
+    (tmp_path / "rand.mp4").write_bytes(random.Random(0).randbytes(20000))
     (tmp_path / "text.mp4").write_text("hello, I am not a video\n")
     (tmp_path / "hls.mp4").write_text("#EXTM3U\n#EXTINF:1,\nfull.mp4\n#EXT-X-ENDLIST\n")
     (tmp_path / "dir.mp4").mkdir()

@@ -86,7 +86,7 @@ _HEAD_BYTES = 64 * 1024
 _SCRIPTS = (
     (b"#EXTM3U", "HLS/M3U playlist"), (b"ffconcat", "ffconcat script"),
     (b"[playlist]", "PLS playlist"), (b"<?xml", "XML (DASH/SMIL playlist)"), (b"<MPD", "DASH manifest"),
-    (b"v=0", "SDP session description"), (b"file ", "concat list"), (b"#", "text/playlist file"),
+    (b"v=0", "SDP session description"), (b"file ", "concat list"),
 )
 
 
@@ -122,6 +122,8 @@ def sniff_script(head: bytes) -> str | None:
     for prefix, kind in _SCRIPTS:
         if text[:len(prefix)].lower() == prefix.lower():
             return kind
+    if text[:1] == b"#" and b"\x00" not in text[:1024]:  # other '#' playlists (binary is not one)
+        return "text/playlist file"
     return None
 
 
@@ -147,7 +149,7 @@ def _explain_open_error(path: Path, head: bytes, exc: Exception) -> str:
     if head[4:8] == b"ftyp" and b"moov" not in _mp4_top_boxes(path):
         return "truncated MP4 (moov atom not found)"
     if "whitelist" in str(exc).lower() or type(exc).__name__ == "ArgumentError":
-        return "container format is not an allowed video container"
+        return "not a video container (format not allowed: only video demuxers may read input)"
     return f"not a video container ({error_reason(exc)})"
 
 
