@@ -1,0 +1,204 @@
+"""Ingest speed and memory, measured side by side in one run; prints ratios, writes JSON.
+
+Whole commands are timed (a subprocess each, start-up included), on generated 720p H.264 videos
+(GOP 250 and GOP 60, cached under ``.bench/ingest``):
+
+* ``vidfeat ingest`` 16 frames/video vs the HowTo100M-style baseline (ffmpeg fps filter over a
+  full decode writing the same number of JPEGs): target >= 4x.
+* ``--keyframes`` on the GOP-250 videos vs that baseline writing as many JPEGs: target >= 10x.
+* dense ``--fps 1`` vs the plain ffmpeg command line writing the same JPEGs: within 10%.
+* ``--jobs 2`` vs ``--jobs 1`` (16 frames/video): target >= 1.7x.
+* peak RSS of one worker (probe + decode in a fresh process) on a 30-minute video: < 500 MB.
+
+    python benchmarks/bench_ingest.py [--quick] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from vidfeat.media import ffmpeg_exe
+
+ROOT = Path(__file__).resolve().parents[1]
+VIDFEAT = [sys.executable, "-m", "vidfeat"]
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args],
+                   check=True)
+
+
+def make_long(path: Path, *, gop: int, duration: int, chunk: int) -> Path:
+    """A ``duration``-second 1280x720 25 fps H.264 video: one encoded chunk, stream-copied."""
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    piece = path.with_name(f".chunk-g{gop}-{chunk}.mp4")
+    if not piece.exists():
+        ffmpeg("-f", "lavfi", "-i", f"testsrc2=s=1280x720:r=25:d={chunk}", "-c:v", "libx264",
+               "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", str(gop),
+               "-keyint_min", str(gop), "-sc_threshold", "0", str(piece))
+    listing = path.with_suffix(".txt")  # our own file list: the concat demuxer is trusted here
+    listing.write_text("".join(f"file '{piece.name}'\n" for _ in range(duration // chunk)))
+    ffmpeg("-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", str(path))
+    listing.unlink()
+    return path
+
+
+def dataset(cache: Path, quick: bool) -> dict[str, list[Path]]:
+    """Class-folder trees ``mix`` (2x GOP 250 + 2x GOP 60), ``g250`` and ``long`` (30 min)."""
+    minutes = 1 if quick else 5
+    chunk = 10 if quick else 60
+    tag = "quick" if quick else "full"
+    videos = {
+        "g250": [make_long(cache / tag / "g250" / "x" / f"g250_{i}.mp4", gop=250,
+                           duration=60 * minutes, chunk=chunk) for i in range(2)],
+        "g60": [make_long(cache / tag / "g60" / "x" / f"g60_{i}.mp4", gop=60,
+                          duration=60 * minutes, chunk=chunk) for i in range(2)],
+        "long": [make_long(cache / tag / "long" / "x" / "long.mp4", gop=250,
+                           duration=(180 if quick else 1800), chunk=chunk)],
+    }
+    mix = cache / tag / "mix" / "x"
+    mix.mkdir(parents=True, exist_ok=True)
+    for v in videos["g250"] + videos["g60"]:
+        if not (mix / v.name).exists():
+            os.link(v, mix / v.name)
+    videos["mix"] = sorted(mix.iterdir())
+    return videos
+
+
+def timed(cmd: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def ingest_cmd(src: Path, out: Path, *extra: str) -> list[str]:
+    return [*VIDFEAT, "ingest", str(src), "-o", str(out), "--no-progress", "--split", "1,0,0",
+            *extra]
+
+
+def ours(src: Path, work: Path, *extra: str) -> tuple[float, int]:
+    """Seconds for the whole ``vidfeat ingest`` command, and the JPEGs it wrote."""
+    out = work / f"ours-{time.monotonic_ns()}"
+    seconds = timed(ingest_cmd(src, out, *extra))
+    n = sum(1 for _ in (out / "frames").rglob("*.jpg"))
+    shutil.rmtree(out)
+    return seconds, n
+
+
+def duration_of(path: Path) -> float:
+    from vidfeat.probe import probe_video
+
+    return probe_video(path).duration_s
+
+
+def baseline(videos: list[Path], work: Path, *, per_video: int | None = None,
+             fps: float | None = None, size: int = 256) -> float:
+    """ffmpeg fps filter over a full decode, one process per video, writing JPEGs."""
+    start = time.perf_counter()
+    for v in videos:
+        rate = fps if fps is not None else per_video / duration_of(v)
+        out = work / f"base-{v.stem}"
+        out.mkdir(parents=True, exist_ok=True)
+        ffmpeg("-i", str(v.absolute()), "-vf",
+               f"fps={rate},scale='if(lt(iw,ih),{size},-2)':'if(lt(iw,ih),-2,{size})'",
+               "-q:v", "2", str(out / "%06d.jpg"))
+        shutil.rmtree(out)
+    return time.perf_counter() - start
+
+
+WORKER = """
+import resource, sys, tempfile
+from vidfeat.probe import probe_video
+from vidfeat.decode import decode_frames
+from vidfeat.sample import SamplingSpec
+path, mode = sys.argv[1], sys.argv[2]
+spec = SamplingSpec(mode="fps", fps=1.0) if mode == "fps" else SamplingSpec()
+with tempfile.TemporaryDirectory() as out:
+    n = len(decode_frames(path, probe_video(path), spec, out))
+peak = max(resource.getrusage(r).ru_maxrss for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+print(n, peak)
+"""
+
+
+def worker_peak_mb(video: Path, mode: str) -> tuple[float, int]:
+    """Peak RSS (MB) of probe + decode of ``video`` in a fresh process, and frames written."""
+    out = subprocess.run([sys.executable, "-c", WORKER, str(video), mode], check=True,
+                         capture_output=True, text=True).stdout.split()
+    return int(out[1]) / 1024, int(out[0])
+
+
+def run(quick: bool, cache: Path) -> dict:
+    t0 = time.perf_counter()
+    videos = dataset(cache, quick)
+    print(f"videos ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    work = Path(tempfile.mkdtemp(prefix="bench_ingest-"))
+    mix, g250 = videos["mix"][0].parent.parent, videos["g250"][0].parent.parent
+    rows = []
+    try:
+        t_ours, n = ours(mix, work, "--frames-per-video", "16")
+        t_base = baseline(videos["mix"], work, per_video=16)
+        rows.append(("16 frames/video vs ffmpeg fps filter (mix)", t_base / t_ours, ">= 4", t_ours, t_base, n))
+        t_kf, n_kf = ours(g250, work, "--keyframes")
+        t_base_kf = baseline(videos["g250"], work, per_video=n_kf // len(videos["g250"]))
+        rows.append(("--keyframes vs ffmpeg fps filter (GOP 250)", t_base_kf / t_kf, ">= 10", t_kf, t_base_kf, n_kf))
+        t_dense, n_dense = ours(mix, work, "--fps", "1")
+        t_ff = baseline(videos["mix"], work, fps=1)
+        rows.append(("--fps 1 time / ffmpeg command line time", t_dense / t_ff, "<= 1.10", t_dense, t_ff, n_dense))
+        t_j2, _ = ours(mix, work, "--frames-per-video", "16", "--jobs", "2")
+        rows.append(("--jobs 2 speed-up over --jobs 1", t_ours / t_j2, ">= 1.7", t_j2, t_ours, n))
+        peak_u, _ = worker_peak_mb(videos["long"][0], "uniform")
+        peak_f, n_f = worker_peak_mb(videos["long"][0], "fps")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    long_s = duration_of(videos["long"][0])
+    results = {
+        "quick": quick,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version()},
+        "videos": {k: [p.name for p in v] for k, v in videos.items()},
+        "ratios": [{"name": name, "ratio": round(r, 3), "target": target, "ours_s": round(a, 3),
+                    "other_s": round(b, 3), "frames": frames}
+                   for name, r, target, a, b, frames in rows],
+        "worker_peak_rss_mb": {"video_s": long_s, "uniform16": round(peak_u, 1),
+                               "fps1": round(peak_f, 1), "fps1_frames": n_f, "target": "< 500"},
+    }
+    print_table(results)
+    return results
+
+
+def print_table(results: dict) -> None:
+    print(f"{'measure':50s} {'ratio':>7s} {'target':>8s} {'ours s':>8s} {'other s':>8s} {'frames':>7s}")
+    for r in results["ratios"]:
+        print(f"{r['name']:50s} {r['ratio']:7.2f} {r['target']:>8s} {r['ours_s']:8.2f} "
+              f"{r['other_s']:8.2f} {r['frames']:7d}")
+    m = results["worker_peak_rss_mb"]
+    print(f"worker peak RSS on a {m['video_s'] / 60:.0f}-minute 720p video: uniform 16 "
+          f"{m['uniform16']:.0f} MB, --fps 1 {m['fps1']:.0f} MB (target < 500 MB)")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1-minute videos, 3-minute 'long'")
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "bench_ingest.json"))
+    parser.add_argument("--cache", default=str(ROOT / ".bench" / "ingest"))
+    args = parser.parse_args(argv)
+    results = run(args.quick, Path(args.cache))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
