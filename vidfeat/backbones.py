@@ -8,6 +8,7 @@ GPU after ``decode_jpeg``) and only uint8 travels. Extract, unfreezing and predi
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -45,6 +46,14 @@ RANDOM_INIT_SEED = 0
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 
+@functools.lru_cache(maxsize=16)
+def _mean_std(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    # cached: a fresh host-to-device copy per batch would stall the GPU pipeline
+    def as_tensor(v):
+        return torch.tensor(v, dtype=torch.float32).view(3, 1, 1).to(device)
+    return as_tensor(mean), as_tensor(std)
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """The one documented transform: uint8 RGB (N,3,H,W) -> normalised float (N,3,S,S).
@@ -71,11 +80,9 @@ class Preprocess:
 
     def normalize(self, images_uint8: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
         """uint8 (N,3,S,S) -> float ``dtype``, scaled to [0,1] then (x - mean) / std."""
-        mean = torch.tensor(self.mean, device=images_uint8.device, dtype=torch.float32)
-        std = torch.tensor(self.std, device=images_uint8.device, dtype=torch.float32)
+        mean, std = _mean_std(self.mean, self.std, images_uint8.device)
         x = images_uint8.to(torch.float32).div_(255)
-        x = x.sub_(mean[:, None, None]).div_(std[:, None, None])
-        return x.to(dtype)
+        return x.sub_(mean).div_(std).to(dtype)
 
     def __call__(self, images_uint8_nchw: torch.Tensor) -> torch.Tensor:
         return self.normalize(self.resize_crop(images_uint8_nchw))

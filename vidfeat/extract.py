@@ -485,6 +485,8 @@ def _run(root: Path, meta: pd.DataFrame, bb: Backbone, bin_path: Path, done: int
     writer = RowWriter(bin_path, DTYPES[dtype])
     bar = tqdm(total=len(meta), initial=done, unit="frame", desc=f"extract {bb.name}",
                disable=not progress, smoothing=0.1)
+    cudnn_benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = cuda  # fixed input shape: let cuDNN pick its fastest kernels
     try:
         for x, ready in batches:
             if ready is not None:
@@ -493,6 +495,7 @@ def _run(root: Path, meta: pd.DataFrame, bb: Backbone, bin_path: Path, done: int
             writer.put(forward(model, x, precision))
             bar.update(len(x))
     finally:
+        torch.backends.cudnn.benchmark = cudnn_benchmark
         bar.close()
         writer.close()
 

@@ -1,0 +1,300 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from vidfeat.backbones import create_backbone, load_image
+from vidfeat.cache import FeatureStore, OutputLock, merge
+from vidfeat.cli import main
+from vidfeat.extract import extract, parse_shard, shard_rows
+from vidfeat.manifest import read_manifest, write_manifest
+
+pytestmark = pytest.mark.filterwarnings("ignore:backbone .* RANDOM", "ignore::DeprecationWarning")
+SIZES = [(64, 48), (48, 64), (175, 143)]
+OPTS = dict(backbone="resnet18", weights="none", batch_size=2, workers=0, device="cpu",
+            dtype="float32", progress=False)
+
+
+def make_ingest(root: Path, n_videos: int = 6, frames: int = 2) -> Path:
+    """An ingest OUTDIR: JPEG frames of varied sizes (one grayscale) and valid manifests."""
+    rng = np.random.default_rng(0)
+    labels, splits = ["alpha", "beta", "gamma"], ["train", "train", "val", "test", "train", "val"]
+    videos, rows = [], []
+    for v in range(n_videos):
+        label, split, (w, h) = labels[v % 3], splits[v % 6], SIZES[v % 3]
+        vid = f"{label}/clip {v}.mp4"
+        for k in range(frames):
+            rel = f"frames/{vid}/{k:06d}.jpg"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            yy, xx = np.mgrid[0:h, 0:w]
+            img = np.stack([(xx * 3 + k * 40 + v * 30) % 256, (yy * 5 + v * 40) % 256,
+                            rng.integers(0, 256, (h, w))], -1).astype(np.uint8)
+            pil = Image.fromarray(img).convert("L") if (v, k) == (1, 1) else Image.fromarray(img)
+            pil.save(root / rel, quality=90)
+            rows.append(dict(frame_id=f"{vid}#{k}", video_id=vid, label=label, split=split,
+                             frame_index=k, timestamp_s=k * 0.1, path=rel, repeat=1 + (v == 2)))
+        videos.append(dict(video_id=vid, path=f"/src/{vid}", label=label, split=split,
+                           status="ok", error="", duration_s=1.0, fps=10.0, width=w, height=h,
+                           n_frames=frames, repeat=1 + (v == 2)))
+    write_manifest(root, pd.DataFrame(videos), pd.DataFrame(rows),
+                   {"sampling": {"mode": "uniform", "frames_per_video": frames}})
+    return root
+
+
+@pytest.fixture(scope="module")
+def ingest_dir(tmp_path_factory):
+    return make_ingest(tmp_path_factory.mktemp("ingest"))
+
+
+@pytest.fixture(scope="module")
+def reference(ingest_dir, tmp_path_factory):
+    """One uninterrupted fp32/float32 run that the other tests compare against."""
+    out = tmp_path_factory.mktemp("ref") / "features.h5"
+    result = extract(ingest_dir, out, **OPTS)
+    assert not result.skipped and result.n_frames == 12 and result.resumed_rows == 0
+    return out
+
+
+def read_all(path: Path) -> dict:
+    with h5py.File(path, "r") as f:
+        out = {}
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[...])
+                     if isinstance(obj, h5py.Dataset) else None)
+        out["attrs"] = dict(f.attrs)
+    return out
+
+
+def assert_same_file(a: Path, b: Path) -> None:
+    da, db = read_all(a), read_all(b)
+    assert set(da) == set(db)
+    for key in da:
+        if key == "attrs":
+            continue
+        assert np.array_equal(da[key], db[key]), key
+    attrs_a = {k: v for k, v in da["attrs"].items() if k != "ingest_dir"}
+    attrs_b = {k: v for k, v in db["attrs"].items() if k != "ingest_dir"}
+    assert json.dumps(attrs_a, default=str) == json.dumps(attrs_b, default=str)
+
+
+def test_cached_feature_equals_backbone_on_stored_frame(reference, ingest_dir):
+    bb = create_backbone("resnet18", "none")
+    m = read_manifest(ingest_dir)
+    with FeatureStore(reference) as store:
+        X = store.load().X
+    assert X.std(axis=0).mean() > 1e-3  # random-init features still vary between frames
+    for i, rel in list(enumerate(m.frames["path"]))[::2] + [(3, m.frames["path"][3])]:
+        with torch.inference_mode():
+            expected = bb.model(bb.preprocess(load_image(ingest_dir / rel)[None]))[0].numpy()
+        rel_err = np.abs(X[i] - expected).max() / np.abs(expected).max()
+        assert rel_err <= 1e-4, (rel, rel_err)
+
+
+def test_layout_attributes_and_video_means(reference, ingest_dir):
+    m = read_manifest(ingest_dir)
+    with h5py.File(reference, "r") as f:
+        assert f["features"].shape == (12, 512) and f["features"].dtype == np.float32
+        assert list(f["frame_id"].asstr()[...]) == m.frames["frame_id"].tolist()
+        assert list(f["video_id"].asstr()[...]) == m.frames["video_id"].tolist()
+        assert list(f["split"].asstr()[...]) == m.frames["split"].tolist()
+        names = json.loads(f.attrs["class_names"])
+        assert names == ["alpha", "beta", "gamma"]
+        assert [names[i] for i in f["label"][...]] == m.frames["label"].tolist()
+        assert f["repeat"][...].tolist() == m.frames["repeat"].tolist()
+        assert f["row"][...].tolist() == list(range(12))
+        vids = f["videos/video_id"].asstr()[...]
+        assert list(vids) == list(dict.fromkeys(m.frames["video_id"]))
+        X, vid = f["features"][...], f["video_id"].asstr()[...]
+        for j, v in enumerate(vids):
+            np.testing.assert_allclose(f["videos/features"][j], X[vid == v].mean(0), rtol=1e-6)
+        assert f["videos/n_frames"][...].tolist() == [2] * 6
+        assert f["videos/repeat"][...].tolist() == [1, 1, 2, 1, 1, 1]
+        a = f.attrs
+        assert a["complete"] and a["backbone"] == "resnet18" and a["weights"] == "none"
+        assert a["feature_dim"] == 512 and a["input_size"] == 224 and a["resize_size"] == 256
+        assert list(a["mean"]) == pytest.approx([0.485, 0.456, 0.406])
+        assert a["precision"] == "fp32" and a["dtype"] == "float32"
+        assert a["ingest_dir"] == str(ingest_dir.absolute())
+        assert json.loads(a["sampling"]) == {"mode": "uniform", "frames_per_video": 2}
+        assert len(a["manifest_fingerprint"]) == 32 and a["vidfeat_version"]
+    assert not Path(f"{reference}.partial").exists()
+
+
+def test_rerun_of_a_complete_file_does_nothing(reference, ingest_dir):
+    before = reference.stat().st_mtime_ns
+    result = extract(ingest_dir, reference, **OPTS)
+    assert result.skipped and result.n_frames == 12
+    assert reference.stat().st_mtime_ns == before
+
+
+def _cli_extract(ingest_dir, out, *extra):
+    cmd = [sys.executable, "-m", "vidfeat", "extract", str(ingest_dir), "-o", str(out),
+           "--backbone", "resnet18", "--weights", "none", "--batch-size", "2", "--workers", "0",
+           "--device", "cpu", "--dtype", "float32", "--no-progress", *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_sigkill_then_resume_equals_uninterrupted_run(reference, ingest_dir, tmp_path):
+    out = tmp_path / "killed.h5"
+    rows_bin = Path(f"{out}.partial") / "features.bin"
+    proc = _cli_extract(ingest_dir, out)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if rows_bin.exists() and rows_bin.stat().st_size >= 2 * 512 * 4:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()  # nothing that looks complete
+    with open(rows_bin, "ab") as f:
+        f.write(b"\x01" * 7)  # a torn write: half a row
+    result = extract(ingest_dir, out, **OPTS)
+    assert 2 <= result.resumed_rows < 12 and result.resumed_rows % 2 == 0
+    assert_same_file(out, reference)
+
+
+def test_second_writer_fails_at_once(ingest_dir, tmp_path):
+    out = tmp_path / "locked.h5"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from vidfeat.cache import OutputLock\n"
+         f"with OutputLock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with pytest.raises(RuntimeError, match="another vidfeat process is writing .*locked.h5"):
+            extract(ingest_dir, out, **OPTS)
+        assert time.monotonic() - t0 < 30
+    finally:
+        holder.kill()
+        holder.wait()
+    with OutputLock(out):  # the kernel released the dead holder's lock
+        pass
+
+
+def test_corrupt_frame_fails_clearly_then_changed_manifest_is_refused(ingest_dir, tmp_path):
+    src = tmp_path / "ingest"
+    shutil.copytree(ingest_dir, src)
+    m = read_manifest(src)
+    bad = m.frames["path"].iloc[9]
+    (src / bad).write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path / "f.h5"
+    with pytest.raises(RuntimeError, match=f"cannot read stored frame {bad}"):
+        extract(src, out, **OPTS)
+    assert not out.exists()
+    partial = Path(f"{out}.partial")
+    assert (partial / "features.bin").stat().st_size == 8 * 512 * 4  # the batches before it
+    write_manifest(src, m.videos, m.frames.drop(index=9), m.info)
+    with pytest.raises(ValueError, match="manifest changed.*overwrite"):
+        extract(src, out, **OPTS)
+    result = extract(src, out, **{**OPTS, "batch_size": 4}, overwrite=True)
+    assert result.n_frames == 11 and result.resumed_rows == 0
+    with FeatureStore(out) as s:
+        assert bad.replace("frames/", "") not in " ".join(s.column("frame_id"))
+    write_manifest(src, m.videos, m.frames.drop(index=[8, 9]), m.info)
+    with pytest.raises(FileExistsError, match="manifest_fingerprint"):
+        extract(src, out, **{**OPTS, "batch_size": 4})
+
+
+def test_shard_rows_split_whole_videos_deterministically(ingest_dir):
+    frames = read_manifest(ingest_dir).frames
+    parts = [shard_rows(frames, i, 4) for i in range(4)]
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(len(frames)))
+    for p in parts:
+        others = set(np.concatenate([q for q in parts if q is not p]))
+        assert not set(frames["video_id"].iloc[p]) & set(frames["video_id"].iloc[list(others)])
+    assert all(np.array_equal(a, shard_rows(frames, i, 4)) for i, a in enumerate(parts))
+    assert [len(p) for p in [shard_rows(frames, i, 2) for i in range(2)]] == [6, 6]
+    assert parse_shard("1/3") == (1, 3) and parse_shard(None) == (0, 1)
+    for bad in ("3/3", "x", "1/0", "-1/2"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
+
+
+def test_shards_merge_into_the_single_run(reference, ingest_dir, tmp_path):
+    shards = [tmp_path / f"s{i}.h5" for i in range(2)]
+    for i, path in enumerate(shards):
+        r = extract(ingest_dir, path, **OPTS, shard=f"{i}/2")
+        assert r.shard == f"{i}/2" and r.n_frames == 6
+    with FeatureStore(shards[1]) as s:
+        assert s.attrs["shard_index"] == 1 and s.column("row").tolist() == list(range(6, 12))
+    merged = merge(shards[::-1], tmp_path / "merged.h5")
+    assert_same_file(merged, reference)
+
+    with pytest.raises(ValueError, match=r"missing shard\(s\) 1/2"):
+        merge(shards[:1], tmp_path / "m1.h5")
+    with pytest.raises(ValueError, match="shard 0/2 given twice"):
+        merge([shards[0], shards[0]], tmp_path / "m2.h5")
+    odd = tmp_path / "odd.h5"
+    shutil.copy(shards[1], odd)
+    with h5py.File(odd, "a") as f:
+        f.attrs["weights"] = "/elsewhere/w.pt"
+    with pytest.raises(ValueError, match="shards do not match: weights"):
+        merge([shards[0], odd], tmp_path / "m3.h5")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        merge(shards, merged)
+    assert not any(tmp_path.glob("m[123].h5")) and not any(tmp_path.glob(".*.tmp"))
+    assert main(["merge", str(shards[0]), "-o", str(tmp_path / "m4.h5")]) == 2
+
+
+def test_bad_options_and_inputs_fail_clearly(ingest_dir, tmp_path):
+    out = tmp_path / "x.h5"
+    cases = [(dict(device="tpu"), "device='tpu' is not one of"),
+             (dict(precision="int8"), "precision='int8' is not one of"),
+             (dict(dtype="float64"), "dtype='float64' is not one of"),
+             (dict(batch_size=0), "batch_size must be > 0"),
+             (dict(shard="2/2"), "shard"),
+             (dict(backbone="resnet9"), "unknown backbone")]
+    for override, message in cases:
+        with pytest.raises(ValueError, match=message):
+            extract(ingest_dir, out, **{**OPTS, **override})
+    with pytest.raises(ValueError, match="ingest output folder not found"):
+        extract(tmp_path / "nowhere", out, **OPTS)
+    (tmp_path / "junk.h5").write_text("not hdf5")
+    with pytest.raises(FileExistsError, match="not a usable feature file"):
+        extract(ingest_dir, tmp_path / "junk.h5", **OPTS)
+    assert not out.exists()
+
+
+def test_cli_reports_a_complete_file(reference, ingest_dir, capsys):
+    argv = ["extract", str(ingest_dir), "-o", str(reference), "--backbone", "resnet18",
+            "--weights", "none", "--batch-size", "2", "--device", "cpu", "--dtype", "float32"]
+    assert main(argv) == 0
+    assert "already complete (12 frames, 6 videos, resnet18)" in capsys.readouterr().out
+
+
+@pytest.mark.cuda
+def test_cuda_pipeline_matches_cpu_and_its_own_reference(reference, ingest_dir, tmp_path):
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    out = tmp_path / "gpu.h5"
+    r = extract(ingest_dir, out, **{**OPTS, "device": "cuda", "precision": "fp32", "workers": 2})
+    assert r.device.startswith("cuda") and r.precision == "fp32"
+    with FeatureStore(out) as g, FeatureStore(reference) as c:
+        Xg, Xc = g.load().X, c.load().X
+    # nvjpeg and CUDA resize differ from libjpeg/CPU by a grey level here and there
+    assert np.abs(Xg - Xc).max() / np.abs(Xc).max() < 0.05
+    bb = create_backbone("resnet18", "none")
+    model = bb.model.cuda()
+    m = read_manifest(ingest_dir)
+    for i, rel in enumerate(m.frames["path"]):
+        img = decode_jpeg(read_file(str(ingest_dir / rel)), mode=ImageReadMode.RGB, device="cuda")
+        with torch.inference_mode():
+            ref = model(bb.preprocess(img[None]))[0].float().cpu().numpy()
+        assert np.abs(Xg[i] - ref).max() / np.abs(ref).max() < 1e-2  # TF32 convolutions
+    bf = extract(ingest_dir, tmp_path / "bf16.h5", **{**OPTS, "device": "cuda",
+                                                       "precision": "auto", "dtype": "float16"})
+    assert bf.precision in ("bf16", "fp16")
+    with FeatureStore(tmp_path / "bf16.h5") as b:
+        assert np.abs(b.load().X - Xg).max() / np.abs(Xg).max() < 0.1
