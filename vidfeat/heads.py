@@ -246,7 +246,7 @@ class TrainSpec:
     batch_size: int = 256
     seed: int = 0
     sampler: str | None = None
-    patience: int = 5
+    patience: int = 10
 
     def __post_init__(self):
         check_positive("epochs", self.epochs)
@@ -316,12 +316,15 @@ def predict_logits(model: nn.Module, chunks: Iterator[torch.Tensor]) -> torch.Te
 
 
 def fit_heads(source, n_classes: int, configs: Sequence[HeadConfig], spec: TrainSpec, *,
-              device: torch.device, validate: Callable[[StackedHead], list[tuple]] | None = None,
+              device: torch.device, validate: Callable[..., list[tuple]] | None = None,
               progress: bool = False, desc: str = "train") -> list[FitResult]:
     """Train one head per config in ONE batched pass over ``source``; early-stop on ``validate``.
 
-    ``validate(model)`` returns, per head, a score tuple (higher is better); each head keeps the
-    weights of its best epoch and stops improving after ``spec.patience`` epochs without gain.
+    ``validate(model, class_weights, logit_offsets)`` returns, per head, ``(metric, -val_loss)``
+    where val_loss is the head's own training objective on val; each head keeps the weights of
+    its lowest-val-loss epoch and stops after ``spec.patience`` epochs without improvement. (The
+    loss is smooth where a metric on a small val set jumps from epoch to epoch; the metric then
+    picks between heads.)
     """
     from tqdm.auto import tqdm
 
@@ -353,7 +356,7 @@ def fit_heads(source, n_classes: int, configs: Sequence[HeadConfig], spec: Train
             total += loss.detach()
             steps += 1
         train_loss = float(total) / max(steps, 1) / len(configs)
-        scores = validate(model) if validate is not None else [None] * len(configs)
+        scores = validate(model, cw, offset) if validate is not None else [None] * len(configs)
         tracker.update(epoch, model, scores, train_loss)
         bar.set_postfix(loss=f"{train_loss:.4f}", best=tracker.best_text())
         if tracker.all_stopped():
@@ -378,7 +381,7 @@ class _EarlyStopping:
                 continue   # keeps training in the batch, but its result is already fixed
             self.history[i].append({"epoch": epoch, "train_loss": train_loss,
                                     "score": list(score) if score is not None else None})
-            if score is None or self.best[i] is None or tuple(score) > tuple(self.best[i]):
+            if score is None or self.best[i] is None or score[1] > self.best[i][1]:
                 self.best[i], self.best_epoch[i] = score, epoch
                 self.state[i] = model.select(i).state_dict()
 
@@ -405,12 +408,17 @@ class _EarlyStopping:
 
 def validation_scorer(chunks_fn: Callable[[], Iterator[torch.Tensor]], y_val: np.ndarray,
                       metric: Callable[[np.ndarray, np.ndarray], float]):
-    """A ``validate`` callback: per head (metric(y, logits), -mean cross-entropy)."""
+    """A ``validate`` callback: per head (metric(y, logits), -training objective on val)."""
     y_t = torch.as_tensor(np.asarray(y_val, dtype=np.int64))
 
-    def validate(model: StackedHead) -> list[tuple]:
+    def validate(model: StackedHead, cw: torch.Tensor, offset: torch.Tensor) -> list[tuple]:
         logits = predict_logits(model, chunks_fn())
-        return [(metric(y_val, lk.numpy()), -F.cross_entropy(lk, y_t).item()) for lk in logits]
+        cw, offset = cw.cpu(), offset.cpu()
+        out = []
+        for k, lk in enumerate(logits):
+            ce = F.cross_entropy(lk + offset[k], y_t, reduction="none")
+            out.append((metric(y_val, lk.numpy()), -float((ce * cw[k, y_t]).mean())))
+        return out
     return validate
 
 
@@ -500,6 +508,7 @@ class _Head:
         return torch.softmax(torch.from_numpy(self.decision_function(X)), 1).numpy()
 
     def predict(self, X) -> np.ndarray:
+        self._check_fitted()
         return self.classes_[self.decision_function(X).argmax(1)]
 
     def score(self, X, y) -> float:
@@ -512,12 +521,15 @@ class _Head:
             raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit first")
 
 
+DEFAULT_LR = {"linear": 1e-2, "mlp": 1e-3}
+
+
 class LinearHead(_Head):
     """Multinomial logistic regression on standardised features, trained with AdamW."""
 
-    def __init__(self, *, lr: float = 1e-3, weight_decay: float = 1e-4, epochs: int = 50,
+    def __init__(self, *, lr: float = DEFAULT_LR["linear"], weight_decay: float = 1e-4, epochs: int = 50,
                  batch_size: int = 256, class_weight: str = "none", sampler: str | None = None,
-                 logit_adjust: float | None = None, patience: int = 5, seed: int = 0,
+                 logit_adjust: float | None = None, patience: int = 10, seed: int = 0,
                  device: str = "auto", progress: bool = False):
         self.lr, self.weight_decay, self.epochs, self.batch_size = lr, weight_decay, epochs, batch_size
         self.class_weight, self.sampler, self.logit_adjust = class_weight, sampler, logit_adjust
@@ -527,10 +539,11 @@ class LinearHead(_Head):
 class MLPHead(_Head):
     """A ReLU MLP (``hidden`` sizes, ``dropout``) on standardised features, trained with AdamW."""
 
-    def __init__(self, *, hidden: Sequence[int] = (512,), dropout: float = 0.2, lr: float = 1e-3,
+    def __init__(self, *, hidden: Sequence[int] = (512,), dropout: float = 0.2,
+                 lr: float = DEFAULT_LR["mlp"],
                  weight_decay: float = 1e-4, epochs: int = 50, batch_size: int = 256,
                  class_weight: str = "none", sampler: str | None = None,
-                 logit_adjust: float | None = None, patience: int = 5, seed: int = 0,
+                 logit_adjust: float | None = None, patience: int = 10, seed: int = 0,
                  device: str = "auto", progress: bool = False):
         self.hidden, self.dropout = hidden, dropout
         self.lr, self.weight_decay, self.epochs, self.batch_size = lr, weight_decay, epochs, batch_size

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vidfeat.heads import (ArraySource, HeadConfig, StackedHead, TrainSpec, build_head, fit_heads,
+from vidfeat.heads import (DEFAULT_LR, ArraySource, HeadConfig, StackedHead, TrainSpec, build_head, fit_heads,
                            head_spec, predict_logits, resolve_device, validation_scorer)
 from vidfeat.manifest import write_json
 from vidfeat.metrics import classification_metrics, video_level
@@ -330,15 +330,15 @@ def load_head(model_dir) -> tuple[dict, StackedHead]:
 
 # ----------------------------------------------------------------------------------- train
 def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = (512,),
-          dropout: float = 0.2, epochs: int = 50, lr: float = 1e-3, weight_decay: float = 1e-4,
+          dropout: float = 0.2, epochs: int = 50, lr: float | None = None, weight_decay: float = 1e-4,
           batch_size: int = 256, seed: int = 0, device: str = "auto", class_weight: str = "none",
           sampler: str | None = None, logit_adjust: float | None = None, sweep=None,
           select_metric: str = "balanced_accuracy", max_memory: int | str | None = None,
-          patience: int = 5, unfreeze: bool = False, frames=None, unfreeze_epochs: int = 3,
+          patience: int = 10, unfreeze: bool = False, frames=None, unfreeze_epochs: int = 3,
           backbone_lr_scale: float = 0.1, progress: bool = True) -> TrainResult:
     """Train a head on FEATURES' train split, early-stop on val, write MODEL_DIR (module doc).
 
-    ``sweep`` (e.g. ``{"lr": [1e-3, 1e-2], "weight_decay": [0, 1e-4]}`` or
+    ``lr`` defaults to 1e-2 for a linear head, 1e-3 for an MLP. ``sweep`` (e.g. ``{"lr": [1e-3, 1e-2], "weight_decay": [0, 1e-4]}`` or
     ``["lr=1e-3,1e-2", ...]``) trains every combination in one batched pass and selects by
     ``select_metric`` on val. ``unfreeze`` then fine-tunes backbone and head end to end on the
     stored frames of ``frames`` (default: the ingest folder recorded in the feature file).
@@ -347,7 +347,8 @@ def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = 
     check_choice("head", head, HEADS)
     check_choice("select_metric", select_metric, SELECT_METRICS)
     grid = parse_sweep(sweep, head=head)
-    base = HeadConfig(lr=lr, weight_decay=weight_decay, class_weight=class_weight,
+    base = HeadConfig(lr=lr or DEFAULT_LR[head], weight_decay=weight_decay,
+                      class_weight=class_weight,
                       logit_adjust=logit_adjust or 0.0, dropout=dropout if head == "mlp" else 0.0)
     configs = expand_configs(base, grid)
     spec = TrainSpec(hidden=tuple(hidden) if head == "mlp" else (), epochs=epochs,
