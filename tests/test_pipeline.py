@@ -1,0 +1,119 @@
+import json
+
+import pytest
+
+from vidfeat.cli import main
+from vidfeat.pipeline import demo, effective_options, load_config, run_pipeline, to_toml
+from vidfeat.synth import make_demo_dataset
+
+SMALL = {"bars": 6, "gradient": 4, "fractal": 3, "life": 3, "automaton": 3}
+
+
+def config_for(src, **train):
+    return {
+        "ingest": {"src": str(src), "frames_per_video": 3, "size": 96, "split": [0.5, 0.25, 0.25],
+                   "jobs": 2},
+        "extract": {"backbone": "mobilenet_v3_small", "weights": "none", "dtype": "float32",
+                    "device": "cpu", "workers": 0},
+        "train": {"epochs": 30, "seed": 0, "device": "cpu", **train},
+        "report": {},
+    }
+
+
+@pytest.fixture(scope="module")
+def small_videos(tmp_path_factory):
+    return make_demo_dataset(tmp_path_factory.mktemp("demo_videos"), counts=SMALL, seed=1,
+                             duration=(1.0, 1.5))
+
+
+def statuses(result):
+    return {s.name: s.status for s in result.stages}
+
+
+def test_pipeline_runs_skips_and_reruns_changed_stages(small_videos, tmp_path):
+    work = tmp_path / "work"
+    first = run_pipeline(config_for(small_videos), work, progress=False)
+    assert set(statuses(first).values()) == {"ran"}
+    for key in ("manifests", "features", "model", "report", "data_report", "config"):
+        assert first.paths[key].exists(), key
+    assert json.loads((work / "report" / "report.json").read_text())["model"]
+    features_mtime = (work / "features.h5").stat().st_mtime_ns
+
+    again = run_pipeline(config_for(small_videos), work, progress=False)
+    assert set(statuses(again).values()) == {"skipped"}
+    assert again.metrics == first.metrics
+
+    changed = run_pipeline(config_for(small_videos, epochs=5), work, progress=False)
+    assert statuses(changed) == {"ingest": "skipped", "data_report": "skipped",
+                                 "extract": "skipped", "train": "ran", "report": "ran"}
+    assert (work / "features.h5").stat().st_mtime_ns == features_mtime
+    cfg = load_config(work / "config.toml")
+    assert cfg["train"]["epochs"] == 5 and cfg["extract"]["backbone"] == "mobilenet_v3_small"
+
+
+def test_changed_ingest_option_reruns_everything_after_it(small_videos, tmp_path):
+    work = tmp_path / "work"
+    run_pipeline(config_for(small_videos), work, progress=False)
+    cfg = config_for(small_videos)
+    cfg["ingest"]["frames_per_video"] = 2
+    result = run_pipeline(cfg, work, progress=False)
+    assert set(statuses(result).values()) == {"ran"}
+    import pandas as pd
+    frames = pd.read_parquet(work / "ingest" / "frames.parquet")
+    assert frames.groupby("video_id").size().max() == 2
+
+
+def test_new_source_video_reruns_ingest(small_videos, tmp_path):
+    import shutil
+    src = tmp_path / "src"
+    shutil.copytree(small_videos, src)
+    work = tmp_path / "work"
+    run_pipeline(config_for(src), work, progress=False)
+    shutil.copy(src / "bars" / "bars_00.mp4", src / "bars" / "bars_new.mp4")
+    result = run_pipeline(config_for(src), work, progress=False)
+    assert statuses(result)["ingest"] == "ran"
+    import pandas as pd
+    assert "bars/bars_new.mp4" in set(pd.read_parquet(work / "ingest" / "videos.parquet")["video_id"])
+
+
+def test_config_errors_name_the_bad_key(tmp_path):
+    with pytest.raises(ValueError, match="unknown option 'frames_per_vid'"):
+        effective_options({"ingest": {"src": "x", "frames_per_vid": 3}})
+    with pytest.raises(ValueError, match="unknown config table 'trian'"):
+        effective_options({"ingest": {"src": "x"}, "trian": {}})
+    with pytest.raises(ValueError, match="needs 'src'"):
+        effective_options({"ingest": {}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[ingest\nsrc=1")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_toml_round_trip(tmp_path):
+    cfg = {"workdir": "w", "ingest": {"src": "v", "split": [0.8, 0.1, 0.1], "strict": False,
+                                       "labels": None, "size": 256, "timeout": 600.0}}
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(cfg))
+    back = load_config(path)
+    assert back["ingest"]["split"] == [0.8, 0.1, 0.1] and back["ingest"]["strict"] is False
+    assert "labels" not in back["ingest"] and back["ingest"]["src"] == str((tmp_path / "v").resolve())
+
+
+def test_run_cli_with_config_file(small_videos, tmp_path, capsys):
+    cfg = config_for(small_videos)
+    cfg["workdir"] = str(tmp_path / "w")
+    path = tmp_path / "vidfeat.toml"
+    path.write_text(to_toml(cfg))
+    assert main(["run", str(path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "Pipeline done" in out and "test accuracy" in out
+    assert (tmp_path / "w" / "model" / "metrics.json").is_file()
+
+
+def test_demo_small_is_clearly_above_chance(tmp_path):
+    counts = {"bars": 12, "gradient": 8, "fractal": 6, "life": 6, "automaton": 6}
+    result = demo(tmp_path / "demo", counts=counts, weights="none", device="cpu", progress=False)
+    chance = 1 / len(counts)
+    for split in ("val", "test"):  # a random-init backbone still separates the demo classes
+        assert result.metrics[split]["frame"]["balanced_accuracy"] >= 2.5 * chance, split
+    assert result.paths["report"].is_file()

@@ -1,0 +1,375 @@
+"""The whole job in one call: ingest -> data report -> extract -> train -> evaluation report.
+
+A config (TOML, or a dict) holds one table per stage whose keys are that stage's library options::
+
+    [ingest]                      # vidfeat.ingest(src, WORKDIR/ingest, **options)
+    src = "videos"                # relative paths resolve against the config file's folder
+    frames_per_video = 8
+    [extract]                     # vidfeat.extract(WORKDIR/ingest, WORKDIR/features.h5, ...)
+    backbone = "resnet18"
+    [train]                       # vidfeat.train(WORKDIR/features.h5, WORKDIR/model, ...)
+    head = "linear"
+    [report]                      # vidfeat.report(WORKDIR/ingest, WORKDIR/report, model=...)
+
+Every stage records a fingerprint of its effective options (defaults filled in), of the stage
+before it, and for ingest of the source listing (paths, sizes, mtimes) in
+``WORKDIR/pipeline.json``. A stage whose fingerprint matches and whose outputs are complete is
+skipped; a changed option (or changed source files) clears that stage's outputs and reruns it and
+every stage after it, so stale outputs are never reused. A stage interrupted half-way keeps its
+outputs, and the rerun lets the stage resume (ingest and extract both resume). The effective
+config is written back to ``WORKDIR/config.toml``.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vidfeat.manifest import write_json
+
+log = logging.getLogger(__name__)
+
+STAGES = ("ingest", "data_report", "extract", "train", "report")
+SECTIONS = ("ingest", "extract", "train", "report")
+# options that change how fast a stage runs, not what it writes
+_NO_EFFECT = {"progress", "jobs", "workers", "device", "batch_size", "timeout"}
+# options the pipeline sets itself (paths between stages)
+_OWNED = {
+    "ingest": {"outdir"},
+    "extract": {"ingest_dir", "output", "shard", "overwrite"},
+    "train": {"features", "model_dir", "frames"},
+    "report": {"source", "output", "model", "labels"},
+}
+_STATE = "pipeline.json"
+
+
+@dataclass
+class StageRun:
+    name: str
+    status: str            # "ran" | "skipped"
+    elapsed_s: float
+    summary: str = ""
+
+
+@dataclass
+class PipelineResult:
+    workdir: Path
+    config: dict
+    stages: list[StageRun] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def paths(self) -> dict[str, Path]:
+        w = self.workdir
+        return {"manifests": w / "ingest", "data_report": w / "data_report" / "report.html",
+                "features": w / "features.h5", "model": w / "model",
+                "report": w / "report" / "report.html", "config": w / "config.toml"}
+
+    def headline(self, split: str = "test") -> dict:
+        """Frame- and video-level accuracy and balanced accuracy of ``split`` (val if empty)."""
+        m = self.metrics.get(split) or self.metrics.get("val") or {}
+        return {level: {k: m[level][k] for k in ("accuracy", "balanced_accuracy")}
+                for level in ("frame", "video") if m.get(level)}
+
+    def summary(self) -> str:
+        ran = [s.name for s in self.stages if s.status == "ran"]
+        skipped = [s.name for s in self.stages if s.status == "skipped"]
+        head = self.headline()
+        frame = head.get("frame", {})
+        video = head.get("video", {})
+        metrics = (f"test accuracy {frame.get('accuracy', float('nan')):.3f}, balanced accuracy "
+                   f"{frame.get('balanced_accuracy', float('nan')):.3f} (per video "
+                   f"{video.get('accuracy', float('nan')):.3f} / "
+                   f"{video.get('balanced_accuracy', float('nan')):.3f})") if head else "no metrics"
+        p = self.paths
+        return (f"Pipeline done in {sum(s.elapsed_s for s in self.stages):.1f} s: ran "
+                f"{', '.join(ran) or 'nothing'}{'; skipped ' + ', '.join(skipped) if skipped else ''}. "
+                f"{metrics}. Manifests {p['manifests']}/, features {p['features']}, model "
+                f"{p['model']}/, data report {p['data_report']}, evaluation report {p['report']}, "
+                f"config {p['config']}.")
+
+
+# ----------------------------------------------------------------------------------- config
+def load_config(path: str | os.PathLike) -> dict:
+    """Read a TOML config; relative ``src``/``labels`` resolve against its folder."""
+    path = Path(path)
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        config = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    return resolve_paths(config, path.parent)
+
+
+def resolve_paths(config: dict, base: Path) -> dict:
+    """Make the ingest source paths absolute (against ``base``)."""
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    ingest = config.get("ingest", {})
+    for key in ("src", "labels"):
+        if ingest.get(key):
+            ingest[key] = str((base / ingest[key]).resolve())
+    return config
+
+
+def _stage_function(section: str):
+    from vidfeat import extract, ingest, report, train
+
+    return {"ingest": ingest, "extract": extract, "train": train, "report": report}[section]
+
+
+def effective_options(config: dict) -> dict[str, dict]:
+    """Each section's options with the library defaults filled in; unknown keys are refused."""
+    unknown = sorted(set(config) - set(SECTIONS) - {"workdir"})
+    if unknown:
+        raise ValueError(f"unknown config table {unknown[0]!r}; allowed: {', '.join(SECTIONS)}")
+    out = {}
+    for section in SECTIONS:
+        out[section] = _section_options(section, dict(config.get(section) or {}))
+    if not (out["ingest"].get("src") or out["ingest"].get("labels")):
+        raise ValueError("config [ingest] needs 'src' (a folder of class folders) or 'labels'")
+    return out
+
+
+def _section_options(section: str, given: dict) -> dict:
+    params = inspect.signature(_stage_function(section)).parameters
+    allowed = {n for n, p in params.items() if n not in _OWNED[section]}
+    bad = sorted(set(given) - allowed)
+    if bad:
+        raise ValueError(f"[{section}] has unknown option {bad[0]!r}; allowed: "
+                         f"{', '.join(sorted(allowed))}")
+    defaults = {n: p.default for n, p in params.items()
+                if n in allowed and p.default is not inspect.Parameter.empty}
+    return {**defaults, **given}
+
+
+def to_toml(config: dict) -> str:
+    """Write a config of tables of scalars/lists as TOML (None values are left out)."""
+    lines = ["# vidfeat pipeline config (effective options, defaults filled in)"]
+    for section, options in config.items():
+        if not isinstance(options, dict):
+            lines.insert(1, f"{section} = {_toml_value(options)}")
+            continue
+        lines += ["", f"[{section}]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in options.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a JSON string literal is a valid TOML basic string
+
+
+# ----------------------------------------------------------------------------------- stages
+def _fingerprint(*parts) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _source_listing(options: dict) -> str:
+    """A digest of the input videos (path, size, mtime) so new or edited files rerun ingest."""
+    from vidfeat.ingest import scan_source
+
+    rows = scan_source(options.get("src"), labels=options.get("labels"))
+    h = hashlib.sha256()
+    for path in sorted(rows["path"].astype(str)):
+        try:
+            st = os.stat(path)
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{path}\0missing\n".encode())
+    labels = options.get("labels")
+    if labels and os.path.exists(labels):
+        h.update(Path(labels).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _outputs(workdir: Path) -> dict[str, list[Path]]:
+    return {"ingest": [workdir / "ingest"], "data_report": [workdir / "data_report"],
+            "extract": [workdir / "features.h5", workdir / "features.h5.partial"],
+            "train": [workdir / "model"], "report": [workdir / "report"]}
+
+
+def _complete(stage: str, workdir: Path) -> bool:
+    try:
+        if stage == "ingest":
+            from vidfeat.manifest import read_manifest
+            read_manifest(workdir / "ingest")
+        elif stage == "extract":
+            from vidfeat.cache import FeatureStore
+            FeatureStore(workdir / "features.h5").close()
+        elif stage == "train":
+            return (workdir / "model" / "metrics.json").is_file()
+        else:
+            return (workdir / _outputs(workdir)[stage][0] / "report.json").is_file()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _clear(paths: list[Path]) -> None:
+    for p in paths:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
+def _run_stage(stage: str, workdir: Path, opts: dict[str, dict]):
+    w = workdir
+    if stage == "ingest":
+        o = dict(opts["ingest"])
+        return _stage_function("ingest")(o.pop("src"), w / "ingest", **o)
+    if stage == "data_report":
+        return _stage_function("report")(w / "ingest", w / "data_report", **opts["report"])
+    if stage == "extract":
+        return _stage_function("extract")(w / "ingest", w / "features.h5", **opts["extract"])
+    if stage == "train":
+        frames = w / "ingest" if opts["train"].get("unfreeze") else None
+        return _stage_function("train")(w / "features.h5", w / "model", frames=frames, **opts["train"])
+    return _stage_function("report")(w / "ingest", w / "report", model=w / "model", **opts["report"])
+
+
+def _summary_of(result) -> str:
+    summary = getattr(result, "summary", "")
+    return summary() if callable(summary) else str(summary)
+
+
+def _check_exit(stage: str, result) -> None:
+    if stage == "ingest" and getattr(result, "n_ok", 1) == 0:
+        raise RuntimeError("ingest: every video failed; see the videos manifest's 'error' column")
+
+
+# ----------------------------------------------------------------------------------- run
+def run_pipeline(config: dict | str | os.PathLike, workdir: str | os.PathLike | None = None, *,
+                 force: bool = False, progress: bool = True) -> PipelineResult:
+    """Run (or resume) every stage of ``config`` into ``workdir``; see the module docstring.
+
+    ``config`` is a dict or a TOML path; ``workdir`` defaults to the config's ``workdir`` key.
+    ``force`` reruns every stage.
+    """
+    if not isinstance(config, dict):
+        config = load_config(config)
+    workdir = Path(workdir or config.get("workdir") or "vidfeat_out").resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    opts = effective_options(config)
+    for section in SECTIONS:
+        if "progress" in opts[section]:
+            opts[section]["progress"] = progress
+    (workdir / "config.toml").write_text(to_toml({"workdir": str(workdir), **opts}))
+    state = _read_state(workdir)
+    result = PipelineResult(workdir, opts)
+    parent = _source_listing(opts["ingest"])
+    for stage in STAGES:
+        section = "report" if stage == "data_report" else stage
+        relevant = {k: v for k, v in opts[section].items() if k not in _NO_EFFECT}
+        fp = _fingerprint(stage, relevant, parent)
+        result.stages.append(_maybe_run(stage, fp, workdir, opts, state, force, progress))
+        parent = fp
+    metrics = workdir / "model" / "metrics.json"
+    result.metrics = json.loads(metrics.read_text()) if metrics.exists() else {}
+    return result
+
+
+def _maybe_run(stage: str, fp: str, workdir: Path, opts: dict, state: dict, force: bool,
+               progress: bool) -> StageRun:
+    recorded = state.get(stage, {})
+    if not force and recorded.get("fingerprint") == fp and recorded.get("done") \
+            and _complete(stage, workdir):
+        _say(progress, f"[{stage}] up to date, skipped")
+        return StageRun(stage, "skipped", 0.0)
+    if force or recorded.get("fingerprint") != fp:
+        _clear(_outputs(workdir)[stage])  # options changed: the old outputs are stale
+    for later in STAGES[STAGES.index(stage):]:
+        state.pop(later, None)
+    state[stage] = {"fingerprint": fp, "done": False}
+    write_json(workdir / _STATE, state)
+    _say(progress, f"[{stage}] running")
+    start = time.perf_counter()
+    out = _run_stage(stage, workdir, opts)
+    _check_exit(stage, out)
+    state[stage]["done"] = True
+    write_json(workdir / _STATE, state)
+    # each stage prints its own closing summary when progress is on
+    return StageRun(stage, "ran", time.perf_counter() - start, _summary_of(out))
+
+
+def _read_state(workdir: Path) -> dict:
+    path = workdir / _STATE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return {}  # a damaged state file only costs a rerun
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(text, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------- demo
+DEMO_OPTIONS = {
+    "ingest": {"frames_per_video": 8, "size": 128, "split": [0.6, 0.2, 0.2], "seed": 0,
+               "jobs": 2},
+    "extract": {"backbone": "resnet18", "dtype": "float32"},
+    "train": {"head": "linear", "epochs": 100, "class_weight": "balanced", "seed": 0,
+              "sweep": "lr=1e-3,3e-3,1e-2 weight_decay=0,1e-3"},
+    "report": {},
+}
+
+
+def pretrained_cached(backbone: str) -> bool:
+    """Whether torch hub already holds the DEFAULT weights of ``backbone`` (no download)."""
+    import torch
+    from torchvision.models import get_model_weights
+
+    url = get_model_weights(backbone).DEFAULT.url
+    return (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)).is_file()
+
+
+def demo(output: str | os.PathLike = "demo_out", *, weights: str | None = None,
+         backbone: str = "resnet18", counts: dict[str, int] | None = None, seed: int = 0,
+         device: str = "auto", jobs: int = 2, force: bool = False,
+         progress: bool = True) -> PipelineResult:
+    """Generate the demo dataset (imbalanced, 5 classes) in ``output/videos`` and run the pipeline.
+
+    ``weights=None`` uses the DEFAULT pretrained weights when torch hub has them cached, else a
+    random-init backbone (and says so); ``weights="DEFAULT"`` downloads them on a connected machine.
+    """
+    from vidfeat.synth import make_demo_dataset
+
+    output = Path(output).resolve()
+    videos = output / "videos"
+    marker = output / "videos.done"
+    if not marker.exists() or force:
+        _say(progress, f"Generating the demo dataset in {videos}/ ...")
+        _clear([videos])
+        make_demo_dataset(videos, counts=counts, seed=seed)
+        marker.write_text(json.dumps(counts or "default") + "\n")
+    if weights is None:
+        weights = "DEFAULT" if pretrained_cached(backbone) else "none"
+        if weights == "none":
+            _say(progress, f"No pretrained {backbone} weights cached (offline?): using a "
+                 "RANDOM-INIT backbone; accuracy will be lower. Use --weights DEFAULT on a "
+                 "connected machine for the real ones.")
+    config = {k: dict(v) for k, v in DEMO_OPTIONS.items()}
+    config["ingest"].update(src=str(videos), seed=seed, jobs=jobs)
+    config["extract"].update(backbone=backbone, weights=weights, device=device)
+    config["train"].update(device=device, seed=seed)
+    return run_pipeline(config, output, force=force, progress=progress)
