@@ -77,3 +77,32 @@ def write_features(path, data: dict, *, backbone: str = "resnet18", weights: str
             f.attrs[key] = value
         f.attrs["complete"] = complete
     return path
+
+
+COLOURS = {"red": (210, 40, 40), "blue": (40, 40, 210), "green": (40, 200, 40)}
+
+
+def write_frames(outdir, data: dict, *, size=(64, 48), seed: int = 0) -> Path:
+    """An ingest OUTDIR for ``data``: one noisy JPEG per frame, coloured by class, + manifests."""
+    import pandas as pd
+    from PIL import Image
+
+    from vidfeat.manifest import write_manifest
+
+    outdir = Path(outdir)
+    rng = np.random.default_rng(seed)
+    frames, videos = [], {}
+    for i, (fid, vid) in enumerate(zip(data["frame_id"], data["video_id"])):
+        label, split = data["class_names"][data["label"][i]], data["split"][i]
+        rel = f"frames/{vid}/{i:06d}.jpg"
+        (outdir / rel).parent.mkdir(parents=True, exist_ok=True)
+        pixels = np.array(COLOURS[label]) + rng.normal(0, 30, (size[1], size[0], 3))
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(outdir / rel)
+        frames.append({"frame_id": fid, "video_id": vid, "label": label, "split": split,
+                       "frame_index": i, "timestamp_s": 0.1 * i, "path": rel,
+                       "repeat": int(data["repeat"][i])})
+        videos[vid] = {"video_id": vid, "path": f"/src/{vid}", "label": label, "split": split,
+                       "status": "ok", "error": "", "duration_s": 1.0, "fps": 10.0,
+                       "width": size[0], "height": size[1], "n_frames": 0, "repeat": 1}
+    write_manifest(outdir, pd.DataFrame(videos.values()), pd.DataFrame(frames))
+    return outdir

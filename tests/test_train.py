@@ -207,3 +207,61 @@ def test_train_does_not_import_heavy_modules_at_cli_parse():
             "print(any(m in sys.modules for m in ('torch', 'sklearn', 'matplotlib')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------------- unfreeze
+@pytest.fixture(scope="module")
+def frames_and_features(tmp_path_factory):
+    """Stored frames (red vs blue) and a resnet18-shaped feature file pointing at them."""
+    from featfiles import write_frames
+
+    root = tmp_path_factory.mktemp("unfreeze")
+    data = make_features({"red": 6, "blue": 4}, dim=512, frames=3, sep=0.5, seed=1)
+    outdir = write_frames(root / "ingest", data)
+    path = write_features(root / "features.h5", data, attrs={
+        "input_size": 32, "resize_size": 32, "ingest_dir": str(outdir)})
+    return outdir, path
+
+
+def unfreeze_run(path, out, **kw):
+    kw = {"unfreeze": True, "unfreeze_epochs": 3, "batch_size": 8, "lr": 1e-2, "epochs": 10, **kw}
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        return run(path, out, **kw)
+
+
+def test_unfreeze_changes_backbone_and_lowers_loss(frames_and_features, tmp_path):
+    from vidfeat.backbones import create_backbone
+
+    _, path = frames_and_features
+    res = unfreeze_run(path, tmp_path / "m")
+    tuned = torch.load(tmp_path / "m/backbone.pt", weights_only=True)
+    with pytest.warns(UserWarning):
+        original = create_backbone("resnet18", "none").model.state_dict()
+    assert tuned.keys() == original.keys()
+    assert not torch.equal(tuned["layer1.0.conv1.weight"], original["layer1.0.conv1.weight"])
+    history = res.config["unfreeze"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert res.config["files"]["backbone"] == "backbone.pt"
+    assert res.metrics["val"]["frame"]["n"] == 6 and res.metrics["test"]["video"]["n"] == 1
+    with pytest.raises(ValueError, match="fine-tuned its backbone"):
+        evaluate(tmp_path / "m", path, device="cpu")
+
+
+def test_unfreeze_resumes_from_checkpoint(frames_and_features, tmp_path):
+    _, path = frames_and_features
+    first = unfreeze_run(path, tmp_path / "m", unfreeze_epochs=2)
+    assert (tmp_path / "m/unfreeze_checkpoint.pt").is_file()
+    more = unfreeze_run(path, tmp_path / "m", unfreeze_epochs=3)
+    done = more.config["unfreeze"]["history"]
+    assert done[:2] == first.config["unfreeze"]["history"]   # epochs 1-2 were not redone
+    assert [h["epoch"] for h in done] == [1, 2, 3]
+    # a different run (other lr) must not resume from that checkpoint
+    other = unfreeze_run(path, tmp_path / "m", unfreeze_epochs=1, lr=3e-3)
+    assert [h["epoch"] for h in other.config["unfreeze"]["history"]] == [1]
+
+
+def test_unfreeze_needs_frames(frames_and_features, tmp_path):
+    _, path = frames_and_features
+    with pytest.raises(Exception, match="ingest output folder not found"):
+        unfreeze_run(path, tmp_path / "m", frames=tmp_path / "nowhere")
