@@ -107,7 +107,7 @@ def bench_cpu(n: int, work: Path) -> dict:
             "max_rel_diff_vs_classic": rel, "goal": 1.5}
 
 
-def forward_only(name: str, batch: int, precision: str, seconds: float = 8.0) -> float:
+def forward_only(name: str, batch: int, precision: str, seconds: float = 5.0) -> float:
     """The model alone on a preloaded, preprocessed batch: the ceiling for extraction."""
     bb = create_backbone(name, "none")
     model = bb.model.eval().cuda().to(memory_format=torch.channels_last)

@@ -274,8 +274,17 @@ def test_cli_reports_a_complete_file(reference, ingest_dir, capsys):
     assert "already complete (12 frames, 6 videos, resnet18)" in capsys.readouterr().out
 
 
+@pytest.fixture
+def no_tf32():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 @pytest.mark.cuda
-def test_cuda_pipeline_matches_cpu_and_its_own_reference(reference, ingest_dir, tmp_path):
+def test_cuda_pipeline_matches_its_reference_and_the_cpu_rows(reference, ingest_dir, tmp_path,
+                                                               no_tf32):
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
     out = tmp_path / "gpu.h5"
@@ -283,18 +292,24 @@ def test_cuda_pipeline_matches_cpu_and_its_own_reference(reference, ingest_dir, 
     assert r.device.startswith("cuda") and r.precision == "fp32"
     with FeatureStore(out) as g, FeatureStore(reference) as c:
         Xg, Xc = g.load().X, c.load().X
-    # nvjpeg and CUDA resize differ from libjpeg/CPU by a grey level here and there
-    assert np.abs(Xg - Xc).max() / np.abs(Xc).max() < 0.05
     bb = create_backbone("resnet18", "none")
     model = bb.model.cuda()
-    m = read_manifest(ingest_dir)
-    for i, rel in enumerate(m.frames["path"]):
-        img = decode_jpeg(read_file(str(ingest_dir / rel)), mode=ImageReadMode.RGB, device="cuda")
+    paths = [str(ingest_dir / p) for p in read_manifest(ingest_dir).frames["path"]]
+    for start in range(0, len(paths), 2):  # decoded in the pipeline's own batches of 2
+        data = [read_file(p) for p in paths[start:start + 2]]
+        images = decode_jpeg(data, mode=ImageReadMode.RGB, device="cuda")
         with torch.inference_mode():
-            ref = model(bb.preprocess(img[None]))[0].float().cpu().numpy()
-        assert np.abs(Xg[i] - ref).max() / np.abs(ref).max() < 1e-2  # TF32 convolutions
+            ref = torch.cat([model(bb.preprocess(img[None])) for img in images]).cpu().numpy()
+        got = Xg[start:start + 2]
+        assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-3
+    # nvjpeg upsamples chroma unlike libjpeg, so CPU and GPU rows differ by a few percent; each
+    # GPU row must still be nearest to its own frame's CPU row
+    dist = ((Xg[:, None, :] - Xc[None, :, :]) ** 2).sum(-1)
+    assert dist.argmin(axis=1).tolist() == list(range(len(Xc)))
     bf = extract(ingest_dir, tmp_path / "bf16.h5", **{**OPTS, "device": "cuda",
                                                        "precision": "auto", "dtype": "float16"})
     assert bf.precision in ("bf16", "fp16")
     with FeatureStore(tmp_path / "bf16.h5") as b:
-        assert np.abs(b.load().X - Xg).max() / np.abs(Xg).max() < 0.1
+        Xb = b.load().X
+    assert ((Xb[:, None, :] - Xg[None, :, :]) ** 2).sum(-1).argmin(axis=1).tolist() == \
+        list(range(len(Xg)))

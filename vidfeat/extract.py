@@ -142,7 +142,8 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
 # ----------------------------------------------------------------------------------- inputs
 class FrameFiles(Dataset):
     """Stored frames by path. ``decode=True``: resized/cropped uint8 (3,S,S) (CPU path);
-    ``decode=False``: the raw JPEG bytes (GPU path). A frame that cannot be read yields its
+    ``decode=False``: the raw JPEG bytes as a numpy array (GPU path; plain pickling, since
+    hundreds of tiny shared-memory tensors per batch exhaust or race the fd-passing channel). A frame that cannot be read yields its
     error text instead, which the main process turns into a clear failure."""
 
     def __init__(self, root: Path, paths: list[str], preprocess: Preprocess, *, decode: bool):
@@ -155,21 +156,23 @@ class FrameFiles(Dataset):
         from torchvision.io import ImageReadMode, decode_image, read_file
 
         try:
-            data = read_file(str(self.root / self.paths[i]))
             if not self.decode:
-                return data, ""
-            img = decode_image(data, mode=ImageReadMode.RGB)
+                return np.fromfile(self.root / self.paths[i], dtype=np.uint8), ""
+            img = decode_image(read_file(str(self.root / self.paths[i])), mode=ImageReadMode.RGB)
             return self.preprocess.resize_crop(img[None])[0], ""
         except Exception as exc:  # corrupt or missing frame: reported with its path
             size = self.preprocess.input_size
-            return torch.zeros((3, size, size) if self.decode else 0, dtype=torch.uint8), \
+            empty = torch.zeros((3, size, size), dtype=torch.uint8) if self.decode else \
+                np.zeros(0, np.uint8)
+            return empty, \
                 f"{self.paths[i]}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
 
 
 def _collate(decode: bool):
     def collate(items):
         tensors, errors = zip(*items)
-        return (torch.stack(tensors) if decode else list(tensors)), [e for e in errors if e]
+        batch = torch.stack(tensors) if decode else [torch.from_numpy(t) for t in tensors]
+        return batch, [e for e in errors if e]
     return collate
 
 
@@ -182,7 +185,8 @@ def _raise_frame_errors(errors: list[str]) -> None:
 def _loader(dataset: FrameFiles, batch_size: int, workers: int, pin: bool) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=_collate(dataset.decode), pin_memory=pin,
-                      prefetch_factor=4 if workers else None, persistent_workers=False)
+                      prefetch_factor=4 if workers else None, persistent_workers=False,
+                      timeout=600 if workers else 0)  # a wedged worker errors, never hangs
 
 
 def resize_crop_batch(images: list[torch.Tensor], preprocess: Preprocess) -> torch.Tensor:
