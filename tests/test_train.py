@@ -265,3 +265,23 @@ def test_unfreeze_needs_frames(frames_and_features, tmp_path):
     _, path = frames_and_features
     with pytest.raises(Exception, match="ingest output folder not found"):
         unfreeze_run(path, tmp_path / "m", frames=tmp_path / "nowhere")
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu(feats, tmp_path):
+    _, path = feats
+    cpu = run(path, tmp_path / "cpu")
+    gpu = run(path, tmp_path / "gpu", device="cuda")
+    streamed = run(path, tmp_path / "gpu_stream", device="cuda", max_memory="64KB")
+    for res in (gpu, streamed):
+        assert res.metrics["test"]["frame"]["accuracy"] >= \
+            cpu.metrics["test"]["frame"]["accuracy"] - 0.02
+
+
+@pytest.mark.cuda
+def test_unfreeze_with_amp_on_cuda(frames_and_features, tmp_path):
+    _, path = frames_and_features
+    res = unfreeze_run(path, tmp_path / "m", device="cuda")
+    history = res.config["unfreeze"]["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert torch.load(tmp_path / "m/backbone.pt", weights_only=True)["conv1.weight"].is_cpu

@@ -246,10 +246,12 @@ class TrainSpec:
     batch_size: int = 256
     seed: int = 0
     sampler: str | None = None
-    patience: int = 10
+    patience: int = 5           # validation checks without improvement
+    val_every: int = 100        # steps between validation checks (and at each epoch's end)
 
     def __post_init__(self):
         check_positive("epochs", self.epochs)
+        check_positive("val_every", self.val_every)
         check_positive("batch_size", self.batch_size)
         check_positive("patience", self.patience)
         self.sampler = check_choice("sampler", self.sampler, SAMPLERS)
@@ -322,7 +324,8 @@ def fit_heads(source, n_classes: int, configs: Sequence[HeadConfig], spec: Train
 
     ``validate(model, class_weights, logit_offsets)`` returns, per head, ``(metric, -val_loss)``
     where val_loss is the head's own training objective on val; each head keeps the weights of
-    its lowest-val-loss epoch and stops after ``spec.patience`` epochs without improvement. (The
+    its lowest-val-loss check and stops after ``spec.patience`` checks without improvement
+    (checks: every ``spec.val_every`` steps and at each epoch's end). (The
     loss is smooth where a metric on a small val set jumps from epoch to epoch; the metric then
     picks between heads.)
     """
@@ -346,6 +349,7 @@ def fit_heads(source, n_classes: int, configs: Sequence[HeadConfig], spec: Train
     rng = np.random.default_rng(spec.seed)
     tracker = _EarlyStopping(len(configs), spec.patience)
     bar = tqdm(range(1, spec.epochs + 1), desc=desc, unit="epoch", disable=not progress)
+    step = 0
     for epoch in bar:
         model.train()
         total, steps = torch.zeros((), device=device), 0
@@ -354,10 +358,18 @@ def fit_heads(source, n_classes: int, configs: Sequence[HeadConfig], spec: Train
             loss.backward()
             opt.step()
             total += loss.detach()
-            steps += 1
+            steps, step = steps + 1, step + 1
+            # on large data, check val within the epoch too: patience then costs a fraction of
+            # an epoch, not whole epochs after the best one
+            if validate is not None and step % spec.val_every == 0:
+                tracker.update(epoch, step, model, validate(model, cw, offset), None)
+                model.train()
+                if tracker.all_stopped():
+                    break
         train_loss = float(total) / max(steps, 1) / len(configs)
-        scores = validate(model, cw, offset) if validate is not None else [None] * len(configs)
-        tracker.update(epoch, model, scores, train_loss)
+        if not tracker.all_stopped() and (validate is None or step % spec.val_every):
+            scores = validate(model, cw, offset) if validate is not None else [None] * len(configs)
+            tracker.update(epoch, step, model, scores, train_loss)
         bar.set_postfix(loss=f"{train_loss:.4f}", best=tracker.best_text())
         if tracker.all_stopped():
             break
@@ -366,31 +378,34 @@ def fit_heads(source, n_classes: int, configs: Sequence[HeadConfig], spec: Train
 
 
 class _EarlyStopping:
-    """Best epoch and weights per head; a head 'stops' after ``patience`` epochs without gain."""
+    """Best check and weights per head; a head 'stops' after ``patience`` checks without gain."""
 
     def __init__(self, k: int, patience: int):
         self.k, self.patience = k, patience
+        self.checks = 0
         self.best: list = [None] * k
+        self.best_check = [0] * k
         self.best_epoch = [0] * k
         self.state: list = [None] * k
         self.history: list[list] = [[] for _ in range(k)]
 
-    def update(self, epoch: int, model: StackedHead, scores: list, train_loss: float) -> None:
+    def update(self, epoch: int, step: int, model: StackedHead, scores: list,
+               train_loss: float | None) -> None:
         for i, score in enumerate(scores):
-            if self.stopped(i, epoch - 1):
+            if self.stopped(i):
                 continue   # keeps training in the batch, but its result is already fixed
-            self.history[i].append({"epoch": epoch, "train_loss": train_loss,
+            self.history[i].append({"epoch": epoch, "step": step, "train_loss": train_loss,
                                     "score": list(score) if score is not None else None})
             if score is None or self.best[i] is None or score[1] > self.best[i][1]:
-                self.best[i], self.best_epoch[i] = score, epoch
+                self.best[i], self.best_check[i], self.best_epoch[i] = score, self.checks, epoch
                 self.state[i] = model.select(i).state_dict()
+        self.checks += 1
 
-    def stopped(self, i: int, epoch: int) -> bool:
-        return self.best[i] is not None and epoch - self.best_epoch[i] >= self.patience
+    def stopped(self, i: int) -> bool:
+        return self.best[i] is not None and self.checks - 1 - self.best_check[i] >= self.patience
 
     def all_stopped(self) -> bool:
-        last = max((h[-1]["epoch"] for h in self.history if h), default=0)
-        return all(self.stopped(i, last) for i in range(self.k))
+        return all(self.stopped(i) for i in range(self.k))
 
     def best_text(self) -> str:
         vals = [b[0] for b in self.best if b is not None]
@@ -529,7 +544,7 @@ class LinearHead(_Head):
 
     def __init__(self, *, lr: float = DEFAULT_LR["linear"], weight_decay: float = 1e-4, epochs: int = 50,
                  batch_size: int = 256, class_weight: str = "none", sampler: str | None = None,
-                 logit_adjust: float | None = None, patience: int = 10, seed: int = 0,
+                 logit_adjust: float | None = None, patience: int = 5, seed: int = 0,
                  device: str = "auto", progress: bool = False):
         self.lr, self.weight_decay, self.epochs, self.batch_size = lr, weight_decay, epochs, batch_size
         self.class_weight, self.sampler, self.logit_adjust = class_weight, sampler, logit_adjust
@@ -543,7 +558,7 @@ class MLPHead(_Head):
                  lr: float = DEFAULT_LR["mlp"],
                  weight_decay: float = 1e-4, epochs: int = 50, batch_size: int = 256,
                  class_weight: str = "none", sampler: str | None = None,
-                 logit_adjust: float | None = None, patience: int = 10, seed: int = 0,
+                 logit_adjust: float | None = None, patience: int = 5, seed: int = 0,
                  device: str = "auto", progress: bool = False):
         self.hidden, self.dropout = hidden, dropout
         self.lr, self.weight_decay, self.epochs, self.batch_size = lr, weight_decay, epochs, batch_size

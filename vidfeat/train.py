@@ -73,9 +73,12 @@ class TrainResult:
             return (f"{split} accuracy {m['accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}, "
                     f"macro-F1 {m['macro_f1']:.3f} (video balanced {v['balanced_accuracy']:.3f})")
         n = len(self.sweep) if self.sweep else 1
-        chosen = ", ".join(f"{k}={v}" for k, v in self.selected.items())
-        return (f"Trained {n} head configuration(s) in {self.elapsed_s:.1f} s"
-                f"{' (features streamed from disk)' if self.streamed else ''}; selected {chosen}. "
+        chosen = ", ".join(f"{k}={v}" for k, v in self.selected.items() if k != "best_epoch")
+        chosen = f"selected {chosen}, " if chosen else ""
+        tuned = " then fine-tuned end to end" if self.config.get("unfreeze") else ""
+        return (f"Trained {n} head configuration(s) in {self.elapsed_s:.1f} s{tuned}"
+                f"{' (features streamed from disk)' if self.streamed else ''}; {chosen}"
+                f"best epoch {self.selected.get('best_epoch')}. "
                 f"{head('val')}; {head('test')}. Model written to {self.model_dir}.")
 
 
@@ -334,7 +337,7 @@ def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = 
           batch_size: int = 256, seed: int = 0, device: str = "auto", class_weight: str = "none",
           sampler: str | None = None, logit_adjust: float | None = None, sweep=None,
           select_metric: str = "balanced_accuracy", max_memory: int | str | None = None,
-          patience: int = 10, unfreeze: bool = False, frames=None, unfreeze_epochs: int = 3,
+          patience: int = 5, unfreeze: bool = False, frames=None, unfreeze_epochs: int = 3,
           backbone_lr_scale: float = 0.1, progress: bool = True) -> TrainResult:
     """Train a head on FEATURES' train split, early-stop on val, write MODEL_DIR (module doc).
 

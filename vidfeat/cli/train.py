@@ -13,7 +13,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hidden", type=int, nargs="+", default=[512], help="MLP hidden sizes")
     p.add_argument("--dropout", type=float, default=0.2, help="MLP dropout")
     p.add_argument("--epochs", type=int, default=50, help="maximum epochs (early stopping on val)")
-    p.add_argument("--patience", type=int, default=10, help="epochs without val gain before stopping")
+    p.add_argument("--patience", type=int, default=5,
+                   help="validation checks without improvement before stopping (checks: each "
+                        "epoch's end and every 100 steps)")
     p.add_argument("--lr", type=float, default=None,
                    help="learning rate (AdamW); default 1e-2 linear, 1e-3 mlp")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="decoupled weight decay")
