@@ -469,7 +469,8 @@ BACKENDS = {
     "threading": "threads in this process, each driving its own sandbox child (default)",
     "loky": "joblib's process pool; each worker drives its own sandbox child",
     "multiprocessing": "multiprocessing pool; each worker drives its own sandbox child",
-    "dask": "joblib's Dask backend (needs a running distributed.Client)",
+    "dask": "a Dask cluster: scheduler=ADDRESS or scheduler file, else a local cluster of "
+            "`jobs` worker processes (vidfeat.scale)",
 }
 
 
@@ -511,7 +512,7 @@ def ingest(src, outdir, *, labels=None, frames_per_video: int = 16, fps: float |
            split=(0.8, 0.1, 0.1), seed: int = 0, balance: str = "none",
            max_frames_per_video: int | None = None, max_per_class: int | None = None,
            fmt: str = "parquet", jobs: int = 1, timeout: float = 600.0, strict: bool = False,
-           retry_failed: bool = False, backend: str = "threading",
+           retry_failed: bool = False, backend: str = "threading", scheduler=None,
            progress: bool = True) -> IngestResult:
     """Probe, split, balance and store frames of the videos in ``src`` into ``outdir``.
 
@@ -521,7 +522,10 @@ def ingest(src, outdir, *, labels=None, frames_per_video: int = 16, fps: float |
     (a labels file's split column wins). ``balance`` (train split only): none | undersample |
     oversample | frames, with ``max_frames_per_video`` (frames mode; default 4x
     ``frames_per_video``) and ``max_per_class``. Each video's probe and decode run in a child
-    process killed after ``timeout`` seconds; ``jobs`` videos at a time on joblib's ``backend``.
+    process killed after ``timeout`` seconds; ``jobs`` videos at a time on joblib's ``backend``
+    (threading | loky | multiprocessing), or ``backend='dask'``: on the Dask cluster at
+    ``scheduler`` (``tcp://HOST:PORT``, a scheduler file or a ``distributed.Client``; OUTDIR on
+    a filesystem the workers share), or without one on a local cluster of ``jobs`` processes.
     Rerunning into ``outdir`` skips done videos (``retry_failed`` retries failed ones). Writes
     ``videos``/``frames`` manifests (``fmt`` parquet or csv), ``ingest.json`` and
     ``frames/<video_id>/*.jpg``. Bad videos become failed rows; raises only for bad options,
@@ -529,6 +533,10 @@ def ingest(src, outdir, *, labels=None, frames_per_video: int = 16, fps: float |
     """
     arguments = dict(locals())
     started = time.monotonic()
+    if scheduler is not None:
+        from vidfeat.scale import describe
+
+        arguments["scheduler"] = describe(scheduler)
     from vidfeat.balance import MODES as BALANCE_MODES
     from vidfeat.manifest import FORMATS, write_manifest
     from vidfeat.split import parse_ratios
@@ -540,6 +548,8 @@ def ingest(src, outdir, *, labels=None, frames_per_video: int = 16, fps: float |
     check_choice("backend", backend, BACKENDS)
     check_positive("jobs", jobs)
     check_positive("timeout", timeout)
+    if scheduler is not None and backend != "dask":
+        raise ValueError(f"scheduler= needs backend='dask' (backend is {backend!r})")
     parse_ratios(split)
     if balance == "frames" and spec.mode != "uniform":
         raise ValueError("balance='frames' needs uniform sampling (frames_per_video), "
@@ -552,18 +562,30 @@ def ingest(src, outdir, *, labels=None, frames_per_video: int = 16, fps: float |
     with _outdir_lock(out):
         shutil.rmtree(out / PARTIAL, ignore_errors=True)  # leftovers of a killed run
         try:
-            videos, frames = run.execute(videos, split=split, seed=seed, balance=balance,
-                                         max_frames_per_video=max_frames_per_video,
-                                         max_per_class=max_per_class)
+            with _runner(backend, scheduler, jobs, out) as run.runner:
+                videos, frames = run.execute(videos, split=split, seed=seed, balance=balance,
+                                             max_frames_per_video=max_frames_per_video,
+                                             max_per_class=max_per_class)
         finally:
             run.journal.close()
             close_sandboxes()
+        # a worker killed mid-decode leaves its partial folder behind; nothing else writes now
+        shutil.rmtree(out / PARTIAL, ignore_errors=True)
         info = run.info(videos, frames, arguments, time.monotonic() - started)
         manifest = write_manifest(out, videos, frames, info, fmt=fmt)
     result = run.result(manifest, strict=strict)
     if progress:
         print(result.summary(), file=sys.stderr)
     return result
+
+
+def _runner(backend: str, scheduler, jobs: int, outdir: Path):
+    """The Dask runner for ``backend='dask'`` (a context manager), else a null context."""
+    if backend != "dask":
+        return contextlib.nullcontext()
+    from vidfeat.scale import DaskRunner
+
+    return DaskRunner(scheduler, workers=jobs, outdir=outdir)
 
 
 def sampling_spec(*, frames_per_video: int = 16, fps: float | None = None,
@@ -590,7 +612,9 @@ class _Run:
         self.reused: set[str] = set()   # videos an earlier run had done
         self.worked: set[str] = set()   # videos this run probed or decoded
         self.frames_written = 0
-        self.threads = max(1, (os.cpu_count() or 1) // jobs)  # decoder threads per worker
+        self.runner = None  # the DaskRunner while backend='dask' runs
+        # decoder threads per worker; on Dask each worker sizes them for its own machine
+        self.threads = None if backend == "dask" else max(1, (os.cpu_count() or 1) // jobs)
 
     def execute(self, videos, *, split, seed, balance, max_frames_per_video, max_per_class):
         """Probe every usable video, split, balance, decode; return (videos, frames) tables."""
@@ -660,10 +684,14 @@ class _Run:
         if not todo:
             return
         self.worked.update(t.video_id for t in todo)
-        parallel = Parallel(n_jobs=min(self.jobs, len(todo)), backend=self.backend,
-                            return_as="generator_unordered")
+        if self.runner is not None:
+            results = self.runner.map(todo)
+        else:
+            parallel = Parallel(n_jobs=min(self.jobs, len(todo)), backend=self.backend,
+                                return_as="generator_unordered")
+            results = parallel(delayed(run_video_task)(t) for t in todo)
         with tqdm(total=len(todo), desc=phase, unit="video", disable=not self.progress) as bar:
-            for entry in parallel(delayed(run_video_task)(t) for t in todo):
+            for entry in results:
                 self.journal.append(entry)
                 self.entries[phase, entry["video_id"]] = entry
                 self.frames_written += len(entry.get("frames", ()))

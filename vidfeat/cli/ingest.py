@@ -34,7 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--timeout", type=float, default=600.0,
                      help="seconds per video and phase before its work is killed")
     run.add_argument("--backend", default="threading",
-                     help="joblib backend: threading | loky | multiprocessing | dask")
+                     help="threading | loky | multiprocessing (joblib, this machine) | dask "
+                          "(--scheduler's cluster, else a local cluster of --jobs processes)")
+    run.add_argument("--scheduler", default=None, metavar="ADDRESS|FILE",
+                     help="--backend dask: a running Dask scheduler (tcp://HOST:PORT) or its "
+                          "scheduler file; OUTDIR must be on a filesystem the workers share")
     run.add_argument("--strict", action="store_true", help="exit non-zero if any video failed")
     run.add_argument("--retry-failed", action="store_true",
                      help="retry videos that failed in an earlier run into OUTDIR")
@@ -54,5 +58,5 @@ def run(args: argparse.Namespace) -> int:
                     max_frames_per_video=args.max_frames_per_video,
                     max_per_class=args.max_per_class, fmt=args.fmt, jobs=args.jobs,
                     timeout=args.timeout, strict=args.strict, retry_failed=args.retry_failed,
-                    backend=args.backend, progress=args.progress)
+                    backend=args.backend, scheduler=args.scheduler, progress=args.progress)
     return result.exit_code
