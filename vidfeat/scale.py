@@ -68,8 +68,7 @@ class DaskRunner:
         from distributed import Client, LocalCluster
 
         if self.scheduler is None:
-            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
-                                        processes=True, host="127.0.0.1", dashboard_address=None)
+            self.cluster = LocalCluster(**local_cluster_options(self.workers))
             self.client, self._own_client = Client(self.cluster), True
         elif isinstance(self.scheduler, Client):
             self.client = self.scheduler
@@ -155,6 +154,14 @@ class DaskRunner:
             return failed_entry(task, f"{type(exc).__name__}: {' '.join(str(exc).split())}")
         finally:
             future.release()
+
+
+def local_cluster_options(workers: int) -> dict:
+    """``LocalCluster`` keywords: ``workers`` one-thread processes on loopback, no dashboard
+    (its HTTP endpoint on a free port, so concurrent runs never compete for 8787)."""
+    return {"n_workers": workers, "threads_per_worker": 1, "processes": True,
+            "host": "127.0.0.1", "dashboard_address": None,
+            "scheduler_kwargs": {"dashboard_address": "127.0.0.1:0"}}
 
 
 def _is_cancelled(exc: BaseException) -> bool:
