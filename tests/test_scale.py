@@ -23,6 +23,7 @@ from videos import make_dataset, make_video
 
 ingest_mod = importlib.import_module("vidfeat.ingest")
 scale = importlib.import_module("vidfeat.scale")
+pytestmark = pytest.mark.filterwarnings("ignore:backbone .* RANDOM", "ignore::DeprecationWarning")
 OPTS = dict(frames_per_video=3, size=32, split=(0.5, 0.25, 0.25), seed=3, progress=False)
 
 
@@ -224,8 +225,13 @@ def test_cpu_shards_merge_into_the_single_run(tmp_path):
     assert (multi.n_frames, multi.n_videos, multi.shard) == (single.n_frames, 6, "0/1")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("multi")) == \
         ["multi.h5", "multi.h5.lock"]  # shards, their logs and results removed
-    again = extract_multi(ingest_dir, tmp_path / "multi.h5", gpus="cpu:2", **options)
+    again = extract(ingest_dir, tmp_path / "multi.h5", gpus="cpu:2", **options)  # the wiring
     assert again.skipped
+    assert cli_main(["extract", str(ingest_dir), "-o", str(tmp_path / "multi.h5"), "--gpus",
+                     "cpu:2", "--backbone", "resnet18", "--weights", "none", "--batch-size", "2",
+                     "--dtype", "float32", "--no-progress"]) == 0
+    with pytest.raises(ValueError, match="not both"):
+        extract(ingest_dir, tmp_path / "x.h5", gpus="cpu:2", shard="0/2", **options)
     with pytest.raises(FileExistsError, match="dtype"):
         extract_multi(ingest_dir, tmp_path / "multi.h5", gpus="cpu:2",
                       **{**options, "dtype": "float16"})

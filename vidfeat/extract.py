@@ -412,15 +412,23 @@ def _defaults(device: torch.device, batch_size: int | None, workers: int | None)
 def extract(ingest_dir: str | os.PathLike, output: str | os.PathLike, *, backbone: str = "resnet50",
             weights: str | None = "DEFAULT", batch_size: int | None = None, device: str = "auto",
             precision: str = "auto", workers: int | None = None, dtype: str = "float16",
-            shard=None, overwrite: bool = False, progress: bool = True) -> ExtractResult:
+            shard=None, overwrite: bool = False, progress: bool = True,
+            gpus=None) -> ExtractResult:
     """Cache ``backbone`` features of every stored frame of ``ingest_dir`` in ``output`` (HDF5).
 
     ``device`` auto|cpu|cuda; ``precision`` auto (bf16/fp16 on CUDA, fp32 on CPU)|fp32|bf16|fp16;
     ``dtype`` float16|float32 on disk; ``batch_size``/``workers`` default to 256/8 on CUDA,
     64/(cores/4) on CPU; ``shard`` "i/n" extracts a deterministic slice of whole videos for
     ``merge``. A rerun resumes an interrupted run, returns at once if ``output`` is complete,
-    and refuses a changed manifest or settings unless ``overwrite``.
+    and refuses a changed manifest or settings unless ``overwrite``. ``gpus`` ("all", "0,1"
+    or "cpu:N") runs one shard per device in its own process and merges them into ``output``
+    (``vidfeat.multigpu.extract_multi``; not with ``device`` or ``shard``).
     """
+    if gpus is not None:
+        return _extract_multi(ingest_dir, output, gpus=gpus, device=device, shard=shard,
+                              backbone=backbone, weights=weights, batch_size=batch_size,
+                              precision=precision, workers=workers, dtype=dtype,
+                              overwrite=overwrite, progress=progress)
     t0 = time.perf_counter()
     check_choice("dtype", dtype, DTYPES)
     i, n = parse_shard(shard)
@@ -461,6 +469,17 @@ def extract(ingest_dir: str | os.PathLike, output: str | os.PathLike, *, backbon
     if progress:
         print(res.summary())
     return res
+
+
+def _extract_multi(ingest_dir, output, *, gpus, device: str, shard, **options) -> ExtractResult:
+    from vidfeat.multigpu import extract_multi
+
+    if shard is not None:
+        raise ValueError("give gpus= (one shard per device on this machine) or shard= "
+                         "(one slice for merge), not both")
+    if device != "auto":
+        raise ValueError(f"gpus={gpus!r} chooses the devices itself; leave device='auto'")
+    return extract_multi(ingest_dir, output, gpus=gpus, **options)
 
 
 def _skipped(output: Path, settings: dict, dev) -> ExtractResult:

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float16", help="stored dtype: float16 | float32")
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="extract slice I of N (whole videos); join with vidfeat merge")
+    parser.add_argument("--gpus", default=None, metavar="all|I,J|cpu:N",
+                        help="one shard per GPU (all, or visible indices), each in its own "
+                             "process, merged into OUTPUT; cpu:N for N CPU shards")
     parser.add_argument("--overwrite", action="store_true",
                         help="discard an existing or unfinished output and start over")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
@@ -44,5 +47,5 @@ def run(args: argparse.Namespace) -> int:
     extract(args.ingest_dir, args.output, backbone=args.backbone, weights=args.weights,
             batch_size=args.batch_size, device=args.device, precision=args.precision,
             workers=args.workers, dtype=args.dtype, shard=args.shard, overwrite=args.overwrite,
-            progress=args.progress)
+            progress=args.progress, gpus=args.gpus)
     return 0
