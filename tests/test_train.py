@@ -224,7 +224,8 @@ def frames_and_features(tmp_path_factory):
 
 
 def unfreeze_run(path, out, **kw):
-    kw = {"unfreeze": True, "unfreeze_epochs": 3, "batch_size": 8, "lr": 1e-2, "epochs": 10, **kw}
+    kw = {"unfreeze": True, "unfreeze_epochs": 3, "unfreeze_batch_size": 8, "lr": 1e-2,
+          "epochs": 10, **kw}
     with pytest.warns(UserWarning, match="RANDOM weights"):
         return run(path, out, **kw)
 

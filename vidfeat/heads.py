@@ -273,12 +273,13 @@ class _BatchedAdamW:
         c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
         for p, m, v in zip(self.params, self.m, self.v):
             shape = (-1,) + (1,) * (p.ndim - 1)
-            lr = self.lr.view(shape)
             if p.ndim == 3:   # weight matrices decay; biases do not (as in sklearn's intercept)
-                p.mul_(1 - lr * self.wd.view(shape))
-            m.mul_(b1).add_(p.grad, alpha=1 - b1)
+                p.mul_((1 - self.lr * self.wd).view(shape))
+            m.lerp_(p.grad, 1 - b1)
             v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-            p.sub_(lr * (m / c1) / ((v / c2).sqrt() + self.eps))
+            # p -= lr * (m / c1) / (sqrt(v / c2) + eps), in place: few passes over K heads' weights
+            denom = v.sqrt().div_(math.sqrt(c2)).add_(self.eps)
+            p.addcdiv_(m * (self.lr / -c1).view(shape), denom)
             p.grad = None
 
 

@@ -338,7 +338,8 @@ def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = 
           sampler: str | None = None, logit_adjust: float | None = None, sweep=None,
           select_metric: str = "balanced_accuracy", max_memory: int | str | None = None,
           patience: int = 5, unfreeze: bool = False, frames=None, unfreeze_epochs: int = 3,
-          backbone_lr_scale: float = 0.1, progress: bool = True) -> TrainResult:
+          unfreeze_batch_size: int = 32, backbone_lr_scale: float = 0.1,
+          progress: bool = True) -> TrainResult:
     """Train a head on FEATURES' train split, early-stop on val, write MODEL_DIR (module doc).
 
     ``lr`` defaults to 1e-2 for a linear head, 1e-3 for an MLP. ``sweep`` (e.g. ``{"lr": [1e-3, 1e-2], "weight_decay": [0, 1e-4]}`` or
@@ -358,6 +359,7 @@ def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = 
                      batch_size=batch_size, seed=seed, sampler=sampler, patience=patience)
     budget = parse_size(max_memory)
     check_positive("unfreeze_epochs", unfreeze_epochs)
+    check_positive("unfreeze_batch_size", unfreeze_batch_size)
     dev = resolve_device(device)
     model_dir = Path(model_dir)
     with open_store(features) as store:
@@ -393,10 +395,12 @@ def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = 
         model_dir.mkdir(parents=True, exist_ok=True)
         if unfreeze:
             ft = _prepare_unfreeze(store, model, frames, hyper)
-            info = fine_tune(ft, configs[best], spec, epochs=unfreeze_epochs,
+            info = fine_tune(ft, configs[best], replace(spec, batch_size=unfreeze_batch_size),
+                             epochs=unfreeze_epochs,
                              backbone_lr_scale=backbone_lr_scale, model_dir=model_dir, names=names,
                              select_metric=select_metric, dev=dev, progress=progress)
-            metrics = {s: _ft_metrics(ft, s, batch_size, dev, names) for s in ("val", "test")}
+            metrics = {s: _ft_metrics(ft, s, unfreeze_batch_size, dev, names)
+                       for s in ("val", "test")}
             model = ft.head.cpu()
             _save_tensors(ft.backbone.state_dict(), model_dir / BACKBONE_FILE)
             config["files"]["backbone"] = BACKBONE_FILE
