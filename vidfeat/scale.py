@@ -23,14 +23,11 @@ Robustness:
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import uuid
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
-
-log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 30.0   # reaching the scheduler
 WORKERS_TIMEOUT_S = 120.0  # waiting for a first worker to join
