@@ -26,6 +26,7 @@ _EXPORTS = {
     "create_backbone": "vidfeat.backbones",
     "list_backbones": "vidfeat.backbones",
     "extract": "vidfeat.extract",
+    "extract_multi": "vidfeat.multigpu",
     "merge": "vidfeat.cache",
     "FeatureStore": "vidfeat.cache",
     "FeatureDataset": "vidfeat.dataset",
