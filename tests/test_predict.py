@@ -121,3 +121,34 @@ def test_cli_prints_json_lines(model_dir, clips, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert rc == 1 and len(lines) == 2
     assert lines[0]["top_k"][0]["label"] in {"red", "blue", "green"} and "error" in lines[1]
+
+
+def test_predict_agrees_with_cached_features_end_to_end(tiny_dataset, tmp_path):
+    """ingest -> extract -> train -> predict on a training video: predict re-derives the frames
+    and features the cache holds, so its probabilities equal the head on the cached features."""
+    import warnings
+
+    from vidfeat.cache import FeatureStore
+    from vidfeat.extract import extract
+    from vidfeat.ingest import ingest
+    from vidfeat.train import load_head, train
+
+    ingest(tiny_dataset, tmp_path / "ing", frames_per_video=3, size=64, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extract(tmp_path / "ing", tmp_path / "f.h5", backbone="resnet18", weights="none",
+                device="cpu", dtype="float32", progress=False)
+        train(tmp_path / "f.h5", tmp_path / "model", device="cpu", epochs=5, progress=False)
+        with FeatureStore(tmp_path / "f.h5") as store:
+            fs = store.load("train")
+            names = store.class_names
+        config, head = load_head(tmp_path / "model")
+        video_id = fs.video_id[0]
+        source = tiny_dataset / video_id
+        entry = next(predict(tmp_path / "model", [source], top_k=3, device="cpu"))
+    assert entry["n_frames"] == (fs.video_id == video_id).sum() == 3
+    with torch.no_grad():
+        cached = head.eval()(torch.from_numpy(fs.X[fs.video_id == video_id]))[0].mean(0)
+    expected = torch.softmax(cached.double(), 0).numpy()
+    for t in entry["top_k"]:
+        assert t["probability"] == pytest.approx(expected[names.index(t["label"])], abs=2e-3)

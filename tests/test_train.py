@@ -224,7 +224,7 @@ def frames_and_features(tmp_path_factory):
 
 
 def unfreeze_run(path, out, **kw):
-    kw = {"unfreeze": True, "unfreeze_epochs": 3, "unfreeze_batch_size": 8, "lr": 1e-2,
+    kw = {"unfreeze": True, "unfreeze_epochs": 3, "unfreeze_batch_size": 8, "unfreeze_lr": 1e-2,
           "epochs": 10, **kw}
     with pytest.warns(UserWarning, match="RANDOM weights"):
         return run(path, out, **kw)
@@ -235,14 +235,22 @@ def test_unfreeze_changes_backbone_and_lowers_loss(frames_and_features, tmp_path
 
     _, path = frames_and_features
     res = unfreeze_run(path, tmp_path / "m")
-    tuned = torch.load(tmp_path / "m/backbone.pt", weights_only=True)
+    last = torch.load(tmp_path / "m/unfreeze_checkpoint.pt", weights_only=True)["backbone"]
+    best = torch.load(tmp_path / "m/backbone.pt", weights_only=True)
     with pytest.warns(UserWarning):
         original = create_backbone("resnet18", "none").model.state_dict()
-    assert tuned.keys() == original.keys()
-    assert not torch.equal(tuned["layer1.0.conv1.weight"], original["layer1.0.conv1.weight"])
+    assert best.keys() == last.keys() == original.keys()
+    assert not torch.equal(last["layer1.0.conv1.weight"], original["layer1.0.conv1.weight"])
+    # frozen BatchNorm statistics: the cached features' normalisation is kept
+    torch.testing.assert_close(last["bn1.running_mean"], original["bn1.running_mean"])
     history = res.config["unfreeze"]["history"]
-    assert [h["epoch"] for h in history] == [1, 2, 3]
-    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]   # 0: the linear probe it starts from
+    assert history[-1]["train_loss"] < history[1]["train_loss"]
+    kept = res.config["unfreeze"]["best_epoch"]
+    scores = [h["val_balanced_accuracy"] for h in history]
+    assert scores[kept] == max(scores)
+    if kept > 0:
+        assert not torch.equal(best["conv1.weight"], original["conv1.weight"])
     assert res.config["files"]["backbone"] == "backbone.pt"
     assert res.metrics["val"]["frame"]["n"] == 6 and res.metrics["test"]["video"]["n"] == 1
     with pytest.raises(ValueError, match="fine-tuned its backbone"):
@@ -255,11 +263,11 @@ def test_unfreeze_resumes_from_checkpoint(frames_and_features, tmp_path):
     assert (tmp_path / "m/unfreeze_checkpoint.pt").is_file()
     more = unfreeze_run(path, tmp_path / "m", unfreeze_epochs=3)
     done = more.config["unfreeze"]["history"]
-    assert done[:2] == first.config["unfreeze"]["history"]   # epochs 1-2 were not redone
-    assert [h["epoch"] for h in done] == [1, 2, 3]
+    assert done[:3] == first.config["unfreeze"]["history"]   # epochs 1-2 were not redone
+    assert [h["epoch"] for h in done] == [0, 1, 2, 3]
     # a different run (other lr) must not resume from that checkpoint
-    other = unfreeze_run(path, tmp_path / "m", unfreeze_epochs=1, lr=3e-3)
-    assert [h["epoch"] for h in other.config["unfreeze"]["history"]] == [1]
+    other = unfreeze_run(path, tmp_path / "m", unfreeze_epochs=1, unfreeze_lr=3e-3)
+    assert [h["epoch"] for h in other.config["unfreeze"]["history"]] == [0, 1]
 
 
 def test_unfreeze_needs_frames(frames_and_features, tmp_path):
@@ -284,5 +292,5 @@ def test_unfreeze_with_amp_on_cuda(frames_and_features, tmp_path):
     _, path = frames_and_features
     res = unfreeze_run(path, tmp_path / "m", device="cuda")
     history = res.config["unfreeze"]["history"]
-    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["train_loss"] < history[1]["train_loss"]
     assert torch.load(tmp_path / "m/backbone.pt", weights_only=True)["conv1.weight"].is_cpu

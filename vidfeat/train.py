@@ -75,7 +75,8 @@ class TrainResult:
         n = len(self.sweep) if self.sweep else 1
         chosen = ", ".join(f"{k}={v}" for k, v in self.selected.items() if k != "best_epoch")
         chosen = f"selected {chosen}, " if chosen else ""
-        tuned = " then fine-tuned end to end" if self.config.get("unfreeze") else ""
+        ft = self.config.get("unfreeze")
+        tuned = f" then fine-tuned end to end (kept epoch {ft['best_epoch']})" if ft else ""
         return (f"Trained {n} head configuration(s) in {self.elapsed_s:.1f} s{tuned}"
                 f"{' (features streamed from disk)' if self.streamed else ''}; {chosen}"
                 f"best epoch {self.selected.get('best_epoch')}. "
@@ -338,14 +339,16 @@ def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = 
           sampler: str | None = None, logit_adjust: float | None = None, sweep=None,
           select_metric: str = "balanced_accuracy", max_memory: int | str | None = None,
           patience: int = 5, unfreeze: bool = False, frames=None, unfreeze_epochs: int = 3,
-          unfreeze_batch_size: int = 32, backbone_lr_scale: float = 0.1,
+          unfreeze_batch_size: int = 32, unfreeze_lr: float = 1e-3, backbone_lr_scale: float = 0.1,
           progress: bool = True) -> TrainResult:
     """Train a head on FEATURES' train split, early-stop on val, write MODEL_DIR (module doc).
 
     ``lr`` defaults to 1e-2 for a linear head, 1e-3 for an MLP. ``sweep`` (e.g. ``{"lr": [1e-3, 1e-2], "weight_decay": [0, 1e-4]}`` or
     ``["lr=1e-3,1e-2", ...]``) trains every combination in one batched pass and selects by
     ``select_metric`` on val. ``unfreeze`` then fine-tunes backbone and head end to end on the
-    stored frames of ``frames`` (default: the ingest folder recorded in the feature file).
+    stored frames of ``frames`` (default: the ingest folder recorded in the feature file), from
+    the selected head, with ``unfreeze_lr`` for the head and ``unfreeze_lr * backbone_lr_scale``
+    for the backbone; epoch 0 (the probe itself) is kept if no epoch beats it on val.
     """
     t0 = time.perf_counter()
     check_choice("head", head, HEADS)
@@ -360,6 +363,8 @@ def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = 
     budget = parse_size(max_memory)
     check_positive("unfreeze_epochs", unfreeze_epochs)
     check_positive("unfreeze_batch_size", unfreeze_batch_size)
+    check_positive("unfreeze_lr", unfreeze_lr)
+    check_positive("backbone_lr_scale", backbone_lr_scale)
     dev = resolve_device(device)
     model_dir = Path(model_dir)
     with open_store(features) as store:
@@ -394,8 +399,11 @@ def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = 
         del train_src, val_src
         model_dir.mkdir(parents=True, exist_ok=True)
         if unfreeze:
-            ft = _prepare_unfreeze(store, model, frames, hyper)
-            info = fine_tune(ft, configs[best], replace(spec, batch_size=unfreeze_batch_size),
+            ft = _prepare_unfreeze(store, model, frames, {
+                **hyper, "unfreeze_lr": unfreeze_lr, "backbone_lr_scale": backbone_lr_scale,
+                "unfreeze_batch_size": unfreeze_batch_size})
+            info = fine_tune(ft, replace(configs[best], lr=unfreeze_lr),
+                             replace(spec, batch_size=unfreeze_batch_size),
                              epochs=unfreeze_epochs,
                              backbone_lr_scale=backbone_lr_scale, model_dir=model_dir, names=names,
                              select_metric=select_metric, dev=dev, progress=progress)
@@ -404,7 +412,9 @@ def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = 
             model = ft.head.cpu()
             _save_tensors(ft.backbone.state_dict(), model_dir / BACKBONE_FILE)
             config["files"]["backbone"] = BACKBONE_FILE
-            config["unfreeze"] = {"epochs": unfreeze_epochs, "backbone_lr_scale": backbone_lr_scale,
+            config["unfreeze"] = {"epochs": unfreeze_epochs, "lr": unfreeze_lr,
+                                  "backbone_lr_scale": backbone_lr_scale,
+                                  "batch_size": unfreeze_batch_size,
                                   "frames": str(Path(frames or store.attrs["ingest_dir"]).resolve()),
                                   **info}
         else:
@@ -632,7 +642,8 @@ def fine_tune(ft: _FineTune, cfg: HeadConfig, spec: TrainSpec, *, epochs: int, b
               progress: bool) -> dict:
     """Fine-tune backbone and head end to end; checkpoint each epoch; resume from a checkpoint.
 
-    The best epoch by val ``select_metric`` is what stays in ``ft``; returns its metrics.
+    The best by val ``select_metric`` among the starting probe (epoch 0) and the fine-tuned
+    epochs is what stays in ``ft`` and in MODEL_DIR; returns its epoch and the history.
     """
     from tqdm.auto import tqdm
 
@@ -652,9 +663,14 @@ def fine_tune(ft: _FineTune, cfg: HeadConfig, spec: TrainSpec, *, epochs: int, b
     metric = _metric_fn(select_metric, names, ft.data["val"][2])
     bar = tqdm(range(state["epoch"] + 1, epochs + 1), desc="unfreeze", unit="epoch",
                disable=not progress)
+    if state["epoch"] == 0:   # the linear probe itself is the score to beat
+        start = metric(ft.data["val"][0].labels, _ft_logits(ft, "val", spec.batch_size, dev))
+        state.update(best_score=start, best_epoch=0,
+                     history=[{"epoch": 0, "train_loss": None, "val_" + select_metric: start}])
+        _save_tensors(ft.backbone.state_dict(), model_dir / BACKBONE_FILE)
+        _save_tensors(ft.head.state_dict(), model_dir / HEAD_FILE)
     for epoch in bar:
-        ft.backbone.train()
-        ft.head.train()
+        _train_mode(ft)
         rng = np.random.default_rng([spec.seed, epoch])   # per epoch: a resumed run matches
         total, steps = 0.0, 0
         for img, y in _loader(train_ds, epoch_indices(rng, repeat, weights), spec.batch_size, dev):
@@ -671,7 +687,7 @@ def fine_tune(ft: _FineTune, cfg: HeadConfig, spec: TrainSpec, *, epochs: int, b
         score = metric(ft.data["val"][0].labels, logits)
         state["history"].append({"epoch": epoch, "train_loss": total / max(steps, 1),
                                  "val_" + select_metric: score})
-        if state["best_score"] is None or score > state["best_score"]:
+        if score > state["best_score"]:
             state["best_score"], state["best_epoch"] = score, epoch
             _save_tensors(ft.backbone.state_dict(), model_dir / BACKBONE_FILE)
             _save_tensors(ft.head.state_dict(), model_dir / HEAD_FILE)
@@ -683,6 +699,16 @@ def fine_tune(ft: _FineTune, cfg: HeadConfig, spec: TrainSpec, *, epochs: int, b
     ft.backbone.load_state_dict(torch.load(model_dir / BACKBONE_FILE, weights_only=True))
     ft.head.load_state_dict(torch.load(model_dir / HEAD_FILE, weights_only=True))
     return {"best_epoch": state["best_epoch"], "history": state["history"]}
+
+
+def _train_mode(ft: _FineTune) -> None:
+    ft.backbone.train()
+    ft.head.train()
+    # BatchNorm keeps the statistics the cached features (and the probe) were computed with:
+    # small fine-tuning batches would otherwise replace them with noisy ones
+    for m in ft.backbone.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def _checkpoint(model_dir: Path, ft: _FineTune, opt, scaler, state: dict) -> None:

@@ -40,8 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ingest folder with the stored frames (default: the one recorded)")
     p.add_argument("--unfreeze-epochs", type=int, default=3)
     p.add_argument("--unfreeze-batch-size", type=int, default=32, help="frames per fine-tuning step")
+    p.add_argument("--unfreeze-lr", type=float, default=1e-3, help="head lr when unfreezing")
     p.add_argument("--backbone-lr-scale", type=float, default=0.1,
-                   help="backbone learning rate = lr * this, when unfreezing")
+                   help="backbone lr = unfreeze lr * this")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -54,6 +55,6 @@ def run(args: argparse.Namespace) -> int:
           class_weight=args.class_weight, sampler=args.sampler, logit_adjust=args.logit_adjust,
           sweep=args.sweep, select_metric=args.select_metric, max_memory=args.max_memory,
           unfreeze=args.unfreeze, frames=args.frames, unfreeze_epochs=args.unfreeze_epochs,
-          unfreeze_batch_size=args.unfreeze_batch_size,
+          unfreeze_batch_size=args.unfreeze_batch_size, unfreeze_lr=args.unfreeze_lr,
           backbone_lr_scale=args.backbone_lr_scale, progress=True)
     return 0
