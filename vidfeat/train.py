@@ -28,13 +28,12 @@ import logging
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from vidfeat.heads import (DEFAULT_LR, ArraySource, HeadConfig, StackedHead, TrainSpec, build_head, fit_heads,
                            head_spec, predict_logits, resolve_device, validation_scorer)
@@ -343,8 +342,9 @@ def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = 
           progress: bool = True) -> TrainResult:
     """Train a head on FEATURES' train split, early-stop on val, write MODEL_DIR (module doc).
 
-    ``lr`` defaults to 1e-2 for a linear head, 1e-3 for an MLP. ``sweep`` (e.g. ``{"lr": [1e-3, 1e-2], "weight_decay": [0, 1e-4]}`` or
-    ``["lr=1e-3,1e-2", ...]``) trains every combination in one batched pass and selects by
+    ``lr`` defaults to 1e-2 for a linear head, 1e-3 for an MLP. ``sweep`` (e.g.
+    ``{"lr": [1e-3, 1e-2], "weight_decay": [0, 1e-4]}`` or ``["lr=1e-3,1e-2", ...]``) trains
+    every combination in one batched pass and selects by
     ``select_metric`` on val. ``unfreeze`` then fine-tunes backbone and head end to end on the
     stored frames of ``frames`` (default: the ingest folder recorded in the feature file), from
     the selected head, with ``unfreeze_lr`` for the head and ``unfreeze_lr * backbone_lr_scale``
@@ -370,66 +370,98 @@ def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = 
     with open_store(features) as store:
         budget = budget or _auto_memory(dev)
         stream_rows = max(batch_size, budget // 2 // (4 * store.feature_dim))
-        train_src, used = split_source(store, "train", device=dev, budget=budget,
-                                       stream_rows=stream_rows)
-        val_src, _ = split_source(store, "val", device=dev, budget=budget - used,
-                                  stream_rows=stream_rows)
+        fit = _fit_configs(store, configs, spec, select_metric=select_metric, dev=dev,
+                           budget=budget, stream_rows=stream_rows, progress=progress)
+        cfg, model = configs[fit.best], fit.model
+        selected = {**{k: getattr(cfg, k) for k in grid}, "best_epoch": fit.best_epoch}
+        hyper = {"head": head, "hidden": list(spec.hidden), "epochs": epochs,
+                 "batch_size": batch_size, "seed": seed, "sampler": spec.sampler,
+                 "patience": patience, "select_metric": select_metric, **asdict(cfg),
+                 "sweep": grid or None}
+        config = model_config(store, head=head, spec=head_spec(model), hyper=hyper,
+                              selected=selected, best_epoch=fit.best_epoch)
+        model_dir.mkdir(parents=True, exist_ok=True)
+        if unfreeze:
+            tune = {"epochs": unfreeze_epochs, "lr": unfreeze_lr,
+                    "backbone_lr_scale": backbone_lr_scale, "batch_size": unfreeze_batch_size,
+                    "frames": frames}
+            model, metrics = _unfreeze_stage(store, model, cfg, spec, config, hyper, tune,
+                                             model_dir=model_dir, select_metric=select_metric,
+                                             dev=dev, progress=progress)
+        else:
+            metrics = {s: _evaluate_split(model, store, s, fit.names, dev, budget, stream_rows)
+                       for s in ("val", "test")}
+    _save_tensors(model.state_dict(), model_dir / HEAD_FILE)
+    sweep_table = fit.table if len(configs) > 1 else None
+    if sweep_table:
+        _write_sweep(model_dir, sweep_table)
+    else:   # a table left by an earlier sweep into this folder would describe another model
+        for name in ("sweep.csv", "sweep.json"):
+            (model_dir / name).unlink(missing_ok=True)
+    write_json(model_dir / "config.json", config)
+    write_json(model_dir / "metrics.json", metrics)
+    result = TrainResult(model_dir, metrics, config, selected, sweep_table,
+                         time.perf_counter() - t0, fit.streamed)
+    if progress:
+        print(result.summary())
+    return result
+
+
+@dataclass
+class _Fit:
+    """The head stage's outcome: the selected head and the sweep table."""
+    model: StackedHead
+    best: int
+    best_epoch: int
+    table: list[dict]
+    names: list[str]
+    streamed: bool
+
+
+def _fit_configs(store, configs, spec: TrainSpec, *, select_metric: str, dev, budget: int,
+                 stream_rows: int, progress: bool) -> _Fit:
+    """Train every config in one batched pass; pick the best by val ``select_metric``."""
+    train_src, used = split_source(store, "train", device=dev, budget=budget,
+                                   stream_rows=stream_rows)
+    val_src, _ = split_source(store, "val", device=dev, budget=budget - used,
+                              stream_rows=stream_rows)
+    try:
         names = list(store.class_names)
         _check_classes(train_src.labels, names)
         metric = _metric_fn(select_metric, names, val_src.video_id)
         validate = validation_scorer(val_src.chunks, val_src.labels, metric)
         results = fit_heads(train_src, len(names), configs, spec, device=dev, validate=validate,
                             progress=progress, desc=f"train {len(configs)} head(s)")
-        table = _sweep_table(results, configs, grid, val_src, names, dev)
-        best = max(range(len(results)), key=lambda i: (table[i][f"val_{select_metric}"],
-                                                       -i))   # ties: first in the grid
-        table[best]["selected"] = True
-        model = results[best].model
-        selected = {**{k: getattr(configs[best], k) for k in grid}, "best_epoch": results[best].best_epoch}
-        hyper = {"head": head, "hidden": list(spec.hidden), "epochs": epochs,
-                 "batch_size": batch_size, "seed": seed, "sampler": spec.sampler,
-                 "patience": patience, "select_metric": select_metric, **asdict(configs[best]),
-                 "sweep": grid or None}
-        config = model_config(store, head=head, spec=head_spec(model), hyper=hyper,
-                              selected=selected, best_epoch=results[best].best_epoch)
-        streamed = bool(train_src.streamed or val_src.streamed)
+        table = _sweep_table(results, configs, val_src, names, dev)
+    finally:
         for src in (train_src, val_src):
             if isinstance(src, H5Source):
                 src.close()
-        del train_src, val_src
-        model_dir.mkdir(parents=True, exist_ok=True)
-        if unfreeze:
-            ft = _prepare_unfreeze(store, model, frames, {
-                **hyper, "unfreeze_lr": unfreeze_lr, "backbone_lr_scale": backbone_lr_scale,
-                "unfreeze_batch_size": unfreeze_batch_size})
-            info = fine_tune(ft, replace(configs[best], lr=unfreeze_lr),
-                             replace(spec, batch_size=unfreeze_batch_size),
-                             epochs=unfreeze_epochs,
-                             backbone_lr_scale=backbone_lr_scale, model_dir=model_dir, names=names,
-                             select_metric=select_metric, dev=dev, progress=progress)
-            metrics = {s: _ft_metrics(ft, s, unfreeze_batch_size, dev, names)
-                       for s in ("val", "test")}
-            model = ft.head.cpu()
-            _save_tensors(ft.backbone.state_dict(), model_dir / BACKBONE_FILE)
-            config["files"]["backbone"] = BACKBONE_FILE
-            config["unfreeze"] = {"epochs": unfreeze_epochs, "lr": unfreeze_lr,
-                                  "backbone_lr_scale": backbone_lr_scale,
-                                  "batch_size": unfreeze_batch_size,
-                                  "frames": str(Path(frames or store.attrs["ingest_dir"]).resolve()),
-                                  **info}
-        else:
-            metrics = {"val": _evaluate_split(model, store, "val", names, dev, budget, stream_rows),
-                       "test": _evaluate_split(model, store, "test", names, dev, budget, stream_rows)}
-    _save_tensors(model.state_dict(), model_dir / HEAD_FILE)
-    if len(configs) > 1:
-        _write_sweep(model_dir, table)
-    write_json(model_dir / "config.json", config)
-    write_json(model_dir / "metrics.json", metrics)
-    result = TrainResult(model_dir, metrics, config, selected, table if len(configs) > 1 else None,
-                         time.perf_counter() - t0, streamed)
-    if progress:
-        print(result.summary())
-    return result
+    # ties go to the first configuration in the grid
+    best = max(range(len(results)), key=lambda i: (table[i][f"val_{select_metric}"], -i))
+    table[best]["selected"] = True
+    return _Fit(results[best].model, best, results[best].best_epoch, table, names,
+                bool(train_src.streamed or val_src.streamed))
+
+
+def _unfreeze_stage(store, model, cfg: HeadConfig, spec: TrainSpec, config: dict, hyper: dict,
+                    tune: dict, *, model_dir: Path, select_metric: str, dev,
+                    progress: bool) -> tuple[StackedHead, dict]:
+    """Fine-tune end to end from ``model``; record it in ``config``; return (head, metrics)."""
+    names = list(store.class_names)
+    ft = _prepare_unfreeze(store, model, tune["frames"],
+                           {**hyper, **{f"unfreeze_{k}": v for k, v in tune.items()
+                                        if k not in ("frames", "epochs")}})
+    info = fine_tune(ft, replace(cfg, lr=tune["lr"]), replace(spec, batch_size=tune["batch_size"]),
+                     epochs=tune["epochs"], backbone_lr_scale=tune["backbone_lr_scale"],
+                     model_dir=model_dir, names=names, select_metric=select_metric, dev=dev,
+                     progress=progress)
+    metrics = {s: _ft_metrics(ft, s, tune["batch_size"], dev, names) for s in ("val", "test")}
+    _save_tensors(ft.backbone.state_dict(), model_dir / BACKBONE_FILE)
+    config["files"]["backbone"] = BACKBONE_FILE
+    frames = tune["frames"] or store.attrs["ingest_dir"]
+    config["unfreeze"] = {**tune, "frames": str(Path(frames).resolve()), **info}
+    return ft.head.cpu(), metrics
 
 
 def _check_classes(labels: np.ndarray, names: list[str]) -> None:
@@ -444,7 +476,7 @@ def _check_classes(labels: np.ndarray, names: list[str]) -> None:
                     ", ".join(names[i] for i in missing))
 
 
-def _sweep_table(results, configs, grid, val_src, names, dev) -> list[dict]:
+def _sweep_table(results, configs, val_src, names, dev) -> list[dict]:
     rows = []
     for i, (res, cfg) in enumerate(zip(results, configs)):
         m = _evaluate_source(res.model, val_src, names, dev)
