@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 
@@ -41,8 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
+    # our own messages at INFO; libraries (distributed, PIL, ...) only when they warn
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("vidfeat").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    # dask's own logging config (read when distributed is imported) would print every
+    # scheduler/worker event of a local cluster at INFO
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "debug" if args.verbose else "warning")
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

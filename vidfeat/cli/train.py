@@ -56,5 +56,5 @@ def run(args: argparse.Namespace) -> int:
           sweep=args.sweep, select_metric=args.select_metric, max_memory=args.max_memory,
           unfreeze=args.unfreeze, frames=args.frames, unfreeze_epochs=args.unfreeze_epochs,
           unfreeze_batch_size=args.unfreeze_batch_size, unfreeze_lr=args.unfreeze_lr,
-          backbone_lr_scale=args.backbone_lr_scale, progress=True)
+          backbone_lr_scale=args.backbone_lr_scale, progress=args.progress)
     return 0
