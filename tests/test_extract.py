@@ -1,3 +1,4 @@
+import importlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from PIL import Image
 from vidfeat.backbones import create_backbone, load_image
 from vidfeat.cache import FeatureStore, OutputLock, merge
 from vidfeat.cli import main
-from vidfeat.extract import extract, parse_shard, shard_rows
+from vidfeat.extract import _defaults, extract, parse_shard, resolve_decode, shard_rows
 from vidfeat.manifest import read_manifest, write_manifest
 
 pytestmark = pytest.mark.filterwarnings("ignore:backbone .* RANDOM", "ignore::DeprecationWarning")
@@ -255,6 +256,7 @@ def test_bad_options_and_inputs_fail_clearly(ingest_dir, tmp_path):
              (dict(dtype="float64"), "dtype='float64' is not one of"),
              (dict(batch_size=0), "batch_size must be > 0"),
              (dict(shard="2/2"), "shard"),
+             (dict(decode="nvdec"), "decode='nvdec' is not one of 'auto', 'cpu', 'gpu'"),
              (dict(backbone="resnet9"), "unknown backbone")]
     for override, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -270,8 +272,44 @@ def test_bad_options_and_inputs_fail_clearly(ingest_dir, tmp_path):
 def test_cli_reports_a_complete_file(reference, ingest_dir, capsys):
     argv = ["extract", str(ingest_dir), "-o", str(reference), "--backbone", "resnet18",
             "--weights", "none", "--batch-size", "2", "--device", "cpu", "--dtype", "float32"]
-    assert main(argv) == 0
+    # the decode choice is no setting of the file: another one still finds it complete
+    assert main([*argv, "--decode", "gpu"]) == 0
     assert "already complete (12 frames, 6 videos, resnet18)" in capsys.readouterr().out
+    assert main([*argv, "--decode", "nvjpeg"]) == 2
+    assert "decode='nvjpeg' is not one of 'auto', 'cpu', 'gpu'" in capsys.readouterr().err
+
+
+def test_decode_choices_on_a_cpu_device_both_decode_in_workers(reference, ingest_dir, tmp_path):
+    with FeatureStore(reference) as s:
+        assert s.attrs["decode"] == "cpu"
+        X = s.load().X
+    # decode="gpu" without a GPU: the worker path, here with a real worker process
+    out = tmp_path / "gpu.h5"
+    r = extract(ingest_dir, out, **{**OPTS, "workers": 1}, decode="gpu")
+    assert r.decode == "cpu" and "cpu decode" in r.summary()
+    assert_same_file(out, reference)
+    r = extract(ingest_dir, tmp_path / "cpu.h5", **OPTS, decode="cpu", shard="1/2")
+    with FeatureStore(tmp_path / "cpu.h5") as s:
+        assert r.decode == "cpu" and np.array_equal(s.load().X, X[6:])
+
+
+def test_auto_decode_rule_and_worker_defaults(monkeypatch):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_decode("auto", cpu) == resolve_decode("gpu", cpu, 64) == "cpu"
+    assert resolve_decode("gpu", cuda, 64) == "gpu" and resolve_decode("cpu", cuda, 1) == "cpu"
+    assert resolve_decode("auto", cuda, 8) == "cpu" and resolve_decode("auto", cuda, 7) == "gpu"
+    # the module, not the function of the same name that vidfeat exports
+    monkeypatch.setattr(importlib.import_module("vidfeat.extract"), "_cores", lambda: 16)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_decode("auto", cuda) == "cpu"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # 4 cores per GPU
+    assert resolve_decode("auto", cuda) == "gpu"
+    assert _defaults(cuda, "cpu", None, None) == (256, 14)
+    assert _defaults(cuda, "gpu", None, None) == (256, 8)
+    assert _defaults(cpu, "cpu", None, None) == (64, 4)
+    assert _defaults(cuda, "cpu", 32, 3) == (32, 3)
+    with pytest.raises(ValueError, match="decode='nvdec' is not one of 'auto', 'cpu', 'gpu'"):
+        resolve_decode("nvdec", cpu)
 
 
 @pytest.fixture
@@ -288,8 +326,9 @@ def test_cuda_pipeline_matches_its_reference_and_the_cpu_rows(reference, ingest_
     from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
     out = tmp_path / "gpu.h5"
-    r = extract(ingest_dir, out, **{**OPTS, "device": "cuda", "precision": "fp32", "workers": 2})
-    assert r.device.startswith("cuda") and r.precision == "fp32"
+    r = extract(ingest_dir, out, **{**OPTS, "device": "cuda", "precision": "fp32", "workers": 2},
+                decode="gpu")
+    assert r.device.startswith("cuda") and r.precision == "fp32" and r.decode == "gpu"
     with FeatureStore(out) as g, FeatureStore(reference) as c:
         Xg, Xc = g.load().X, c.load().X
     bb = create_backbone("resnet18", "none")
@@ -307,9 +346,38 @@ def test_cuda_pipeline_matches_its_reference_and_the_cpu_rows(reference, ingest_
     dist = ((Xg[:, None, :] - Xc[None, :, :]) ** 2).sum(-1)
     assert dist.argmin(axis=1).tolist() == list(range(len(Xc)))
     bf = extract(ingest_dir, tmp_path / "bf16.h5", **{**OPTS, "device": "cuda",
-                                                       "precision": "auto", "dtype": "float16"})
+                                                       "precision": "auto", "dtype": "float16"},
+                 decode="gpu")
     assert bf.precision in ("bf16", "fp16")
     with FeatureStore(tmp_path / "bf16.h5") as b:
         Xb = b.load().X
     assert ((Xb[:, None, :] - Xg[None, :, :]) ** 2).sum(-1).argmin(axis=1).tolist() == \
         list(range(len(Xg)))
+
+
+@pytest.mark.cuda
+def test_cuda_decode_in_workers_or_nvjpeg(reference, ingest_dir, tmp_path, no_tf32):
+    common = {**OPTS, "device": "cuda", "precision": "fp32", "workers": 2}
+    rc = extract(ingest_dir, tmp_path / "cpu.h5", **common, decode="cpu")
+    rg = extract(ingest_dir, tmp_path / "gpu.h5", **common, decode="gpu")
+    assert (rc.decode, rg.decode) == ("cpu", "gpu")
+    with FeatureStore(tmp_path / "cpu.h5") as c, FeatureStore(tmp_path / "gpu.h5") as g, \
+            FeatureStore(reference) as ref:
+        assert (c.attrs["decode"], g.attrs["decode"]) == ("cpu", "gpu")
+        Xc, Xg, Xref = c.load().X, g.load().X, ref.load().X
+    # worker decode: the very uint8 input of the CPU run; only the convolution arithmetic differs
+    assert np.abs(Xc - Xref).max() / np.abs(Xref).max() < 1e-3
+    # nvjpeg upsamples chroma unlike libjpeg: each row is near, and nearest to, its own frame's
+    rel = np.linalg.norm(Xg - Xc, axis=1) / np.linalg.norm(Xc, axis=1)
+    assert rel.max() < 0.2, rel
+    dist = ((Xg[:, None, :] - Xc[None, :, :]) ** 2).sum(-1)
+    assert dist.argmin(axis=1).tolist() == list(range(len(Xc)))
+    bf = extract(ingest_dir, tmp_path / "bf16.h5", **{**common, "precision": "auto",
+                                                       "dtype": "float16", "workers": None},
+                 decode="cpu")  # the default worker count, bf16/fp16, features cast on device
+    assert bf.precision in ("bf16", "fp16") and bf.decode == "cpu"
+    with FeatureStore(tmp_path / "bf16.h5") as b:
+        Xb = b.load().X
+    assert Xb.dtype == np.float16
+    assert ((Xb[:, None, :] - Xc[None, :, :]) ** 2).sum(-1).argmin(axis=1).tolist() == \
+        list(range(len(Xc)))

@@ -1,12 +1,22 @@
 """Extract: backbone features of every stored frame of an ingest OUTDIR into one HDF5 file.
 
-Pipeline. CPU: DataLoader workers read, decode (libjpeg) and resize/crop each JPEG in uint8;
-the main process normalises, runs the channels_last model under ``inference_mode``. CUDA:
-workers only read JPEG bytes; a prefetch thread decodes whole batches on the GPU
-(``decode_jpeg(device="cuda")``), resizes/crops same-sized images together and normalises on a
-side stream while the model runs the previous batch under bf16/fp16 autocast. Either way a
-writer thread appends finished rows to ``<output>.partial/features.bin``, so the model never
-waits on disk.
+Pipeline. CPU device: DataLoader workers read, decode (libjpeg-turbo) and resize/crop each JPEG
+in uint8; the main process normalises, runs the channels_last model under ``inference_mode``.
+CUDA device, two input paths (``decode=``):
+
+* ``cpu``: the same workers (one per spare core) decode and resize/crop to uint8
+  ``input_size``\ :sup:`2`; batches arrive in pinned memory, a prefetch thread copies them
+  ``non_blocking`` on a side stream and normalises there (channels_last, bf16/fp16), while the
+  model runs the previous batch.
+* ``gpu``: workers only read JPEG bytes; the prefetch thread decodes whole batches with nvjpeg
+  (``decode_jpeg(device="cuda")``), resizes/crops same-sized images together and normalises on
+  the side stream. torchvision serialises every nvjpeg call behind one process-wide mutex and
+  parses/Huffman-decodes on the calling thread, so this path runs at one core's pace.
+
+Either way the features are cast to the stored dtype on the device, copied ``non_blocking``
+into pinned host memory, and a writer thread waits on that copy's event and appends the rows
+to ``<output>.partial/features.bin``: the model loop never syncs with the host and never waits
+on disk.
 
 Safety. ``<output>.lock`` (fcntl) admits one writer. The partial folder holds ``state.json``
 (manifest fingerprint and settings) and the raw rows written so far; a rerun after a crash or
@@ -41,8 +51,14 @@ from vidfeat.options import check_choice, check_positive
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
+DECODES = {"auto": "cpu-worker decode with enough cores per GPU, else gpu",
+           "cpu": "DataLoader workers decode and resize/crop (libjpeg-turbo)",
+           "gpu": "nvjpeg on the device"}
+# auto picks cpu-worker decode at this many decode cores per GPU (a hypothesis, see resolve_decode)
+AUTO_CPU_DECODE_CORES = 8
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPES = {"float16": np.float16, "float32": np.float32}
+TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 _FINGERPRINT_COLUMNS = ["frame_id", "video_id", "label", "split", "path", "repeat"]
 
 
@@ -64,16 +80,19 @@ class ExtractResult:
     shard: str             # "i/n"
     elapsed_s: float
     frames_per_s: float    # frames computed in this call per second of model pipeline
+    decode: str = ""       # where JPEGs were decoded: "cpu" (workers) or "gpu" (nvjpeg)
 
     def summary(self) -> str:
         if self.skipped:
             return (f"{self.output} is already complete ({self.n_frames} frames, "
                     f"{self.n_videos} videos, {self.backbone}); nothing to do.")
         resumed = f", {self.resumed_rows} resumed from an earlier run" if self.resumed_rows else ""
+        decode = f", {self.decode} decode" if self.decode else ""
         return (f"Extracted {self.n_frames} frames of {self.n_videos} videos (shard {self.shard}"
                 f"{resumed}) with {self.backbone} [{self.weights}] on {self.device} at "
-                f"{self.precision}: {self.frames_per_s:.1f} frames/s, {self.elapsed_s:.1f} s in "
-                f"all. {self.feature_dim}-d {self.dtype} features in {self.output}.")
+                f"{self.precision}{decode}: {self.frames_per_s:.1f} frames/s, "
+                f"{self.elapsed_s:.1f} s in all. {self.feature_dim}-d {self.dtype} features in "
+                f"{self.output}.")
 
 
 # ----------------------------------------------------------------------------------- planning
@@ -139,12 +158,37 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"  # CPU bf16 changes the numbers; ask for it explicitly
 
 
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def resolve_decode(decode: str, device: torch.device, workers: int | None = None) -> str:
+    """Where JPEGs are decoded: ``"cpu"`` (DataLoader workers) or ``"gpu"`` (nvjpeg).
+
+    A CPU device always decodes in workers. On CUDA, ``auto`` picks ``cpu`` when the decode
+    budget, ``workers`` if given, else this process's cores per visible GPU, is at least
+    ``AUTO_CPU_DECODE_CORES`` (8), and ``gpu`` otherwise. The rule is a hypothesis to confirm with
+    ``benchmarks/bench_extract.py``: a ~256x341 frame costs about 1 ms of one core to decode
+    and resize (so 8+ cores feed roughly a resnet50's bf16 pace on an H100), while torchvision's
+    nvjpeg path runs behind one mutex at one core's pace (1,884 frames/s measured on an H100).
+    """
+    check_choice("decode", decode, DECODES)
+    if device.type != "cuda":
+        return "cpu"
+    if decode != "auto":
+        return decode
+    if workers is None:
+        workers = _cores() // max(1, torch.cuda.device_count())
+    return "cpu" if workers >= AUTO_CPU_DECODE_CORES else "gpu"
+
+
 # ----------------------------------------------------------------------------------- inputs
 class FrameFiles(Dataset):
-    """Stored frames by path. ``decode=True``: resized/cropped uint8 (3,S,S) (CPU path);
-    ``decode=False``: the raw JPEG bytes as a numpy array (GPU path; plain pickling, since
-    hundreds of tiny shared-memory tensors per batch exhaust or race the fd-passing channel). A frame that cannot be read yields its
-    error text instead, which the main process turns into a clear failure."""
+    """Stored frames by path. ``decode=True``: resized/cropped uint8 (3,S,S) (cpu decode);
+    ``decode=False``: the raw JPEG bytes as a numpy array (nvjpeg; plain pickling, since
+    hundreds of tiny shared-memory tensors per batch exhaust or race the fd-passing channel).
+    A frame that cannot be read yields its error text instead, which the main process turns
+    into a clear failure."""
 
     def __init__(self, root: Path, paths: list[str], preprocess: Preprocess, *, decode: bool):
         self.root, self.paths, self.preprocess, self.decode = root, paths, preprocess, decode
@@ -169,9 +213,12 @@ class FrameFiles(Dataset):
 
 
 def _collate(decode: bool):
+    from torch.utils.data import default_collate
+
     def collate(items):
         tensors, errors = zip(*items)
-        batch = torch.stack(tensors) if decode else [torch.from_numpy(t) for t in tensors]
+        # default_collate stacks straight into shared memory in a worker: no extra copy
+        batch = default_collate(list(tensors)) if decode else [torch.from_numpy(t) for t in tensors]
         return batch, [e for e in errors if e]
     return collate
 
@@ -183,9 +230,13 @@ def _raise_frame_errors(errors: list[str]) -> None:
 
 
 def _loader(dataset: FrameFiles, batch_size: int, workers: int, pin: bool) -> DataLoader:
+    # Many workers (CUDA, cpu decode): 2 batches each already keeps 16+ batches in flight, and
+    # decoded batches sit in /dev/shm and pinned memory, so no more. One pass over the data:
+    # persistent_workers would only keep idle processes alive.
+    prefetch = (2 if workers >= 8 else 4) if workers else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                       collate_fn=_collate(dataset.decode), pin_memory=pin,
-                      prefetch_factor=4 if workers else None, persistent_workers=False,
+                      prefetch_factor=prefetch, persistent_workers=False,
                       timeout=600 if workers else 0)  # a wedged worker errors, never hangs
 
 
@@ -217,21 +268,51 @@ def _gpu_decode(data: list[torch.Tensor], paths: list[str], device: torch.device
         raise
 
 
-def _gpu_batches(loader: DataLoader, paths: list[str], preprocess: Preprocess,
-                 device: torch.device, in_dtype: torch.dtype):
-    """Decode + preprocess on a side stream; yield (normalised batch, ready event)."""
+def _device_batches(loader: DataLoader, to_device, device: torch.device):
+    """Run ``to_device(data, first_row)`` on a side stream; yield (batch, ready event)."""
     stream = torch.cuda.Stream(device)
     start = 0
     for data, errors in loader:
         _raise_frame_errors(errors)
         with torch.cuda.stream(stream):
-            images = _gpu_decode(data, paths[start:start + len(data)], device)
-            x = preprocess.normalize(resize_crop_batch(images, preprocess), dtype=in_dtype)
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = to_device(data, start).contiguous(memory_format=torch.channels_last)
             ready = torch.cuda.Event()
             ready.record(stream)
         start += len(data)
         yield x, ready
+
+
+def _nvjpeg_input(paths: list[str], preprocess: Preprocess, device: torch.device, in_dtype):
+    def to_device(data: list[torch.Tensor], start: int) -> torch.Tensor:
+        images = _gpu_decode(data, paths[start:start + len(data)], device)
+        return preprocess.normalize(resize_crop_batch(images, preprocess), dtype=in_dtype)
+    return to_device
+
+
+def _upload_input(preprocess: Preprocess, device: torch.device, in_dtype):
+    def to_device(images: torch.Tensor, start: int) -> torch.Tensor:
+        # pinned uint8 (N,3,S,S): async copy, then channels_last while still 1 byte a value
+        x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        return preprocess.normalize(x, dtype=in_dtype)
+    return to_device
+
+
+def input_batches(root: Path, paths: list[str], preprocess: Preprocess, *, device: torch.device,
+                  decode: str, precision: str, batch_size: int, workers: int):
+    """(normalised channels_last batch, ready event or None) for each batch of ``paths``.
+
+    ``decode`` is resolved (cpu|gpu). On CUDA the batches are built by a prefetch thread on a
+    side stream; the consumer waits on the event (``torch.cuda.current_stream().wait_event``).
+    """
+    cpu_decode = device.type != "cuda" or decode == "cpu"
+    loader = _loader(FrameFiles(root, paths, preprocess, decode=cpu_decode), batch_size, workers,
+                     pin=device.type == "cuda" and cpu_decode)
+    if device.type != "cuda":
+        return _cpu_batches(loader, preprocess)
+    in_dtype = PRECISIONS[precision]
+    to_device = _upload_input(preprocess, device, in_dtype) if cpu_decode else \
+        _nvjpeg_input(paths, preprocess, device, in_dtype)
+    return _prefetch(_device_batches(loader, to_device, device))
 
 
 def _cpu_batches(loader: DataLoader, preprocess: Preprocess):
@@ -282,19 +363,31 @@ def forward(model: torch.nn.Module, x: torch.Tensor, precision: str) -> torch.Te
 
 
 def prepare_model(backbone: Backbone, device: torch.device) -> torch.nn.Module:
-    return backbone.model.eval().to(device, memory_format=torch.channels_last)
+    """A copy of the backbone for inference on ``device``: eval, channels_last, and each
+    BatchNorm folded into the convolution before it (fp32 relative change ~1e-6; ~10% faster
+    resnet50 on CPU). A model that torch.fx cannot trace runs unfolded."""
+    from torch.fx.experimental.optimization import fuse
+
+    model = backbone.model.eval()
+    try:
+        model = fuse(model)  # a traced copy: backbone.model itself is left alone
+    except Exception as exc:  # noqa: BLE001 - any tracing failure just means no folding
+        log.debug("%s: BatchNorm not folded (%s)", backbone.name, exc)
+    return model.to(device, memory_format=torch.channels_last)
 
 
 class RowWriter:
     """Appends feature rows to a raw file from a background thread (the model never waits).
 
-    ``put`` takes a device tensor; the copy to host is started at once and awaited in the
-    thread. Only whole rows count on resume; the writer's errors surface on ``put``/``close``.
+    ``put`` takes a device tensor; it is cast to the stored dtype on the device (half the bytes
+    to copy for float16; the same round-to-nearest-even as numpy) and copied ``non_blocking``
+    into pinned host memory; the thread waits on that copy's event, never the model loop. Only
+    whole rows count on resume; the writer's errors surface on ``put``/``close``.
     """
 
-    def __init__(self, path: Path, dtype, depth: int = 8):
+    def __init__(self, path: Path, dtype: str, depth: int = 8):
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.dtype = dtype
+        self.dtype, self.torch_dtype = DTYPES[dtype], TORCH_DTYPES[dtype]
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="vidfeat-writer", daemon=True)
@@ -303,7 +396,8 @@ class RowWriter:
     def put(self, features: torch.Tensor) -> None:
         self._check()
         if features.is_cuda:
-            host = features.to("cpu", non_blocking=True)
+            # non_blocking to the CPU allocates the destination in (cached) pinned memory
+            host = features.to(self.torch_dtype).to("cpu", non_blocking=True)
             done = torch.cuda.Event()
             done.record()
             self.q.put((host, done))
@@ -383,9 +477,10 @@ def _load_state(partial: Path, settings: dict) -> int:
     rows -= rows % int(state["batch_size"])
     with open(bin_path, "ab") as f:
         f.truncate(rows * row_bytes)
-    if state["batch_size"] != settings["batch_size"]:
-        log.warning("resuming with batch_size=%d (was %d): new rows may differ in the last bits",
-                    settings["batch_size"], state["batch_size"])
+    for key in ("batch_size", "decode"):  # old partials have no decode: nothing to compare
+        if state.get(key, settings[key]) != settings[key]:
+            log.warning("resuming with %s=%r (was %r): the new rows may differ slightly from "
+                        "the earlier ones", key, settings[key], state[key])
     return rows
 
 
@@ -397,13 +492,18 @@ def _start_state(partial: Path, settings: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------- main
-def _defaults(device: torch.device, batch_size: int | None, workers: int | None):
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+def _defaults(device: torch.device, decode: str, batch_size: int | None, workers: int | None):
+    cpus = _cores()
     if batch_size is None:
         batch_size = 256 if device.type == "cuda" else 64
     if workers is None:
-        # GPU: workers only read bytes; CPU: one decoder per ~4 cores leaves the rest to compute
-        workers = min(8, cpus) if device.type == "cuda" else max(1, min(8, cpus // 4))
+        # CUDA + cpu decode: every core but the two that feed the GPU and write (main thread,
+        # prefetch/pin/writer threads). nvjpeg: workers only read bytes. CPU device: one decoder
+        # per ~4 cores leaves the rest to compute.
+        if device.type != "cuda":
+            workers = max(1, min(8, cpus // 4))
+        else:
+            workers = max(1, cpus - 2) if decode == "cpu" else min(8, cpus)
     check_positive("batch_size", batch_size)
     check_positive("workers", workers, allow_zero=True)
     return batch_size, workers
@@ -413,12 +513,14 @@ def extract(ingest_dir: str | os.PathLike, output: str | os.PathLike, *, backbon
             weights: str | None = "DEFAULT", batch_size: int | None = None, device: str = "auto",
             precision: str = "auto", workers: int | None = None, dtype: str = "float16",
             shard=None, overwrite: bool = False, progress: bool = True,
-            gpus=None) -> ExtractResult:
+            gpus=None, decode: str = "auto") -> ExtractResult:
     """Cache ``backbone`` features of every stored frame of ``ingest_dir`` in ``output`` (HDF5).
 
     ``device`` auto|cpu|cuda; ``precision`` auto (bf16/fp16 on CUDA, fp32 on CPU)|fp32|bf16|fp16;
-    ``dtype`` float16|float32 on disk; ``batch_size``/``workers`` default to 256/8 on CUDA,
-    64/(cores/4) on CPU; ``shard`` "i/n" extracts a deterministic slice of whole videos for
+    ``dtype`` float16|float32 on disk; ``decode`` auto|cpu|gpu, where JPEGs are decoded on
+    CUDA (see :func:`resolve_decode`; a CPU device always decodes in workers);
+    ``batch_size``/``workers`` default to 256 and cores-2 (cpu decode) or 8 (gpu decode) on
+    CUDA, 64/(cores/4) on CPU; ``shard`` "i/n" extracts a deterministic slice of whole videos for
     ``merge``. A rerun resumes an interrupted run, returns at once if ``output`` is complete,
     and refuses a changed manifest or settings unless ``overwrite``. ``gpus`` ("all", "0,1"
     or "cpu:N") runs one shard per device in its own process and merges them into ``output``
@@ -428,20 +530,22 @@ def extract(ingest_dir: str | os.PathLike, output: str | os.PathLike, *, backbon
         return _extract_multi(ingest_dir, output, gpus=gpus, device=device, shard=shard,
                               backbone=backbone, weights=weights, batch_size=batch_size,
                               precision=precision, workers=workers, dtype=dtype,
-                              overwrite=overwrite, progress=progress)
+                              overwrite=overwrite, progress=progress, decode=decode)
     t0 = time.perf_counter()
     check_choice("dtype", dtype, DTYPES)
+    check_choice("decode", decode, DECODES)
     i, n = parse_shard(shard)
     dev = _resolve_device(device)
     prec = _resolve_precision(precision, dev)
-    batch_size, workers = _defaults(dev, batch_size, workers)
+    decode = resolve_decode(decode, dev, workers)
+    batch_size, workers = _defaults(dev, decode, batch_size, workers)
     m = read_manifest(ingest_dir)
     output = Path(output).expanduser().absolute()
     resolved, sha = resolve_weights(backbone, weights)
     meta = _frame_meta(m, shard_rows(m.frames, i, n))
     settings = {"manifest_fingerprint": manifest_fingerprint(m), "backbone": backbone,
                 "weights": resolved, "weights_sha256": sha, "dtype": dtype, "precision": prec,
-                "shard": f"{i}/{n}", "batch_size": batch_size, "rows": len(meta)}
+                "shard": f"{i}/{n}", "batch_size": batch_size, "rows": len(meta), "decode": decode}
     with OutputLock(output):
         partial = _partial_dir(output)
         if overwrite:
@@ -458,14 +562,15 @@ def extract(ingest_dir: str | os.PathLike, output: str | os.PathLike, *, backbon
         _start_state(partial, settings)
         t_run = time.perf_counter()
         _run(m.root, meta, bb, partial / "features.bin", done, dev=dev, precision=prec,
-             dtype=dtype, batch_size=batch_size, workers=workers, progress=progress)
+             dtype=dtype, batch_size=batch_size, workers=workers, progress=progress,
+             decode=decode)
         run_s = time.perf_counter() - t_run
         _assemble(output, partial, meta, bb, m, settings, i, n)
     res = ExtractResult(output=output, n_frames=len(meta), n_videos=meta["video_id"].nunique(),
                         resumed_rows=done, skipped=False, backbone=backbone, weights=bb.weights,
                         feature_dim=bb.feature_dim, device=str(dev), precision=prec, dtype=dtype,
                         shard=f"{i}/{n}", elapsed_s=time.perf_counter() - t0,
-                        frames_per_s=(len(meta) - done) / max(run_s, 1e-9))
+                        frames_per_s=(len(meta) - done) / max(run_s, 1e-9), decode=decode)
     if progress:
         print(res.summary())
     return res
@@ -488,24 +593,21 @@ def _skipped(output: Path, settings: dict, dev) -> ExtractResult:
                             skipped=True, backbone=s.backbone, weights=settings["weights"],
                             feature_dim=s.feature_dim, device=str(dev),
                             precision=settings["precision"], dtype=settings["dtype"],
-                            shard=settings["shard"], elapsed_s=0.0, frames_per_s=0.0)
+                            shard=settings["shard"], elapsed_s=0.0, frames_per_s=0.0,
+                            decode=str(s.attrs.get("decode", "")))  # how the file was made
 
 
 def _run(root: Path, meta: pd.DataFrame, bb: Backbone, bin_path: Path, done: int, *, dev,
-         precision: str, dtype: str, batch_size: int, workers: int, progress: bool) -> None:
+         precision: str, dtype: str, batch_size: int, workers: int, progress: bool,
+         decode: str) -> None:
     from tqdm.auto import tqdm
 
-    paths = meta["path"].tolist()[done:]
     model = prepare_model(bb, dev)
     cuda = dev.type == "cuda"
-    loader = _loader(FrameFiles(root, paths, bb.preprocess, decode=not cuda), batch_size,
-                     workers, pin=False)
-    if cuda:
-        in_dtype = PRECISIONS[precision] if precision != "fp32" else torch.float32
-        batches = _prefetch(_gpu_batches(loader, paths, bb.preprocess, dev, in_dtype))
-    else:
-        batches = _cpu_batches(loader, bb.preprocess)
-    writer = RowWriter(bin_path, DTYPES[dtype])
+    batches = input_batches(root, meta["path"].tolist()[done:], bb.preprocess, device=dev,
+                            decode=decode, precision=precision, batch_size=batch_size,
+                            workers=workers)
+    writer = RowWriter(bin_path, dtype)
     bar = tqdm(total=len(meta), initial=done, unit="frame", desc=f"extract {bb.name}",
                disable=not progress, smoothing=0.1)
     cudnn_benchmark = torch.backends.cudnn.benchmark
@@ -546,7 +648,8 @@ def _attrs(bb: Backbone, m: Manifest, settings: dict, i: int, n: int) -> dict:
     return {"class_names": m.class_names, "backbone": bb.name, "weights": bb.weights,
             "weights_sha256": bb.weights_sha256, "feature_dim": bb.feature_dim,
             **bb.preprocess.as_attrs(), "precision": settings["precision"],
-            "dtype": settings["dtype"], "vidfeat_version": __version__,
+            "dtype": settings["dtype"], "decode": settings["decode"],
+            "vidfeat_version": __version__,
             "manifest_fingerprint": settings["manifest_fingerprint"],
             "ingest_dir": str(Path(m.root).absolute()), "sampling": m.info.get("sampling", {}),
             "shard": f"{i}/{n}", "shard_index": i, "shard_count": n,

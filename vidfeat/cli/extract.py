@@ -27,8 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--precision", default="auto",
                         help="auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16")
+    parser.add_argument("--decode", default="auto",
+                        help="where JPEGs are decoded on CUDA: auto (cpu with >= 8 cores per "
+                             "GPU, else gpu) | cpu (DataLoader workers) | gpu (nvjpeg); a CPU "
+                             "device always decodes in workers")
     parser.add_argument("--workers", type=_workers, default="auto",
-                        help="DataLoader worker processes (auto: 8 on CUDA, cores/4 on CPU)")
+                        help="DataLoader worker processes (auto: on CUDA cores-2 with cpu "
+                             "decode, 8 with gpu decode; cores/4 on CPU)")
     parser.add_argument("--dtype", default="float16", help="stored dtype: float16 | float32")
     parser.add_argument("--shard", default=None, metavar="I/N",
                         help="extract slice I of N (whole videos); join with vidfeat merge")
@@ -47,5 +52,5 @@ def run(args: argparse.Namespace) -> int:
     extract(args.ingest_dir, args.output, backbone=args.backbone, weights=args.weights,
             batch_size=args.batch_size, device=args.device, precision=args.precision,
             workers=args.workers, dtype=args.dtype, shard=args.shard, overwrite=args.overwrite,
-            progress=args.progress, gpus=args.gpus)
+            progress=args.progress, gpus=args.gpus, decode=args.decode)
     return 0
