@@ -46,11 +46,10 @@ from vidfeat import __version__
 from vidfeat.backbones import Backbone, Preprocess, create_backbone, resolve_weights
 from vidfeat.cache import FeatureFileBuilder, FeatureStore, OutputLock
 from vidfeat.manifest import Manifest, read_manifest
-from vidfeat.options import check_choice, check_positive
+from vidfeat.options import check_choice, check_positive, resolve_device
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda")
 DECODES = {"auto": "cpu-worker decode with enough cores per GPU, else gpu",
            "cpu": "DataLoader workers decode and resize/crop (libjpeg-turbo)",
            "gpu": "nvjpeg on the device"}
@@ -138,15 +137,6 @@ def _frame_meta(m: Manifest, rows: np.ndarray) -> pd.DataFrame:
                          "repeat": f["repeat"].to_numpy(np.int64),
                          "row": rows.astype(np.int64),
                          "path": f["path"].astype(str).to_numpy()})
-
-
-def _resolve_device(device: str) -> torch.device:
-    check_choice("device", device, DEVICES)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' but torch sees no CUDA GPU; use device='cpu'")
-    return torch.device(device)
 
 
 def _resolve_precision(precision: str, device: torch.device) -> str:
@@ -535,7 +525,7 @@ def extract(ingest_dir: str | os.PathLike, output: str | os.PathLike, *, backbon
     check_choice("dtype", dtype, DTYPES)
     check_choice("decode", decode, DECODES)
     i, n = parse_shard(shard)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     prec = _resolve_precision(precision, dev)
     decode = resolve_decode(decode, dev, workers)
     batch_size, workers = _defaults(dev, decode, batch_size, workers)

@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidfeat.options import check_choice, check_positive
+from vidfeat.options import check_choice, check_positive, resolve_device
 
-DEVICES = ("auto", "cpu", "cuda")
 SAMPLERS = {None: None, "none": None, "balanced": "balanced"}
 
 
@@ -85,16 +84,6 @@ def class_weights(spec: str, counts: np.ndarray) -> np.ndarray:
     else:
         w[present] = (1 - kind) / (1 - kind ** counts[present]) if kind > 0 else 1.0
     return w * counts.sum() / max((w * counts).sum(), 1e-12)
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a clear error."""
-    check_choice("device", device, DEVICES)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' but no CUDA GPU is available (use device='cpu')")
-    return torch.device(device)
 
 
 # ----------------------------------------------------------------------------------- module

@@ -193,9 +193,8 @@ def _child() -> None:
     from vidfeat.extract import extract
 
     torch.set_num_threads(threads)
-    if cap is not None:  # extract's defaults (GPU: 8 readers; CPU: a decoder per 4 cores),
-        # computed on this shard's share of the cores rather than the whole machine's
-        options["workers"] = min(8, cap) if job["device"] == "cuda" else max(1, min(8, cap // 4))
+    if cap is not None:  # extract's defaults, computed on this shard's share of the cores
+        options["workers"] = _shard_workers(job["device"], options, cap)
     try:
         result = extract(job["ingest_dir"], job["output"], device=job["device"],
                          shard=job["shard"], progress=False, **options)
@@ -272,6 +271,19 @@ def _merge_shards(paths: list[Path], output: Path) -> None:
         path.with_name(path.name + ".lock").unlink(missing_ok=True)
 
 
+def _shard_workers(device: str, options: dict, cap: int) -> int:
+    """Loader workers for one shard: decoding workers (cores - 2) when the shard decodes on the
+    CPU, 8 JPEG readers when the GPU decodes, a decoder per 4 cores on a CPU shard."""
+    if device != "cuda":
+        return max(1, min(8, cap // 4))
+    from vidfeat.extract import resolve_decode
+
+    import torch
+
+    options["decode"] = resolve_decode(options.get("decode", "auto"), torch.device("cuda"), cap)
+    return max(1, cap - 2) if options["decode"] == "cpu" else min(8, cap)
+
+
 def _combined(output: Path, results: list[dict], slots: list[Slot], elapsed: float, *,
               progress: bool):
     from vidfeat.cache import FeatureStore
@@ -287,7 +299,7 @@ def _combined(output: Path, results: list[dict], slots: list[Slot], elapsed: flo
         skipped=all(r["skipped"] for r in results), backbone=first["backbone"],
         weights=first["weights"], feature_dim=first["feature_dim"],
         device=f"{len(slots)} devices: {devices}", precision=first["precision"],
-        dtype=first["dtype"], shard="0/1", elapsed_s=elapsed,
+        dtype=first["dtype"], shard="0/1", elapsed_s=elapsed, decode=first.get("decode", ""),
         frames_per_s=sum(r["frames_per_s"] for r in results))
     if progress:
         print(result.summary())

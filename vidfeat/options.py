@@ -22,3 +22,18 @@ def check_positive(name: str, value, *, allow_zero: bool = False):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound}, got {value!r}")
     return value
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str):
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a clear error."""
+    import torch  # only the stages that compute need torch
+
+    check_choice("device", device, DEVICES)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but no CUDA GPU is available (use device='cpu')")
+    return torch.device(device)
