@@ -474,6 +474,12 @@ BACKENDS = {
 }
 
 
+def decode_threads(jobs: int) -> int:
+    """Decoder threads per worker: $VIDFEAT_DECODE_THREADS, else this machine's cores / jobs
+    (so ``--jobs 1`` still decodes each video with every core)."""
+    return int(os.environ.get("VIDFEAT_DECODE_THREADS") or max(1, (os.cpu_count() or 1) // jobs))
+
+
 @dataclass
 class IngestResult:
     """What ``ingest`` did; ``exit_code`` is the CLI's."""
@@ -614,7 +620,7 @@ class _Run:
         self.frames_written = 0
         self.runner = None  # the DaskRunner while backend='dask' runs
         # decoder threads per worker; on Dask each worker sizes them for its own machine
-        self.threads = None if backend == "dask" else max(1, (os.cpu_count() or 1) // jobs)
+        self.threads = None if backend == "dask" else decode_threads(jobs)
 
     def execute(self, videos, *, split, seed, balance, max_frames_per_video, max_per_class):
         """Probe every usable video, split, balance, decode; return (videos, frames) tables."""
