@@ -52,9 +52,10 @@ def make_video(path: str | os.PathLike, *, duration: float = 2.0, fps: float = 2
         src = f"color=c={color}:s={w}x{h}:r={fps}"
     else:
         src = f"{source}=s={w}x{h}:r={fps}"
-    args = ["-f", "lavfi", "-i", src, "-t", str(duration)]
+    args = ["-f", "lavfi", "-i", src]
     if audio:
         args += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={duration}"]
+    args += ["-t", str(duration)]  # an output option: after every -i, so it binds to no input
     filters = [vf] if vf else []
     if vfr:
         n = int(fps)
