@@ -5,7 +5,7 @@ in uint8; the main process normalises, runs the channels_last model under ``infe
 CUDA device, two input paths (``decode=``):
 
 * ``cpu``: the same workers (one per spare core) decode and resize/crop to uint8
-  ``input_size``\ :sup:`2`; batches arrive in pinned memory, a prefetch thread copies them
+  ``input_size x input_size``; batches arrive in pinned memory, a prefetch thread copies them
   ``non_blocking`` on a side stream and normalises there (channels_last, bf16/fp16), while the
   model runs the previous batch.
 * ``gpu``: workers only read JPEG bytes; the prefetch thread decodes whole batches with nvjpeg
