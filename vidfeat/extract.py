@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 from vidfeat import __version__
 from vidfeat.backbones import Backbone, Preprocess, create_backbone, resolve_weights
 from vidfeat.cache import FeatureFileBuilder, FeatureStore, OutputLock
-from vidfeat.manifest import Manifest, read_manifest
+from vidfeat.manifest import Manifest, read_manifest, write_json
 from vidfeat.options import check_choice, check_positive, resolve_device
 
 log = logging.getLogger(__name__)
@@ -476,9 +476,7 @@ def _load_state(partial: Path, settings: dict) -> int:
 
 def _start_state(partial: Path, settings: dict) -> None:
     partial.mkdir(parents=True, exist_ok=True)
-    tmp = partial / "state.json.tmp"
-    tmp.write_text(json.dumps(settings, indent=2, sort_keys=True))
-    os.replace(tmp, partial / "state.json")
+    write_json(partial / "state.json", settings)
 
 
 # ----------------------------------------------------------------------------------- main

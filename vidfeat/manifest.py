@@ -104,8 +104,9 @@ def coerce(df: pd.DataFrame, columns: dict[str, str], *, optional: dict[str, str
     return out
 
 
-def _atomic_write(path: Path, write) -> None:
-    # Write beside the target and rename, so a crash never leaves a half-written manifest.
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``."""
+    # Write beside the target and rename, so a crash never leaves a half-written file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -118,9 +119,9 @@ def _atomic_write(path: Path, write) -> None:
 
 def write_table(df: pd.DataFrame, path: Path) -> None:
     if path.suffix == ".csv":
-        _atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+        atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
     else:
-        _atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+        atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -134,7 +135,7 @@ def read_table(path: Path) -> pd.DataFrame:
 
 def write_json(path: Path, data: dict) -> None:
     text = json.dumps(data, indent=2, sort_keys=True, default=str)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
 def write_manifest(outdir, videos: pd.DataFrame, frames: pd.DataFrame, info: dict | None = None,

@@ -191,6 +191,7 @@ def _child() -> None:
     import torch
 
     from vidfeat.extract import extract
+    from vidfeat.manifest import write_json
 
     torch.set_num_threads(threads)
     if cap is not None:  # extract's defaults, computed on this shard's share of the cores
@@ -202,7 +203,7 @@ def _child() -> None:
         print(f"{type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
         sys.exit(1)
     record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(result).items()}
-    _result(Path(job["output"])).write_text(json.dumps(record))
+    write_json(_result(Path(job["output"])), record)  # atomic: _rows_done polls it
 
 
 def _log(path: Path) -> Path:

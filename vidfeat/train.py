@@ -37,7 +37,7 @@ import torch
 
 from vidfeat.heads import (DEFAULT_LR, ArraySource, HeadConfig, StackedHead, TrainSpec, build_head, fit_heads,
                            head_spec, predict_logits, resolve_device, validation_scorer)
-from vidfeat.manifest import write_json
+from vidfeat.manifest import atomic_write, write_json
 from vidfeat.metrics import classification_metrics, video_level
 from vidfeat.options import check_choice, check_positive
 
@@ -263,9 +263,8 @@ def _flat(metrics: dict, prefix: str) -> dict:
 
 # ----------------------------------------------------------------------------------- saving
 def _save_tensors(state: dict, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, tmp)
-    os.replace(tmp, path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    atomic_write(path, lambda tmp: torch.save(tensors, tmp))
 
 
 def _write_sweep(model_dir: Path, rows: list[dict]) -> None:
@@ -274,9 +273,7 @@ def _write_sweep(model_dir: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    tmp = model_dir / ".sweep.csv.tmp"
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, model_dir / "sweep.csv")
+    atomic_write(model_dir / "sweep.csv", lambda tmp: Path(tmp).write_text(buf.getvalue()))
 
 
 def _attr_json(value, default=None):
@@ -747,9 +744,7 @@ def _checkpoint(model_dir: Path, ft: _FineTune, opt, scaler, state: dict) -> Non
     ckpt = {"run_key": ft.run_key, "backbone": ft.backbone.state_dict(),
             "head": ft.head.state_dict(), "optimizer": opt.state_dict(),
             "scaler": scaler.state_dict() if scaler else {}, **state}
-    tmp = model_dir / f".{CHECKPOINT_FILE}.tmp"
-    torch.save(ckpt, tmp)
-    os.replace(tmp, model_dir / CHECKPOINT_FILE)
+    atomic_write(model_dir / CHECKPOINT_FILE, lambda tmp: torch.save(ckpt, tmp))
 
 
 def _resume(model_dir: Path, ft: _FineTune, opt, scaler) -> dict:
