@@ -105,3 +105,17 @@ def test_no_frames_at_all_is_a_valid_manifest(tmp_path):
     videos["status"], videos["error"], videos["split"] = "failed", "broken", ""
     write_manifest(tmp_path, videos, frames.iloc[:0])
     assert read_manifest(tmp_path).frames.empty
+
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from vidfeat.manifest import write_json
+
+    umask = os.umask(0)
+    os.umask(umask)
+    write_json(tmp_path / "x.json", {"a": 1})
+    # what a plain open() would give (not mkstemp's 0600): readable by the team and the cluster
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o666 & ~umask

@@ -104,11 +104,23 @@ def coerce(df: pd.DataFrame, columns: dict[str, str], *, optional: dict[str, str
     return out
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``."""
     # Write beside the target and rename, so a crash never leaves a half-written file.
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    # mkstemp makes the file 0600; give it the mode a plain open() would, so manifests and models
+    # on a shared filesystem stay readable by the team and the cluster
+    os.chmod(tmp, 0o666 & ~_UMASK)
     try:
         write(tmp)
         os.replace(tmp, path)
