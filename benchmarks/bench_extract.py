@@ -33,12 +33,21 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vidfeat.backbones import create_backbone  # noqa: E402
-from vidfeat.cache import FeatureStore  # noqa: E402
-from vidfeat.backbones import preprocess_for  # noqa: E402
-from vidfeat.extract import (PRECISIONS, _defaults, extract, forward,  # noqa: E402
-                             input_batches, prepare_model, resolve_decode)
-from vidfeat.manifest import write_manifest  # noqa: E402
+from vidfeat.extraction._extract import (  # noqa: E402
+    PRECISIONS,
+    _defaults,
+    extract,
+    forward,
+    input_batches,
+    prepare_model,
+    resolve_decode,
+)
+from vidfeat.extraction.backbones import (
+    create_backbone,  # noqa: E402
+    preprocess_for,  # noqa: E402
+)
+from vidfeat.extraction.cache import FeatureStore  # noqa: E402
+from vidfeat.ingestion.manifest import write_manifest  # noqa: E402
 
 warnings.filterwarnings("ignore", message="backbone .* RANDOM")
 warnings.filterwarnings("ignore", category=DeprecationWarning)

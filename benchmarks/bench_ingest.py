@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -109,7 +108,7 @@ def _ours_once(src: Path, work: Path, *extra: str, env: dict | None = None) -> t
 
 
 def duration_of(path: Path) -> float:
-    from vidfeat.probe import probe_video
+    from vidfeat.ingestion.probe import probe_video
 
     return probe_video(path).duration_s
 
@@ -135,9 +134,9 @@ def _baseline_once(videos: list[Path], work: Path, *, per_video: int | None = No
 
 WORKER = """
 import resource, sys, tempfile
-from vidfeat.probe import probe_video
-from vidfeat.decode import decode_frames
-from vidfeat.sample import SamplingSpec
+from vidfeat.ingestion.probe import probe_video
+from vidfeat.ingestion.decode import decode_frames
+from vidfeat.ingestion.sample import SamplingSpec
 path, mode = sys.argv[1], sys.argv[2]
 spec = SamplingSpec(mode="fps", fps=1.0) if mode == "fps" else SamplingSpec()
 with tempfile.TemporaryDirectory() as out:

@@ -58,7 +58,7 @@ def timed(src: Path, work: Path, *extra: str) -> float:
 def run(quick: bool, cache: Path, repeat: int) -> dict:
     from distributed import Client, LocalCluster
 
-    from vidfeat.scale import local_cluster_options
+    from vidfeat.ingestion.cluster import local_cluster_options
 
     src = dataset(cache, quick)
     n_videos = sum(1 for _ in src.glob("*/*.mp4"))

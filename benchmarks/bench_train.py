@@ -49,7 +49,7 @@ def timed(fn):
 def bench_vs_sklearn(args) -> dict:
     from sklearn.linear_model import LogisticRegression
 
-    from vidfeat.heads import LinearHead
+    from vidfeat.training.heads import LinearHead
 
     n_train = int(args.rows * 0.8)
     n_val = (args.rows - n_train) // 2
@@ -74,9 +74,11 @@ def bench_vs_sklearn(args) -> dict:
 def bench_sweep(args, tmp: Path) -> dict:
     """End to end, as a user runs it: one ``train(sweep=...)`` vs 16 ``train`` calls."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from featfiles import write_features   # the feature-file layout, written with plain h5py
+    from featfiles import (
+        write_features,  # the feature-file layout, written with plain h5py
+    )
 
-    from vidfeat.train import train
+    from vidfeat.training._train import train
 
     n_videos, frames = args.sweep_rows // 8, 8
     X, y = clusters(n_videos * frames, args.dim, args.classes, seed=1)
@@ -117,9 +119,15 @@ def _write_frames(root: Path, n: int, size: int = 256) -> list[str]:
 
 
 def bench_unfreeze(args) -> dict:
-    from vidfeat.backbones import create_backbone
-    from vidfeat.heads import ArraySource, HeadConfig, StackedHead, TrainSpec, fit_heads
-    from vidfeat.train import _FineTune, _FrameImages, fine_tune
+    from vidfeat.extraction.backbones import create_backbone
+    from vidfeat.training._train import _FineTune, _FrameImages, fine_tune
+    from vidfeat.training.heads import (
+        ArraySource,
+        HeadConfig,
+        StackedHead,
+        TrainSpec,
+        fit_heads,
+    )
 
     n, classes = args.frames, 4
     with warnings.catch_warnings():

@@ -1,13 +1,13 @@
-"""Synthetic feature files in the extract HDF5 layout, written with plain h5py (no extract run)."""
+"""Synthetic feature files, written through extract's own writer (no backbone run)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 
-STR = h5py.string_dtype("utf-8")
+from vidfeat.extraction.cache import FeatureFileBuilder
 
 
 def make_features(counts: dict[str, int], *, dim: int = 16, frames: int = 4, sep: float = 1.5,
@@ -42,40 +42,37 @@ def make_features(counts: dict[str, int], *, dim: int = 16, frames: int = 4, sep
 def write_features(path, data: dict, *, backbone: str = "resnet18", weights: str = "none",
                    complete: bool = True, dtype: str = "float16", drop: tuple = (),
                    attrs: dict | None = None) -> Path:
-    """Write ``data`` (``make_features`` output) in the feature-file layout; ``drop`` omits datasets."""
+    """Write ``data`` (``make_features`` output) through extract's own ``FeatureFileBuilder``.
+
+    ``path``: the file to write. ``backbone``/``weights``: the recorded attributes. ``dtype``:
+    the feature dtype. ``attrs``: attributes added to or overriding the defaults. Two damages
+    for tests of the readers, applied to the finished file: ``complete=False`` clears the flag
+    a killed writer would leave unset, and ``drop`` deletes those root datasets.
+    """
     path = Path(path)
-    X = data["features"].astype(dtype)
-    n, dim = X.shape
-    with h5py.File(path, "w") as f:
-        frame = {"features": X, "label": data["label"].astype(np.int64),
-                 "repeat": data["repeat"].astype(np.int64), "row": np.arange(n, dtype=np.int64)}
-        for key, value in frame.items():
-            if key not in drop:
-                f.create_dataset(key, data=value)
-        for key in ("frame_id", "video_id", "split"):
-            if key not in drop:
-                f.create_dataset(key, data=data[key].astype(object), dtype=STR)
-        vids, first, inverse = np.unique(data["video_id"], return_index=True, return_inverse=True)
-        sums = np.zeros((len(vids), dim))
-        np.add.at(sums, inverse, data["features"])
-        nf = np.bincount(inverse)
-        g = f.create_group("videos")
-        g.create_dataset("features", data=(sums / nf[:, None]).astype(dtype))
-        g.create_dataset("video_id", data=vids.astype(object), dtype=STR)
-        g.create_dataset("split", data=data["split"][first].astype(object), dtype=STR)
-        g.create_dataset("label", data=data["label"][first].astype(np.int64))
-        g.create_dataset("repeat", data=data["repeat"][first].astype(np.int64))
-        g.create_dataset("n_frames", data=nf.astype(np.int64))
-        base = {"class_names": json.dumps(data["class_names"]), "backbone": backbone,
-                "weights": weights, "feature_dim": dim, "input_size": 224, "resize_size": 256,
-                "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
-                "interpolation": "bilinear", "precision": "fp32", "dtype": dtype,
-                "vidfeat_version": "0.1.0", "manifest_fingerprint": "f" * 16,
-                "ingest_dir": "/nonexistent", "sampling": json.dumps({"mode": "uniform",
-                                                                      "frames_per_video": 4})}
-        for key, value in {**base, **(attrs or {})}.items():
-            f.attrs[key] = value
-        f.attrs["complete"] = complete
+    n, dim = data["features"].shape
+    meta = pd.DataFrame({"frame_id": data["frame_id"], "video_id": data["video_id"],
+                         "label": data["label"].astype(np.int64), "split": data["split"],
+                         "repeat": data["repeat"].astype(np.int64),
+                         "row": np.arange(n, dtype=np.int64)})
+    base = {"class_names": data["class_names"], "backbone": backbone,
+            "weights": weights, "feature_dim": dim, "input_size": 224, "resize_size": 256,
+            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+            "interpolation": "bilinear", "precision": "fp32", "dtype": dtype,
+            "vidfeat_version": "0.1.0", "manifest_fingerprint": "f" * 16,
+            "ingest_dir": "/nonexistent", "sampling": {"mode": "uniform", "frames_per_video": 4}}
+    builder = FeatureFileBuilder(path, meta, dim, dtype=dtype)
+    try:
+        builder.write(0, data["features"].astype(dtype))
+        builder.finish({**base, **(attrs or {})})
+    except BaseException:
+        builder.abort()
+        raise
+    if drop or not complete:
+        with h5py.File(path, "r+") as f:
+            for key in drop:
+                del f[key]
+            f.attrs["complete"] = complete
     return path
 
 
@@ -84,10 +81,9 @@ COLOURS = {"red": (210, 40, 40), "blue": (40, 40, 210), "green": (40, 200, 40)}
 
 def write_frames(outdir, data: dict, *, size=(64, 48), seed: int = 0) -> Path:
     """An ingest OUTDIR for ``data``: one noisy JPEG per frame, coloured by class, + manifests."""
-    import pandas as pd
     from PIL import Image
 
-    from vidfeat.manifest import write_manifest
+    from vidfeat.ingestion.manifest import write_manifest
 
     outdir = Path(outdir)
     rng = np.random.default_rng(seed)

@@ -4,8 +4,16 @@ import torch
 from PIL import Image
 from torchvision.models import get_model, get_model_weights
 
-from vidfeat.backbones import (_HEADS, Preprocess, _split_head, create_backbone, list_backbones,
-                               load_image, preprocess_for, resolve_weights)
+from vidfeat.extraction.backbones import (
+    _HEADS,
+    Preprocess,
+    _split_head,
+    create_backbone,
+    list_backbones,
+    load_image,
+    preprocess_for,
+    resolve_weights,
+)
 
 REQUIRED = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "efficientnet_b0",
             "efficientnet_b1", "efficientnet_b2", "efficientnet_b3", "convnext_tiny",

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vidfeat.balance import balance, spread
+from vidfeat.ingestion.balance import balance, spread
 
 
 def train_val(counts, capacity=None, val=2):

@@ -6,9 +6,9 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-
 from featfiles import make_features, write_features
-from vidfeat.cache import FeatureFileBuilder, FeatureStore, OutputLock
+
+from vidfeat.extraction.cache import FeatureFileBuilder, FeatureStore, output_lock
 
 
 @pytest.fixture
@@ -74,17 +74,17 @@ def test_builder_is_invisible_until_finished(tmp_path):
 
 def test_lock_is_exclusive_and_dies_with_its_holder(tmp_path):
     out = tmp_path / "f.h5"
-    with OutputLock(out):
+    with output_lock(out):
         with pytest.raises(RuntimeError, match="another vidfeat process is writing"):
-            OutputLock(out).__enter__()
+            output_lock(out).__enter__()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import time; from vidfeat.cache import OutputLock\n"
-         f"l = OutputLock({str(out)!r}).__enter__(); print('held', flush=True); time.sleep(60)"],
+        [sys.executable, "-c", "import time; from vidfeat.extraction.cache import output_lock\n"
+         f"l = output_lock({str(out)!r}).__enter__(); print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(RuntimeError, match="lock .* is held"):
-        OutputLock(out).__enter__()
+        output_lock(out).__enter__()
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    with OutputLock(out):
+    with output_lock(out):
         pass

@@ -1,10 +1,10 @@
 import numpy as np
 import torch
+from featfiles import make_features, write_features
 from torch.utils.data import DataLoader
 
-from featfiles import make_features, write_features
-from vidfeat.cache import FeatureStore
-from vidfeat.dataset import FeatureDataset
+from vidfeat.extraction.cache import FeatureStore
+from vidfeat.training.dataset import FeatureDataset
 
 
 def test_dataset_yields_float_features_and_int_labels(tmp_path):

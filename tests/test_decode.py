@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 from videos import ffmpeg, make_video
 
-from vidfeat import decode
-from vidfeat.decode import TIME_EPS, FrameRecord, decode_frames
-from vidfeat.probe import VideoError, probe_video
-from vidfeat.sample import SamplingSpec, plan_times
+from vidfeat.ingestion import decode
+from vidfeat.ingestion.decode import TIME_EPS, FrameRecord, decode_frames
+from vidfeat.ingestion.probe import VideoError, probe_video
+from vidfeat.ingestion.sample import SamplingSpec, plan_times
 
 
 def full_decode(path):

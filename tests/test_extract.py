@@ -1,6 +1,4 @@
-import importlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -15,11 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from vidfeat.backbones import create_backbone, load_image
-from vidfeat.cache import FeatureStore, OutputLock, merge
 from vidfeat.cli import main
-from vidfeat.extract import _defaults, extract, parse_shard, resolve_decode, shard_rows
-from vidfeat.manifest import read_manifest, write_manifest
+from vidfeat.extraction._extract import extract, parse_shard, shard_rows
+from vidfeat.extraction.defaults import loader_defaults as _defaults
+from vidfeat.extraction.defaults import resolve_decode
+from vidfeat.extraction.backbones import create_backbone, load_image
+from vidfeat.extraction.cache import FeatureStore, merge, output_lock
+from vidfeat.ingestion.manifest import read_manifest, write_manifest
 
 pytestmark = pytest.mark.filterwarnings("ignore:backbone .* RANDOM", "ignore::DeprecationWarning")
 SIZES = [(64, 48), (48, 64), (175, 143)]
@@ -140,7 +140,7 @@ def test_rerun_of_a_complete_file_does_nothing(reference, ingest_dir):
 
 def _cli_extract(ingest_dir, out, *extra):
     cmd = [sys.executable, "-m", "vidfeat", "extract", str(ingest_dir), "-o", str(out),
-           "--backbone", "resnet18", "--weights", "none", "--batch-size", "2", "--workers", "0",
+           "--backbone", "resnet18", "--weights", "none", "--batch-size", "2", "--loader-workers", "0",
            "--device", "cpu", "--dtype", "float32", "--no-progress", *extra]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -168,8 +168,8 @@ def test_sigkill_then_resume_equals_uninterrupted_run(reference, ingest_dir, tmp
 def test_second_writer_fails_at_once(ingest_dir, tmp_path):
     out = tmp_path / "locked.h5"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from vidfeat.cache import OutputLock\n"
-         f"with OutputLock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
+        [sys.executable, "-c", "import sys, time; from vidfeat.extraction.cache import output_lock\n"
+         f"with output_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -180,7 +180,7 @@ def test_second_writer_fails_at_once(ingest_dir, tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    with OutputLock(out):  # the kernel released the dead holder's lock
+    with output_lock(out):  # the kernel released the dead holder's lock
         pass
 
 
@@ -276,7 +276,7 @@ def test_cli_reports_a_complete_file(reference, ingest_dir, capsys):
     assert main([*argv, "--decode", "gpu"]) == 0
     assert "already complete (12 frames, 6 videos, resnet18)" in capsys.readouterr().out
     assert main([*argv, "--decode", "nvjpeg"]) == 2
-    assert "decode='nvjpeg' is not one of 'auto', 'cpu', 'gpu'" in capsys.readouterr().err
+    assert "--decode nvjpeg: not one of auto, cpu, gpu" in capsys.readouterr().err
 
 
 def test_decode_choices_on_a_cpu_device_both_decode_in_workers(reference, ingest_dir, tmp_path):
@@ -293,13 +293,36 @@ def test_decode_choices_on_a_cpu_device_both_decode_in_workers(reference, ingest
         assert r.decode == "cpu" and np.array_equal(s.load().X, X[6:])
 
 
+def test_loader_workers_leave_the_file_bit_identical(reference, ingest_dir, tmp_path):
+    # why the pipeline leaves extract's workers out of its fingerprint
+    import hashlib
+
+    out = tmp_path / "workers.h5"
+    extract(ingest_dir, out, **{**OPTS, "workers": 2})
+    digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (reference, out)]
+    assert digest[0] == digest[1]
+
+
+def test_shard_defaults_come_from_extracts_policy(monkeypatch):
+    from vidfeat.extraction.multigpu import Slot, _per_shard_defaults
+
+    monkeypatch.setattr("vidfeat.extraction.multigpu.usable_cores", lambda: 16)
+    # two CPU shards of 8 cores: 8 torch threads and extract's CPU default of cores/4 workers
+    assert _per_shard_defaults({}, [Slot("cpu")] * 2) == {"threads": 8, "decode": "cpu",
+                                                          "workers": 2}
+    cuda = _per_shard_defaults({"decode": "auto"}, [Slot("cuda", "0"), Slot("cuda", "1")])
+    assert cuda == {"threads": 8, "decode": "cpu", "workers": 6}
+    given = _per_shard_defaults({"workers": 3, "threads": 1}, [Slot("cuda", "0")] * 4)
+    assert given == {"workers": 3, "threads": 1}  # the caller's values, untouched
+
+
 def test_auto_decode_rule_and_worker_defaults(monkeypatch):
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert resolve_decode("auto", cpu) == resolve_decode("gpu", cpu, 64) == "cpu"
     assert resolve_decode("gpu", cuda, 64) == "gpu" and resolve_decode("cpu", cuda, 1) == "cpu"
     assert resolve_decode("auto", cuda, 8) == "cpu" and resolve_decode("auto", cuda, 7) == "gpu"
-    # the module, not the function of the same name that vidfeat exports
-    monkeypatch.setattr(importlib.import_module("vidfeat.extract"), "_cores", lambda: 16)
+    # the module that owns the policy: single-device extract and extract_multi both ask it
+    monkeypatch.setattr("vidfeat.extraction.defaults.usable_cores", lambda: 16)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert resolve_decode("auto", cuda) == "cpu"
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # 4 cores per GPU

@@ -1,5 +1,4 @@
 """Ingest end to end on real generated videos: scan, failures as rows, timeout kill, resume."""
-import importlib
 import json
 import os
 import signal
@@ -11,17 +10,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from PIL import Image
-
-from vidfeat.cli import main as cli_main
-from vidfeat.decode import decode_frames
-from vidfeat.ingest import JOURNAL, PARTIAL, Sandbox, ingest, scan_source
-from vidfeat.manifest import read_manifest
-
 from videos import make_audio, make_video
 
+from vidfeat.cli import main as cli_main
+from vidfeat.ingestion._ingest import ingest
+from vidfeat.ingestion.decode import decode_frames
+from vidfeat.ingestion.manifest import read_manifest
+from vidfeat.ingestion.tasks import JOURNAL, PARTIAL
+
 TESTS = Path(__file__).parent
-# the module (``import vidfeat.ingest as m`` gives the function: the package shadows it)
-ingest_mod = importlib.import_module("vidfeat.ingest")
 
 
 # --- functions the sandbox child runs (top level, so they pickle by reference) ---------------
@@ -57,84 +54,6 @@ def touch(path, data=b"x"):
     return path
 
 
-def test_scan_class_folders(tmp_path):
-    for rel in ["cat/a.mp4", "cat/sub/a.mp4", "dog/-rm -rf é.MKV", "dog/notes.txt", "dog/.hidden.mp4",
-                "top.mp4", ".git/x.mp4"]:
-        touch(tmp_path / rel)
-    touch(tmp_path / "dog/empty.webm", b"")
-    df = scan_source(tmp_path)
-    assert df["video_id"].tolist() == ["cat/a.mp4", "cat/sub/a.mp4", "dog/-rm -rf é.MKV",
-                                       "dog/empty.webm"]
-    assert df["label"].tolist() == ["cat", "cat", "dog", "dog"]
-    assert df["status"].tolist() == ["ok", "ok", "ok", "failed"]
-    assert df["error"].iloc[3] == "file is empty (0 bytes)"
-    assert all(Path(p).is_absolute() and Path(p).exists() for p in df["path"])
-
-
-def test_scan_refuses_missing_or_empty_source(tmp_path):
-    with pytest.raises(FileNotFoundError, match="source folder not found"):
-        scan_source(tmp_path / "nope")
-    with pytest.raises(ValueError, match="no videos found"):
-        scan_source(tmp_path)
-
-
-def test_scan_labels_file(tmp_path):
-    root = tmp_path / "data"
-    touch(root / "v/a.mp4")
-    touch(root / "w/a.mp4")
-    outside = touch(tmp_path / "elsewhere/b.mp4")
-    os.mkfifo(root / "fifo.mp4")
-    labels = pd.DataFrame({"path": ["v/a.mp4", "w/a.mp4", "http://example.com/x.mp4",
-                                    "concat:v/a.mp4|w/a.mp4", "missing.mp4", str(outside),
-                                    "../elsewhere/b.mp4", "fifo.mp4", "v/a.mp4", "w/a.mp4"],
-                           "label": ["x", "y", "x", "x", "y", "y", "y", "x", "x", ""],
-                           "split": ["train", "", "", "", "", "Test", "", "", "val", "bogus"]})
-    labels.to_csv(root / "labels.csv", index=False)
-    df = scan_source(None, labels=root / "labels.csv").set_index("video_id")
-    assert df.loc["v/a.mp4", "status"] == "ok" and df.loc["v/a.mp4", "split"] == "train"
-    assert df.loc["w/a.mp4", "path"] == str(root / "w/a.mp4")
-    ext = df.loc[f"_external{outside}"]
-    assert ext["status"] == "ok" and ext["split"] == "test"
-    for vid, reason in [("_rejected/line4", "URL or protocol"), ("_rejected/line5", "URL or protocol"),
-                        ("missing.mp4", "file not found"), ("fifo.mp4", "not a regular file"),
-                        (f"_external{outside}~dup8", "same file as line 7"),
-                        ("v/a.mp4~dup10", "same file as line 2"), ("w/a.mp4~dup11", "same file as line 3")]:
-        assert df.loc[vid, "status"] == "failed" and reason in df.loc[vid, "error"], vid
-    for vid in df.index:  # safe as a relative folder under frames/
-        assert not vid.startswith("/") and ".." not in Path(vid).parts
-
-
-def test_labels_file_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="labels file not found"):
-        scan_source(None, labels=tmp_path / "nope.csv")
-    (tmp_path / "l.csv").write_text("file,label\na.mp4,x\n")
-    with pytest.raises(ValueError, match="missing column 'path'"):
-        scan_source(None, labels=tmp_path / "l.csv")
-    (tmp_path / "l.json").write_text("{}")
-    with pytest.raises(ValueError, match="must be .csv or .parquet"):
-        scan_source(None, labels=tmp_path / "l.json")
-
-
-# --- the sandbox -----------------------------------------------------------------------------
-
-def test_sandbox_kills_hung_work_and_recovers():
-    box = Sandbox()
-    try:
-        assert box.call(pow, (2, 10), timeout=30) == (True, 1024)
-        first = box.proc.pid
-        start = time.monotonic()
-        ok, reason = box.call(time.sleep, (600,), timeout=1)
-        assert not ok and "timed out after 1s" in reason and time.monotonic() - start < 10
-        with pytest.raises(ProcessLookupError):
-            os.kill(first, 0)  # the hung child is gone
-        assert box.call(fail, timeout=30) == (False, "ValueError: boom second line")
-        ok, reason = box.call(crash, timeout=30)
-        assert not ok and "SIGSEGV" in reason
-        assert box.call(pow, (3, 2), timeout=30) == (True, 9)  # a fresh child took over
-    finally:
-        box.close()
-
-
 # --- ingest end to end -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -144,7 +63,7 @@ def messy(tmp_path_factory):
     for i in range(3):
         make_video(root / "cat" / f"cat {i} é.mp4", duration=1, fps=10)
         make_video(root / "dog" / f"-dog{i}.mp4", duration=1, fps=10, source="smptebars")
-    make_video(root / "cat" / "sub" / f"cat 0 é.mp4", duration=1, fps=10, rotation=90)
+    make_video(root / "cat" / "sub" / "cat 0 é.mp4", duration=1, fps=10, rotation=90)
     touch(root / "dog" / "zero.mp4", b"")
     good = (root / "cat" / "cat 0 é.mp4").read_bytes()
     touch(root / "dog" / "truncated.mp4", good[: len(good) // 3] if good[4:8] == b"ftyp" else good[:40])
@@ -218,7 +137,7 @@ def test_same_seed_identical_manifests(messy, messy_run, tmp_path):
 def test_timeout_kills_a_hung_decode_and_the_run_goes_on(tmp_path, monkeypatch):
     for name in ("a.mp4", "hang.mp4", "b.mp4"):
         make_video(tmp_path / "src" / "x" / name, duration=1, fps=5)
-    monkeypatch.setattr(ingest_mod, "decode_frames", hang_on_marker)
+    monkeypatch.setattr("vidfeat.ingestion._ingest.decode_frames", hang_on_marker)
     start = time.monotonic()
     result = ingest(tmp_path / "src", tmp_path / "out", frames_per_video=2, split=(1, 0, 0),
                     timeout=5, jobs=2, progress=False)
@@ -239,7 +158,7 @@ def test_exit_codes_all_failed_and_strict(tmp_path, monkeypatch):
     assert cli_main(args) == 0
     assert cli_main(args + ["--strict"]) == 1
     assert cli_main(args + ["--balance", "smote"]) == 2
-    monkeypatch.setattr(ingest_mod, "decode_frames", fail)
+    monkeypatch.setattr("vidfeat.ingestion._ingest.decode_frames", fail)
     result = ingest(tmp_path / "src", tmp_path / "o2", frames_per_video=2, progress=False)
     assert result.n_ok == 0 and result.exit_code == 1
     assert result.failures["ValueError"] == 1 and sum(result.failures.values()) == 2
@@ -300,13 +219,13 @@ def test_second_ingest_into_same_outdir_is_refused(tmp_path):
     (tmp_path / "out").mkdir()
     with open(tmp_path / "out" / ".ingest.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        with pytest.raises(RuntimeError, match="another vidfeat ingest"):
+        with pytest.raises(RuntimeError, match="another vidfeat process is writing into .*out"):
             ingest(tmp_path / "src", tmp_path / "out", progress=False)
 
 
 KILLED_RUN = """
-import importlib, sys, test_ingest
-m = importlib.import_module("vidfeat.ingest")
+import sys, test_ingest
+import vidfeat.ingestion._ingest as m
 m.decode_frames = test_ingest.hang_after_writing
 m.ingest(sys.argv[1], sys.argv[2], frames_per_video=2, split=(1, 0, 0), jobs=1, progress=False)
 """

@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from vidfeat.manifest import ManifestError, read_manifest, write_manifest
+from vidfeat.ingestion.manifest import ManifestError, read_manifest, write_manifest
 
 
 def tables():
@@ -107,15 +107,32 @@ def test_no_frames_at_all_is_a_valid_manifest(tmp_path):
     assert read_manifest(tmp_path).frames.empty
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_corrupt_table_raises_manifest_error_naming_the_file(tmp_path, fmt):
+    videos, frames = tables()
+    write_manifest(tmp_path, videos, frames, fmt=fmt)
+    bad = tmp_path / f"videos.{fmt}"
+    # not UTF-8 and no consistent row shape: a parse failure for pyarrow and for the CSV reader
+    bad.write_bytes(b"video_id,path\n\xff\xfe\x00garbage,\"unterminated\n" + bytes(range(256)))
+    kind = "Parquet" if fmt == "parquet" else "CSV"
+    with pytest.raises(ManifestError, match=rf"videos\.{fmt}: not a readable {kind} file"):
+        read_manifest(tmp_path)
 
-def test_written_files_get_the_usual_permissions(tmp_path):
-    import os
-    import stat
 
-    from vidfeat.manifest import write_json
+def test_truncated_parquet_raises_manifest_error(tmp_path):
+    videos, frames = tables()
+    write_manifest(tmp_path, videos, frames)
+    path = tmp_path / "frames.parquet"
+    path.write_bytes(path.read_bytes()[:-20])  # a copy cut short: footer gone
+    with pytest.raises(ManifestError, match=r"frames\.parquet: not a readable Parquet file"):
+        read_manifest(tmp_path)
 
-    umask = os.umask(0)
-    os.umask(umask)
-    write_json(tmp_path / "x.json", {"a": 1})
-    # what a plain open() would give (not mkstemp's 0600): readable by the team and the cluster
-    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o666 & ~umask
+
+@pytest.mark.parametrize("text, message", [("{not json", "not readable JSON"),
+                                           ("[1, 2]", "expected a JSON object, got list")])
+def test_bad_ingest_json_raises_manifest_error(tmp_path, text, message):
+    videos, frames = tables()
+    write_manifest(tmp_path, videos, frames, {"k": 1})
+    (tmp_path / "ingest.json").write_text(text)
+    with pytest.raises(ManifestError, match=rf"ingest\.json: {message}"):
+        read_manifest(tmp_path)

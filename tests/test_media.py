@@ -9,8 +9,14 @@ import av
 import pytest
 
 from vidfeat import media
-from vidfeat.media import (UnsafeMediaPath, VideoError, check_local_path, ffmpeg_exe, open_video,
-                           sniff_script)
+from vidfeat.media import (
+    UnsafeMediaPath,
+    VideoError,
+    check_local_path,
+    ffmpeg_exe,
+    open_video,
+    sniff_script,
+)
 
 
 def test_ffmpeg_exe_runs():
@@ -164,7 +170,7 @@ def test_mp4_top_boxes(video):
 
 
 def test_import_media_stays_light():
-    code = ("import sys, vidfeat.media, vidfeat.probe, vidfeat.sample, vidfeat.decode;"
+    code = ("import sys, vidfeat.media, vidfeat.ingestion.probe, vidfeat.ingestion.sample, vidfeat.ingestion.decode, vidfeat.sandbox;"
             "bad = {'torch', 'torchvision', 'matplotlib', 'sklearn', 'av'} & set(sys.modules);"
             "print(sorted(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,3 +1,4 @@
+import hashlib
 import json
 
 import pytest
@@ -49,6 +50,61 @@ def test_pipeline_runs_skips_and_reruns_changed_stages(small_videos, tmp_path):
     assert (work / "features.h5").stat().st_mtime_ns == features_mtime
     cfg = load_config(work / "config.toml")
     assert cfg["train"]["epochs"] == 5 and cfg["extract"]["backbone"] == "mobilenet_v3_small"
+
+
+# run records: timings, creation time and the options used differ on every run, same options or not
+RUN_RECORDS = {"ingest.json", "ingest_journal.jsonl"}
+
+
+def digests(work):
+    """sha256 of every ingest data file (frames, manifests) and of the feature file."""
+    files = sorted(p for p in (work / "ingest").rglob("*")
+                   if p.is_file() and p.name not in RUN_RECORDS)
+    files.append(work / "features.h5")
+    return {str(p.relative_to(work)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_speed_only_options_keep_outputs_bit_identical_and_skip(small_videos, tmp_path):
+    # extract workers and ingest jobs are left out of the fingerprints: this is the proof
+    work = tmp_path / "work"
+    base = config_for(small_videos)  # extract workers=0, ingest jobs=2
+    run_pipeline(base, work, progress=False)
+    before = digests(work)
+    other = config_for(small_videos)
+    other["extract"]["workers"], other["ingest"]["jobs"] = 2, 1
+    rerun = run_pipeline(other, work, overwrite=True, progress=False)
+    assert set(statuses(rerun).values()) == {"ran"}
+    assert digests(work) == before
+    again = run_pipeline(base, work, progress=False)
+    assert set(statuses(again).values()) == {"skipped"}
+
+
+def head_weights(work):
+    import torch
+
+    saved = torch.load(work / "model" / "head.pt", map_location="cpu", weights_only=False)
+    return {k: v for k, v in saved.items() if isinstance(v, torch.Tensor)}
+
+
+def test_options_that_change_outputs_rerun_their_stage(small_videos, tmp_path):
+    import torch
+
+    work = tmp_path / "work"
+    run_pipeline(config_for(small_videos), work, progress=False)
+    features = digests(work)["features.h5"]
+    head = head_weights(work)
+    batch = run_pipeline(config_for(small_videos, batch_size=8), work, progress=False)
+    assert statuses(batch) == {"ingest": "skipped", "data_report": "skipped",
+                               "extract": "skipped", "train": "ran", "report": "ran"}
+    new = head_weights(work)
+    assert any(not torch.equal(head[k], new[k]) for k in head)  # another head, not a stale one
+    cfg = config_for(small_videos, batch_size=8)
+    cfg["extract"]["precision"] = "bf16"
+    precision = run_pipeline(cfg, work, progress=False)
+    assert statuses(precision) == {"ingest": "skipped", "data_report": "skipped",
+                                   "extract": "ran", "train": "ran", "report": "ran"}
+    assert digests(work)["features.h5"] != features
+    assert not (work / "features.h5.partial").exists()
 
 
 def test_changed_ingest_option_reruns_everything_after_it(small_videos, tmp_path):

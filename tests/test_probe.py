@@ -6,7 +6,12 @@ import struct
 import pytest
 from videos import ffmpeg, make_audio
 
-from vidfeat.probe import ProbeResult, VideoError, normalize_rotation, probe_video
+from vidfeat.ingestion.probe import (
+    ProbeResult,
+    VideoError,
+    normalize_rotation,
+    probe_video,
+)
 
 ROW_COLUMNS = {"duration_s", "fps", "avg_fps", "vfr", "frame_count", "width", "height", "rotation",
                "codec", "has_audio"}

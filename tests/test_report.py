@@ -15,15 +15,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 from scipy.stats import entropy
-from sklearn.metrics import (balanced_accuracy_score, classification_report,
-                             confusion_matrix)
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    classification_report,
+    confusion_matrix,
+)
 from sklearn.utils.class_weight import compute_class_weight
-
-from vidfeat.manifest import ManifestError, write_manifest
-from vidfeat.metrics import classification_metrics
-from vidfeat.probe import probe_video
-from vidfeat.report import BETAS, report
 from videos import make_video
+
+from vidfeat.ingestion.manifest import ManifestError, write_manifest
+from vidfeat.ingestion.probe import probe_video
+from vidfeat.reporting._report import BETAS, report
+from vidfeat.training.metrics import classification_metrics
 
 # (label, split, frames stored, repeat, duration_s) -- balancing oversampled gamma in train and
 # undersampled one alpha train video (repeat 0)
@@ -161,10 +164,12 @@ def test_imbalance_measures_match_independent_formulas(outdir):
     pairwise = np.abs(n[:, None] - n[None, :]).sum() / (2 * len(n) ** 2 * n.mean())
     assert m["gini"] == pytest.approx(pairwise)
     for beta in BETAS:
+        # Cui et al. 2019, at training's scale: the weighted count equals the real count
         w = (1 - beta) / (1 - np.power(beta, n))
-        w = w / w.sum() * 3
+        w = w * n.sum() / (w * n).sum()
         got = m["weights"]["effective_number"][str(beta)]
         assert [got[c] for c in ("alpha", "beta", "gamma")] == pytest.approx(w)
+        assert sum(got[c] * m["counts"][c] for c in got) == pytest.approx(n.sum())
 
 
 def test_even_classes_have_no_imbalance(tmp_path):
@@ -359,7 +364,7 @@ def test_bad_inputs_have_clear_errors(outdir, tmp_path):
     with pytest.raises(ValueError, match="max_drift must be in"):
         report(outdir, max_drift=0, progress=False)
     (outdir / "videos.parquet").write_bytes(b"garbage")
-    with pytest.raises(Exception, match="videos|parquet|Parquet"):
+    with pytest.raises(ManifestError, match=r"videos\.parquet.* not a readable Parquet file"):
         report(outdir, progress=False)
 
 
@@ -401,7 +406,8 @@ def test_cli_errors_are_one_line(tmp_path):
 
 
 def test_cli_import_is_light():
-    code = ("import sys, vidfeat.cli.report, vidfeat.report, vidfeat.plots; "
+    code = ("import sys, vidfeat.cli.report, vidfeat.reporting, vidfeat.reporting.plots, "
+            "vidfeat.reporting.data, vidfeat.reporting.evaluation, vidfeat.reporting.render; "
             "heavy = [m for m in ('torch', 'torchvision', 'matplotlib', 'sklearn') if m in sys.modules]; "
             "print(heavy)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -1,8 +1,8 @@
 """sample: spec validation and the target times each mode plans (pure arithmetic on a probe)."""
 import pytest
 
-from vidfeat.probe import ProbeResult, probe_video
-from vidfeat.sample import SamplingSpec, max_distinct_frames, plan_times
+from vidfeat.ingestion.probe import ProbeResult, probe_video
+from vidfeat.ingestion.sample import SamplingSpec, max_distinct_frames, plan_times
 
 
 def probe(duration=2.0, fps=25.0, start=0.0, frames=None):

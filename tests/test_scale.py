@@ -3,7 +3,6 @@
 Top-level imports stay light: Dask workers and their sandbox children import this module to
 unpickle the work functions below.
 """
-import importlib
 import json
 import os
 import signal
@@ -13,16 +12,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from vidfeat.cli import main as cli_main
-from vidfeat.decode import decode_frames
-from vidfeat.ingest import JOURNAL, PARTIAL, ingest
-from vidfeat.manifest import read_manifest
-
 from videos import make_dataset, make_video
 
-ingest_mod = importlib.import_module("vidfeat.ingest")
-scale = importlib.import_module("vidfeat.scale")
+import vidfeat.ingestion.cluster as scale
+from vidfeat.cli import main as cli_main
+from vidfeat.ingestion._ingest import ingest
+from vidfeat.ingestion.decode import decode_frames
+from vidfeat.ingestion.manifest import read_manifest
+from vidfeat.ingestion.tasks import JOURNAL, PARTIAL
+
 pytestmark = pytest.mark.filterwarnings("ignore:backbone .* RANDOM", "ignore::DeprecationWarning")
 OPTS = dict(frames_per_video=3, size=32, split=(0.5, 0.25, 0.25), seed=3, progress=False)
 
@@ -114,7 +112,7 @@ def test_worker_killed_mid_video_loses_and_duplicates_nothing(cluster, tmp_path,
     for name in ("a.mp4", "slow.mp4", "z.mp4"):
         make_video(src / "x" / name, duration=1, fps=10)
     make_video(src / "y" / "b.mp4", duration=1, fps=10)
-    monkeypatch.setattr(ingest_mod, "decode_frames", slow_then_decode)
+    monkeypatch.setattr("vidfeat.ingestion._ingest.decode_frames", slow_then_decode)
     out = tmp_path / "out"
     killed: list[int] = []
 
@@ -158,7 +156,7 @@ def test_timeouts_and_worker_sized_decoder_threads(cluster, tmp_path, monkeypatc
     src = tmp_path / "src"
     for name in ("a.mp4", "hang.mp4", "b.mp4"):
         make_video(src / "x" / name, duration=1, fps=5)
-    monkeypatch.setattr(ingest_mod, "decode_frames", hang_or_record_threads)
+    monkeypatch.setattr("vidfeat.ingestion._ingest.decode_frames", hang_or_record_threads)
     start = time.monotonic()
     result = ingest(src, tmp_path / "out", frames_per_video=2, split=(1, 0, 0), timeout=4,
                     backend="dask", scheduler=cluster.scheduler_address, progress=False)
@@ -212,10 +210,11 @@ def test_bad_scheduler_options_fail_clearly(cluster, tmp_path, monkeypatch):
 # --- multi-GPU extraction, CPU shards standing in for GPUs -----------------------------------
 
 def test_cpu_shards_merge_into_the_single_run(tmp_path):
-    from test_extract import OPTS as EXTRACT, assert_same_file, make_ingest
+    from test_extract import OPTS as EXTRACT
+    from test_extract import assert_same_file, make_ingest
 
-    from vidfeat.extract import extract
-    from vidfeat.multigpu import extract_multi, parse_gpus, shard_path
+    from vidfeat.extraction._extract import extract
+    from vidfeat.extraction.multigpu import extract_multi, parse_gpus, shard_path
 
     ingest_dir = make_ingest(tmp_path / "in")
     options = {k: v for k, v in EXTRACT.items() if k != "device"}
@@ -224,7 +223,7 @@ def test_cpu_shards_merge_into_the_single_run(tmp_path):
     assert_same_file(tmp_path / "multi.h5", tmp_path / "single.h5")
     assert (multi.n_frames, multi.n_videos, multi.shard) == (single.n_frames, 6, "0/1")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("multi")) == \
-        ["multi.h5", "multi.h5.lock"]  # shards, their logs and results removed
+        ["multi.h5"]  # shards, their logs, results and lock files removed
     again = extract(ingest_dir, tmp_path / "multi.h5", gpus="cpu:2", **options)  # the wiring
     assert again.skipped
     assert cli_main(["extract", str(ingest_dir), "-o", str(tmp_path / "multi.h5"), "--gpus",

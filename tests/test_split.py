@@ -2,7 +2,7 @@
 import pandas as pd
 import pytest
 
-from vidfeat.split import assign_splits, parse_ratios, split_counts
+from vidfeat.ingestion.split import assign_splits, parse_ratios, split_counts
 
 
 def videos(counts, failed=0):

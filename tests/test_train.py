@@ -6,10 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
-import vidfeat
 from featfiles import make_features, write_features
-from vidfeat.train import evaluate, parse_size, parse_sweep, train
+
+from vidfeat.training._train import evaluate, parse_size, parse_sweep, train
 
 COUNTS = {"alpha": 300, "beta": 120, "gamma": 40}
 
@@ -132,6 +131,29 @@ def test_evaluate_matches_training_metrics(feats, tmp_path):
     assert written["video"] == res.metrics["test"]["video"]
 
 
+def test_train_refuses_existing_model_dir(feats, tmp_path):
+    _, path = feats
+    d = tmp_path / "m"
+    run(path, d, epochs=3, sweep=["lr=1e-3,1e-2"])
+    evaluate(d, path, split="test", device="cpu")
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
+    with pytest.raises(FileExistsError, match=r"m already holds a model.*overwrite=True"):
+        run(path, d, epochs=3)
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before   # refused before training
+    res = run(path, d, epochs=3, overwrite=True, seed=1)
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "head.pt", "metrics.json"]
+    assert json.loads((d / "config.json").read_text())["hyperparameters"]["seed"] == 1
+    assert json.loads((d / "metrics.json").read_text()) == json.loads(json.dumps(res.metrics))
+
+
+def test_train_into_folder_without_model_is_fine(feats, tmp_path):
+    _, path = feats
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "notes.txt").write_text("mine")
+    run(path, tmp_path / "m", epochs=2)
+    assert (tmp_path / "m" / "notes.txt").read_text() == "mine"
+
+
 def test_evaluate_refuses_other_classes(feats, tmp_path):
     _, path = feats
     run(path, tmp_path / "m", epochs=2)
@@ -198,6 +220,11 @@ def test_cli_train_and_evaluate(feats, tmp_path, capsys):
     assert main(["train", str(tmp_path / "nope.h5"), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "feature file not found" in err[0]
+    again = ["train", str(path), "-o", str(out), "--device", "cpu", "--epochs", "2"]
+    assert main(again) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*again, "--overwrite"]) == 0
+    assert not (out / "sweep.csv").exists() and not (out / "evaluate_val.json").exists()
 
 
 def test_train_does_not_import_heavy_modules_at_cli_parse():
@@ -231,7 +258,7 @@ def unfreeze_run(path, out, **kw):
 
 
 def test_unfreeze_changes_backbone_and_lowers_loss(frames_and_features, tmp_path):
-    from vidfeat.backbones import create_backbone
+    from vidfeat.extraction.backbones import create_backbone
 
     _, path = frames_and_features
     res = unfreeze_run(path, tmp_path / "m")
@@ -259,15 +286,25 @@ def test_unfreeze_changes_backbone_and_lowers_loss(frames_and_features, tmp_path
 
 def test_unfreeze_resumes_from_checkpoint(frames_and_features, tmp_path):
     _, path = frames_and_features
-    first = unfreeze_run(path, tmp_path / "m", unfreeze_epochs=2)
-    assert (tmp_path / "m/unfreeze_checkpoint.pt").is_file()
-    more = unfreeze_run(path, tmp_path / "m", unfreeze_epochs=3)
+    d = tmp_path / "m"
+    first = unfreeze_run(path, d, unfreeze_epochs=2)
+    assert (d / "unfreeze_checkpoint.pt").is_file()
+    # what a run killed during fine-tuning leaves: weights and checkpoint, no config.json yet
+    for name in ("config.json", "metrics.json"):
+        (d / name).unlink()
+    more = unfreeze_run(path, d, unfreeze_epochs=3)   # resumes without overwrite
     done = more.config["unfreeze"]["history"]
     assert done[:3] == first.config["unfreeze"]["history"]   # epochs 1-2 were not redone
     assert [h["epoch"] for h in done] == [0, 1, 2, 3]
+    # a finished model is not silently resumed into
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        run(path, d, unfreeze=True, epochs=10)
     # a different run (other lr) must not resume from that checkpoint
-    other = unfreeze_run(path, tmp_path / "m", unfreeze_epochs=1, unfreeze_lr=3e-3)
+    other = unfreeze_run(path, d, unfreeze_epochs=1, unfreeze_lr=3e-3, overwrite=True)
     assert [h["epoch"] for h in other.config["unfreeze"]["history"]] == [0, 1]
+    # a frozen-backbone run over it leaves no backbone or checkpoint of the fine-tuned one
+    run(path, d, epochs=2, overwrite=True)
+    assert not (d / "backbone.pt").exists() and not (d / "unfreeze_checkpoint.pt").exists()
 
 
 def test_unfreeze_needs_frames(frames_and_features, tmp_path):

@@ -1,71 +1,44 @@
-"""vidfeat: labelled videos to a trained video classifier.
+"""vidfeat: labelled videos to cached backbone features and trained classifiers.
 
-Stages (one module each): probe, sample, decode, balance, manifest -> ``ingest``;
-backbones, cache -> ``extract``; heads -> ``train``; ``report``; ``pipeline``.
-
-Everything here is imported lazily: ``import vidfeat`` (and ``vidfeat ingest``) must not pay
-for torch, torchvision or matplotlib, which only the later stages need.
+Stages, one package each, in data-flow order: ``vidfeat.ingestion`` (videos -> frames and
+manifests), ``vidfeat.extraction`` (frames -> HDF5 features), ``vidfeat.training`` (features ->
+heads), ``vidfeat.prediction`` (new videos -> labels), ``vidfeat.reporting`` (reports), and
+``vidfeat.pipeline`` (all of them). This module only re-exports their public names, lazily:
+``import vidfeat`` (and ``vidfeat ingest``) must not pay for torch or matplotlib.
 """
 from __future__ import annotations
 
-import importlib
-import sys
-import types
+from vidfeat._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "ingest": "vidfeat.ingest",
-    "IngestResult": "vidfeat.ingest",
-    "read_manifest": "vidfeat.manifest",
-    "Manifest": "vidfeat.manifest",
-    "ManifestError": "vidfeat.manifest",
-    "probe_video": "vidfeat.probe",
-    "ProbeResult": "vidfeat.probe",
-    "create_backbone": "vidfeat.backbones",
-    "list_backbones": "vidfeat.backbones",
-    "extract": "vidfeat.extract",
-    "extract_multi": "vidfeat.multigpu",
-    "merge": "vidfeat.cache",
-    "FeatureStore": "vidfeat.cache",
-    "FeatureDataset": "vidfeat.dataset",
-    "LinearHead": "vidfeat.heads",
-    "MLPHead": "vidfeat.heads",
-    "train": "vidfeat.train",
-    "evaluate": "vidfeat.train",
-    "predict": "vidfeat.predict",
-    "report": "vidfeat.report",
+    "ingest": "vidfeat.ingestion",
+    "IngestResult": "vidfeat.ingestion",
+    "read_manifest": "vidfeat.ingestion",
+    "Manifest": "vidfeat.ingestion",
+    "ManifestError": "vidfeat.ingestion",
+    "probe_video": "vidfeat.ingestion",
+    "ProbeResult": "vidfeat.ingestion",
+    "create_backbone": "vidfeat.extraction",
+    "list_backbones": "vidfeat.extraction",
+    "extract": "vidfeat.extraction",
+    "extract_multi": "vidfeat.extraction",
+    "merge": "vidfeat.extraction",
+    "FeatureStore": "vidfeat.extraction",
+    "FeatureDataset": "vidfeat.training",
+    "LinearHead": "vidfeat.training",
+    "MLPHead": "vidfeat.training",
+    "train": "vidfeat.training",
+    "evaluate": "vidfeat.training",
+    "predict": "vidfeat.prediction",
+    "report": "vidfeat.reporting",
     "run_pipeline": "vidfeat.pipeline",
     "demo": "vidfeat.pipeline",
 }
 
-# Stage functions share their module's name (vidfeat.extract is both).
-_SHADOWED = {"ingest", "extract", "train", "report", "predict"}
-
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vidfeat' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name, value):
-        # The import system binds each submodule onto its package once loaded; for the stage
-        # modules that would replace the public function vidfeat.extract(...) by the module.
-        if name in _SHADOWED and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

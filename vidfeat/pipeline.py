@@ -32,14 +32,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vidfeat.manifest import write_json
+from vidfeat.files import write_json
 
 log = logging.getLogger(__name__)
 
 STAGES = ("ingest", "data_report", "extract", "train", "report")
 SECTIONS = ("ingest", "extract", "train", "report")
-# options that change how fast a stage runs, not what it writes
-_NO_EFFECT = {"progress", "jobs", "workers", "device", "batch_size", "timeout"}
+# Options left out of a stage's fingerprint: only those shown (tests/test_pipeline.py and the
+# stage's own tests) to leave its outputs bit-identical. Anything else, batch sizes, devices and
+# precisions included, changes the numbers, so a change must rerun the stage.
+_NO_EFFECT = {
+    "ingest": {"progress", "jobs", "timeout", "backend", "scheduler"},
+    "extract": {"progress", "workers"},
+    "train": {"progress"},
+    "report": {"progress", "jobs", "timeout"},
+}
 # options the pipeline sets itself (paths between stages)
 _OWNED = {
     "ingest": {"outdir"},
@@ -182,7 +189,7 @@ def _fingerprint(*parts) -> str:
 
 def _source_listing(options: dict) -> str:
     """A digest of the input videos (path, size, mtime) so new or edited files rerun ingest."""
-    from vidfeat.ingest import scan_source
+    from vidfeat.ingestion.scan import scan_source
 
     rows = scan_source(options.get("src"), labels=options.get("labels"))
     h = hashlib.sha256()
@@ -200,17 +207,17 @@ def _source_listing(options: dict) -> str:
 
 def _outputs(workdir: Path) -> dict[str, list[Path]]:
     return {"ingest": [workdir / "ingest"], "data_report": [workdir / "data_report"],
-            "extract": [workdir / "features.h5", workdir / "features.h5.partial"],
-            "train": [workdir / "model"], "report": [workdir / "report"]}
+            "extract": [workdir / "features.h5"], "train": [workdir / "model"],
+            "report": [workdir / "report"]}
 
 
 def _complete(stage: str, workdir: Path) -> bool:
     try:
         if stage == "ingest":
-            from vidfeat.manifest import read_manifest
+            from vidfeat.ingestion.manifest import read_manifest
             read_manifest(workdir / "ingest")
         elif stage == "extract":
-            from vidfeat.cache import FeatureStore
+            from vidfeat.extraction.cache import FeatureStore
             FeatureStore(workdir / "features.h5").close()
         elif stage == "train":
             return (workdir / "model" / "metrics.json").is_file()
@@ -219,6 +226,17 @@ def _complete(stage: str, workdir: Path) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def _clear_stage(stage: str, workdir: Path) -> None:
+    """Remove a stage's outputs; a feature file goes through extraction, which owns its partial
+    run and lock."""
+    if stage == "extract":
+        from vidfeat.extraction import discard_output
+
+        discard_output(_outputs(workdir)["extract"][0])
+        return
+    _clear(_outputs(workdir)[stage])
 
 
 def _clear(paths: list[Path]) -> None:
@@ -256,11 +274,12 @@ def _check_exit(stage: str, result) -> None:
 
 # ----------------------------------------------------------------------------------- run
 def run_pipeline(config: dict | str | os.PathLike, workdir: str | os.PathLike | None = None, *,
-                 force: bool = False, progress: bool = True) -> PipelineResult:
+                 overwrite: bool = False, progress: bool = True) -> PipelineResult:
     """Run (or resume) every stage of ``config`` into ``workdir``; see the module docstring.
 
-    ``config`` is a dict or a TOML path; ``workdir`` defaults to the config's ``workdir`` key.
-    ``force`` reruns every stage.
+    ``config``: a dict or a TOML path. ``workdir``: the output folder (default: the config's
+    ``workdir`` key, else ``vidfeat_out``). ``overwrite``: discard every stage's outputs and
+    rerun them all. ``progress``: each stage's progress output (stage options cannot override).
     """
     if not isinstance(config, dict):
         config = load_config(config)
@@ -276,24 +295,24 @@ def run_pipeline(config: dict | str | os.PathLike, workdir: str | os.PathLike | 
     parent = _source_listing(opts["ingest"])
     for stage in STAGES:
         section = "report" if stage == "data_report" else stage
-        relevant = {k: v for k, v in opts[section].items() if k not in _NO_EFFECT}
+        relevant = {k: v for k, v in opts[section].items() if k not in _NO_EFFECT[section]}
         fp = _fingerprint(stage, relevant, parent)
-        result.stages.append(_maybe_run(stage, fp, workdir, opts, state, force, progress))
+        result.stages.append(_maybe_run(stage, fp, workdir, opts, state, overwrite, progress))
         parent = fp
     metrics = workdir / "model" / "metrics.json"
     result.metrics = json.loads(metrics.read_text()) if metrics.exists() else {}
     return result
 
 
-def _maybe_run(stage: str, fp: str, workdir: Path, opts: dict, state: dict, force: bool,
+def _maybe_run(stage: str, fp: str, workdir: Path, opts: dict, state: dict, overwrite: bool,
                progress: bool) -> StageRun:
     recorded = state.get(stage, {})
-    if not force and recorded.get("fingerprint") == fp and recorded.get("done") \
+    if not overwrite and recorded.get("fingerprint") == fp and recorded.get("done") \
             and _complete(stage, workdir):
         _say(progress, f"[{stage}] up to date, skipped")
         return StageRun(stage, "skipped", 0.0)
-    if force or recorded.get("fingerprint") != fp:
-        _clear(_outputs(workdir)[stage])  # options changed: the old outputs are stale
+    if overwrite or recorded.get("fingerprint") != fp:
+        _clear_stage(stage, workdir)  # options changed: the old outputs are stale
     for later in STAGES[STAGES.index(stage):]:
         state.pop(later, None)
     state[stage] = {"fingerprint": fp, "done": False}
@@ -345,19 +364,24 @@ def pretrained_cached(backbone: str) -> bool:
 
 def demo(output: str | os.PathLike = "demo_out", *, weights: str | None = None,
          backbone: str = "resnet18", counts: dict[str, int] | None = None, seed: int = 0,
-         device: str = "auto", jobs: int = 2, force: bool = False,
+         device: str = "auto", jobs: int = 2, overwrite: bool = False,
          progress: bool = True) -> PipelineResult:
     """Generate the demo dataset (imbalanced, 5 classes) in ``output/videos`` and run the pipeline.
 
-    ``weights=None`` uses the DEFAULT pretrained weights when torch hub has them cached, else a
-    random-init backbone (and says so); ``weights="DEFAULT"`` downloads them on a connected machine.
+    ``output``: the folder for the videos and the pipeline's outputs. ``weights``: None uses the
+    DEFAULT pretrained weights when torch hub has them cached, else a random-init backbone (and
+    says so); ``"DEFAULT"`` downloads them on a connected machine. ``backbone``: the extract
+    backbone. ``counts``: videos per class (default: the demo's imbalanced counts). ``seed``:
+    the dataset, split and training seed. ``device``: extract and train device (auto|cpu|cuda).
+    ``jobs``: videos ingested at once. ``overwrite``: regenerate the videos and rerun every
+    stage. ``progress``: progress output.
     """
     from vidfeat.synth import make_demo_dataset
 
     output = Path(output).resolve()
     videos = output / "videos"
     marker = output / "videos.done"
-    if not marker.exists() or force:
+    if not marker.exists() or overwrite:
         _say(progress, f"Generating the demo dataset in {videos}/ ...")
         _clear([videos])
         make_demo_dataset(videos, counts=counts, seed=seed)
@@ -372,4 +396,4 @@ def demo(output: str | os.PathLike = "demo_out", *, weights: str | None = None,
     config["ingest"].update(src=str(videos), seed=seed, jobs=jobs)
     config["extract"].update(backbone=backbone, weights=weights, device=device)
     config["train"].update(device=device, seed=seed)
-    return run_pipeline(config, output, force=force, progress=progress)
+    return run_pipeline(config, output, overwrite=overwrite, progress=progress)

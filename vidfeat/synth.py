@@ -9,6 +9,8 @@ import random
 import subprocess
 from pathlib import Path
 
+import ffmpeg as ffmpeg_lib  # ffmpeg-python: builds the command lines
+
 from vidfeat.media import ffmpeg_exe
 
 # The demo's classes: visually different sources, each with randomised parameters so that the
@@ -24,12 +26,77 @@ DEMO_CLASSES: dict[str, str] = {
 DEMO_COUNTS: dict[str, int] = {"bars": 24, "gradient": 12, "fractal": 7, "life": 4, "automaton": 3}
 
 
-def ffmpeg(*args: str, timeout: float = 120) -> None:
-    """Run ffmpeg quietly; raise RuntimeError with its stderr on failure."""
-    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+# -nostdin: a child that reads the terminal could steal a test runner's input or stop on SIGTTIN
+_GLOBAL = ("-hide_banner", "-loglevel", "error", "-nostdin")
+
+
+def run_ffmpeg(cmd: list[str], *, timeout: float = 120) -> None:
+    """Run the ffmpeg command line ``cmd`` quietly; raise RuntimeError in one line on failure.
+
+    ``cmd``: the full argument list (binary first), e.g. from ``ffmpeg-python``'s ``compile``.
+    ``timeout``: seconds before the process is killed (``subprocess.run`` kills it, then waits).
+    """
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"ffmpeg timed out after {timeout:g} s (killed): {_brief(cmd)}") from None
     if proc.returncode != 0:
-        raise RuntimeError(f"ffmpeg failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr}")
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        reason = " / ".join(lines[-3:]) or "no error output"
+        raise RuntimeError(f"ffmpeg failed (exit {proc.returncode}): {reason} [{_brief(cmd)}]")
+
+
+def _brief(cmd: list[str]) -> str:
+    """The command without the binary's path and the quieting options, for error messages."""
+    args = cmd[1:]
+    text = " ".join(a for a in args if a not in _GLOBAL and a != "-y")
+    return "ffmpeg " + (text if len(text) < 300 else text[:297] + "...")
+
+
+def ffmpeg(*args: str, timeout: float = 120) -> None:
+    """Run ffmpeg on the raw command-line arguments ``args`` (for hand-written test media).
+
+    ``args``: everything after ``ffmpeg`` (inputs, options, output); the quieting options and
+    ``-y`` are added. ``timeout``: seconds before ffmpeg is killed.
+    """
+    run_ffmpeg([ffmpeg_exe(), *_GLOBAL, "-y", *args], timeout=timeout)
+
+
+def _run(stream, *, timeout: float = 120) -> None:
+    """Compile an ``ffmpeg-python`` output ``stream`` into a command line and run it."""
+    run_ffmpeg(stream.global_args(*_GLOBAL).overwrite_output().compile(cmd=ffmpeg_exe()),
+               timeout=timeout)
+
+
+def _options(extra: tuple[str, ...]) -> dict[str, str | None]:
+    """Raw ``("-opt", "value", "-flag", ...)`` output options as ``ffmpeg-python`` keywords."""
+    out: dict[str, str | None] = {}
+    items = list(extra)
+    while items:
+        opt = items.pop(0)
+        if not opt.startswith("-") or len(opt) < 2:
+            raise ValueError(f"extra={extra!r}: expected an option ('-name'), got {opt!r}")
+        takes_value = items and (not items[0].startswith("-") or _is_number(items[0]))
+        out[opt[1:]] = items.pop(0) if takes_value else None
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _lavfi_source(source: str, size: tuple[int, int], fps: float, color: str) -> str:
+    if "=" in source:
+        return source
+    w, h = size
+    if source == "color":
+        return f"color=c={color}:s={w}x{h}:r={fps}"
+    return f"{source}=s={w}x{h}:r={fps}"
 
 
 def make_video(path: str | os.PathLike, *, duration: float = 2.0, fps: float = 25,
@@ -39,49 +106,50 @@ def make_video(path: str | os.PathLike, *, duration: float = 2.0, fps: float = 2
                extra: tuple[str, ...] = ()) -> Path:
     """Write a short real video and return its path.
 
-    ``source`` is a lavfi source name or a full lavfi source spec (containing ``=``). ``vfr``
-    writes the first second at ``fps`` and the rest at ``fps / 4`` (passthrough timestamps).
-    ``rotation`` adds a display-matrix rotation (degrees). ``vf`` adds filters before encoding.
+    ``path``: the output file (its suffix picks the container). ``duration``: seconds.
+    ``fps``: frame rate. ``size``: (width, height). ``source``: a lavfi source name or a full
+    lavfi source spec (containing ``=``). ``gop``: fixed keyframe interval (frames), else the
+    encoder's. ``audio``: add a 440 Hz AAC track. ``vfr``: write the first second at ``fps``
+    and the rest at ``fps / 4`` (passthrough timestamps). ``rotation``: a display-matrix rotation
+    (degrees). ``color``: the ``color`` source's colour. ``codec``: the video encoder. ``vf``:
+    filters before encoding. ``extra``: raw output options, e.g. ``("-bf", "2")``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    w, h = size
-    if "=" in source:
-        src = source
-    elif source == "color":
-        src = f"color=c={color}:s={w}x{h}:r={fps}"
-    else:
-        src = f"{source}=s={w}x{h}:r={fps}"
-    args = ["-f", "lavfi", "-i", src]
+    streams = [ffmpeg_lib.input(_lavfi_source(source, size, fps, color), f="lavfi")]
     if audio:
-        args += ["-f", "lavfi", "-i", f"sine=frequency=440:duration={duration}"]
-    args += ["-t", str(duration)]  # an output option: after every -i, so it binds to no input
+        streams.append(ffmpeg_lib.input(f"sine=frequency=440:duration={duration}", f="lavfi"))
+    # -t is an output option: it binds to no input, so video and audio both stop there
+    opts: dict[str, str | None] = {"t": str(duration)}
     filters = [vf] if vf else []
     if vfr:
         n = int(fps)
         filters.insert(0, f"settb=1/1000,setpts='if(lt(N,{n}),N*1000/{fps},1000+(N-{n})*4000/{fps})'")
-        args += ["-fps_mode", "passthrough", "-video_track_timescale", "1000"]
-    args += ["-vf", ",".join(filters + ["format=yuv420p"]), "-c:v", codec]
+        opts |= {"fps_mode": "passthrough", "video_track_timescale": "1000"}
+    opts |= {"vf": ",".join(filters + ["format=yuv420p"]), "c:v": codec}
     if codec == "libx264":
-        args += ["-preset", "ultrafast"]
+        opts["preset"] = "ultrafast"
     if gop:
-        args += ["-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0"]
+        opts |= {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
     if audio:
-        args += ["-c:a", "aac", "-shortest"]
+        opts |= {"c:a": "aac", "shortest": None}
+    opts |= _options(extra)
     out = path if rotation is None else path.with_name(f".unrotated-{path.name}")
-    ffmpeg(*args, *extra, str(out.absolute()))
+    _run(ffmpeg_lib.output(*streams, str(out.absolute()), **opts))
     if rotation is not None:
-        ffmpeg("-display_rotation", str(rotation), "-i", str(out.absolute()), "-c", "copy",
-               str(path.absolute()))
+        # -display_rotation is an input option: it sets the side data the copy writes out
+        _run(ffmpeg_lib.input(str(out.absolute()), display_rotation=str(rotation))
+             .output(str(path.absolute()), c="copy"))
         out.unlink()
     return path
 
 
 def make_audio(path: str | os.PathLike, *, duration: float = 1.0) -> Path:
-    """An audio-only file (no video stream)."""
+    """An audio-only file (no video stream) at ``path``, ``duration`` seconds of a 440 Hz tone."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ffmpeg("-f", "lavfi", "-i", f"sine=frequency=440:duration={duration}", str(path.absolute()))
+    _run(ffmpeg_lib.input(f"sine=frequency=440:duration={duration}", f="lavfi")
+         .output(str(path.absolute())))
     return path
 
 
@@ -94,7 +162,12 @@ def _demo_source(cls: str, rng: random.Random, w: int, h: int, fps: int) -> str:
 
 def make_demo_dataset(root: str | os.PathLike, *, counts: dict[str, int] | None = None,
                       seed: int = 0, fps: int = 10, duration: tuple[float, float] = (1.5, 3.0)) -> Path:
-    """Class folders ``root/<class>/<class>_<i>.mp4`` of randomised lavfi videos (imbalanced)."""
+    """Class folders ``root/<class>/<class>_<i>.mp4`` of randomised lavfi videos (imbalanced).
+
+    ``root``: the folder to fill. ``counts``: videos per class (default ``DEMO_COUNTS``; classes
+    from ``DEMO_CLASSES``). ``seed``: makes the dataset reproducible. ``fps``: frame rate.
+    ``duration``: (min, max) seconds, drawn per video.
+    """
     root = Path(root)
     rng = random.Random(seed)
     for cls, n in (counts or DEMO_COUNTS).items():

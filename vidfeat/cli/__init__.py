@@ -3,6 +3,11 @@
 Each subcommand lives in ``vidfeat/cli/<name>.py`` and defines ``HELP``, ``add_arguments(parser)``
 and ``run(args) -> int``. Those modules import only argparse at top level: the library (and
 torch) is imported inside ``run``, so ``vidfeat ingest`` never pays for what it does not use.
+Defaults and choices are read from the library's source (``vidfeat.cli._options``), and only for
+the subcommand being run.
+
+One dialect: whatever a command writes is ``-o/--output``, parallelism is ``--jobs``, replacing an
+existing output is ``--overwrite``; a bad value is reported as ``--FLAG VALUE: ...``.
 """
 from __future__ import annotations
 
@@ -14,10 +19,15 @@ import pkgutil
 import sys
 
 from vidfeat import __version__
+from vidfeat.cli._options import HelpFormatter
 
 # order in ``vidfeat --help``; modules not listed come after, alphabetically
 _ORDER = ["demo", "run", "pipeline", "ingest", "extract", "merge", "train", "evaluate",
           "predict", "report"]
+
+# flags of earlier versions -> their name now (a hint instead of a bare "unrecognized")
+RENAMED = {"--outdir": "-o/--output", "--model-dir": "-o/--output", "--workdir": "-o/--output",
+           "--force": "--overwrite", "--workers": "--loader-workers"}
 
 
 def _commands() -> list[str]:
@@ -25,23 +35,95 @@ def _commands() -> list[str]:
     return [c for c in _ORDER if c in found] + sorted(found - set(_ORDER))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vidfeat", description="Labelled videos to a trained video classifier.")
+def flag_of(action: argparse.Action) -> str:
+    """The name a user types for ``action``: its long option, else its metavar or dest."""
+    longs = [s for s in action.option_strings if s.startswith("--")]
+    if longs or action.option_strings:
+        return (longs or action.option_strings)[0]
+    return action.metavar if isinstance(action.metavar, str) else action.dest.upper()
+
+
+class Parser(argparse.ArgumentParser):
+    """Choice errors in the CLI's dialect (``--format json: not one of parquet, csv``)."""
+
+    def _check_value(self, action, value):
+        if action.choices is not None and value not in action.choices:
+            allowed = ", ".join(map(str, action.choices))
+            raise argparse.ArgumentError(None, f"{flag_of(action)} {value}: not one of {allowed}")
+
+
+
+class _LazySubParsers(argparse._SubParsersAction):
+    """Adds a subcommand's arguments only when that subcommand is parsed (or helped)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pending: dict[str, object] = {}
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        populate(self, values[0])
+        super().__call__(parser, namespace, values, option_string)
+
+
+def populate(sub: argparse._SubParsersAction, name: str) -> None:
+    mod = getattr(sub, "pending", {}).pop(name, None)
+    if mod is not None:
+        p = sub.choices[name]
+        mod.add_arguments(p)
+        for action in p._actions:  # argparse shows no default for an option without a text
+            if action.help is None and action.option_strings and action.nargs != 0 \
+                    and action.default not in (None, "", [], ()):
+                action.help = "(default: %(default)s)"
+        p.set_defaults(_run=mod.run)
+
+
+def build_parser(*, lazy: bool = False) -> argparse.ArgumentParser:
+    """The whole parser; ``lazy`` leaves each subcommand's arguments until it is parsed."""
+    parser = Parser(prog="vidfeat", description="Labelled videos to a trained video classifier.")
+    parser.register("action", "lazy_parsers", _LazySubParsers)
     parser.add_argument("--version", action="version", version=f"vidfeat {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                action="lazy_parsers")
     for name in _commands():
         mod = importlib.import_module(f"vidfeat.cli.{name}")
-        p = sub.add_parser(name, help=mod.HELP, description=mod.HELP,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        mod.add_arguments(p)
-        p.set_defaults(_run=mod.run)
+        sub.add_parser(name, help=mod.HELP, description=mod.HELP, formatter_class=HelpFormatter)
+        sub.pending[name] = mod
+        if not lazy:
+            populate(sub, name)
     return parser
 
 
+def subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The fully built parser of subcommand ``name``."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    populate(sub, name)
+    return sub.choices[name]
+
+
+def _option_message(exc: Exception, parser: argparse.ArgumentParser, args) -> str:
+    """An OptionError raised for a flag's own value, said with that flag; else the text as is."""
+    from vidfeat.options import OptionError
+
+    if isinstance(exc, OptionError):
+        for action in subparser(parser, args.command)._actions:
+            if action.dest == exc.name and getattr(args, action.dest, object()) == exc.value:
+                return exc.describe(flag_of(action))
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns its exit status (2 for bad arguments, after argparse's message)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(lazy=True)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        code = 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
+        for old in dict.fromkeys(a.split("=")[0] for a in argv if a.split("=")[0] in RENAMED):
+            if code:
+                print(f"vidfeat: {old} is now {RENAMED[old]}", file=sys.stderr)
+        return code
     # our own messages at INFO; libraries (distributed, PIL, ...) only when they warn
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("vidfeat").setLevel(logging.DEBUG if args.verbose else logging.INFO)
@@ -57,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         # user-facing errors (bad option, bad file): one clear line, no traceback
         if args.verbose:
             raise
-        print(f"vidfeat {args.command}: error: {exc}", file=sys.stderr)
+        print(f"vidfeat {args.command}: error: {_option_message(exc, parser, args)}",
+              file=sys.stderr)
         return 2
 
 

@@ -3,27 +3,35 @@ from __future__ import annotations
 
 import argparse
 
+from vidfeat.cli._options import choices, defaults
+
 HELP = "generate a 5-class imbalanced demo video dataset and run the whole pipeline on it"
+LIBRARY = ("vidfeat.pipeline", "demo")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", default="demo_out", help="output folder")
-    parser.add_argument("--weights", default=None,
+    d = defaults(*LIBRARY)
+    parser.add_argument("-o", "--output", default=d["output"], help="output folder")
+    parser.add_argument("--weights", default=d["weights"],
                         help="DEFAULT (pretrained; downloads on a connected machine) | none "
                              "(random init) | PATH; default: DEFAULT if cached, else none")
-    parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--jobs", type=int, default=2, help="ingest videos in parallel")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--force", action="store_true", help="regenerate and rerun everything")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--backbone", default=d["backbone"])
+    parser.add_argument("--device", default=d["device"],
+                        choices=choices("vidfeat.system", "DEVICES"))
+    parser.add_argument("--jobs", type=int, default=d["jobs"], help="ingest videos in parallel")
+    parser.add_argument("--seed", type=int, default=d["seed"])
+    parser.add_argument("--overwrite", action="store_true", default=d["overwrite"],
+                        help="regenerate the videos and rerun every stage")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        default=d["progress"], help="no progress lines or summaries")
 
 
 def run(args: argparse.Namespace) -> int:
     from vidfeat.pipeline import demo
 
     result = demo(args.output, weights=args.weights, backbone=args.backbone, device=args.device,
-                  jobs=args.jobs, seed=args.seed, force=args.force, progress=args.progress)
+                  jobs=args.jobs, seed=args.seed, overwrite=args.overwrite,
+                  progress=args.progress)
     print(result.summary())
     head = result.headline()
     if head:

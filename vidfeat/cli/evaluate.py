@@ -3,23 +3,29 @@ from __future__ import annotations
 
 import argparse
 
+from vidfeat.cli._options import choices, defaults
+
 HELP = "evaluate a trained model on a feature file's split (frame and video level)"
+LIBRARY = ("vidfeat.training._train", "evaluate")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = defaults(*LIBRARY)
     p.add_argument("model_dir", help="folder written by 'vidfeat train'")
     p.add_argument("features", help="feature file written by 'vidfeat extract'")
-    p.add_argument("--split", default="test", help="train | val | test")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--output", default=None,
+    p.add_argument("--split", default=d["split"], choices=choices("vidfeat.ingestion.manifest",
+                                                                  "SPLITS"))
+    p.add_argument("--device", default=d["device"], choices=choices("vidfeat.system", "DEVICES"))
+    p.add_argument("-o", "--output", default=d["output"], metavar="JSON",
                    help="JSON to write (default MODEL_DIR/evaluate_<split>.json)")
-    p.add_argument("--max-memory", default=None, help="hold features up to this size, else stream")
+    p.add_argument("--max-memory", default=d["max_memory"],
+                   help="hold features up to this size, else stream")
 
 
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from vidfeat.train import evaluate
+    from vidfeat.training import evaluate
 
     metrics = evaluate(args.model_dir, args.features, split=args.split, device=args.device,
                        output=args.output, max_memory=args.max_memory)

@@ -3,51 +3,52 @@ from __future__ import annotations
 
 import argparse
 
+from vidfeat.cli._options import auto_or_int, choices, defaults
+
 HELP = "cache pretrained-backbone features of an ingest OUTDIR's frames in one HDF5 file"
-
-
-def _workers(text: str) -> int | None:
-    return None if text == "auto" else int(text)
-
-
-def _batch(text: str) -> int | None:
-    return None if text == "auto" else int(text)
+LIBRARY = ("vidfeat.extraction._extract", "extract")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = defaults(*LIBRARY)
     parser.add_argument("ingest_dir", metavar="OUTDIR", help="an ingest output folder")
     parser.add_argument("-o", "--output", required=True, metavar="FEATURES.h5",
                         help="feature file to write (reruns resume or skip)")
-    parser.add_argument("--backbone", default="resnet50", help="see vidfeat.list_backbones()")
-    parser.add_argument("--weights", default="DEFAULT",
+    parser.add_argument("--backbone", default=d["backbone"], help="see vidfeat.list_backbones()")
+    parser.add_argument("--weights", default=d["weights"],
                         help="DEFAULT | a torchvision weights name | none (random init) | PATH "
                              "to a local state dict")
-    parser.add_argument("--batch-size", type=_batch, default="auto",
-                        help="frames per batch (auto: 256 on CUDA, 64 on CPU)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--precision", default="auto",
-                        help="auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16")
-    parser.add_argument("--decode", default="auto",
+    parser.add_argument("--batch-size", type=auto_or_int, default=d["batch_size"],
+                        metavar="N|auto", help="frames per batch (default auto: 256 on CUDA, "
+                                               "64 on CPU)")
+    parser.add_argument("--device", default=d["device"],
+                        choices=choices("vidfeat.system", "DEVICES"))
+    parser.add_argument("--precision", default=d["precision"],
+                        choices=("auto", *choices(LIBRARY[0], "PRECISIONS")),
+                        help="auto: bf16/fp16 on CUDA, fp32 on CPU")
+    parser.add_argument("--decode", default=d["decode"], choices=choices(LIBRARY[0], "DECODES"),
                         help="where JPEGs are decoded on CUDA: auto (cpu with >= 8 cores per "
                              "GPU, else gpu) | cpu (DataLoader workers) | gpu (nvjpeg); a CPU "
                              "device always decodes in workers")
-    parser.add_argument("--workers", type=_workers, default="auto",
-                        help="DataLoader worker processes (auto: on CUDA cores-2 with cpu "
-                             "decode, 8 with gpu decode; cores/4 on CPU)")
-    parser.add_argument("--dtype", default="float16", help="stored dtype: float16 | float32")
-    parser.add_argument("--shard", default=None, metavar="I/N",
+    parser.add_argument("--loader-workers", dest="workers", type=auto_or_int,
+                        default=d["workers"], metavar="N|auto",
+                        help="DataLoader worker processes that decode frames (default auto: on "
+                             "CUDA cores-2 with cpu decode, 8 with gpu decode; cores/4 on CPU)")
+    parser.add_argument("--dtype", default=d["dtype"], choices=choices(LIBRARY[0], "DTYPES"),
+                        help="stored dtype")
+    parser.add_argument("--shard", default=d["shard"], metavar="I/N",
                         help="extract slice I of N (whole videos); join with vidfeat merge")
-    parser.add_argument("--gpus", default=None, metavar="all|I,J|cpu:N",
+    parser.add_argument("--gpus", default=d["gpus"], metavar="all|I,J|cpu:N",
                         help="one shard per GPU (all, or visible indices), each in its own "
                              "process, merged into OUTPUT; cpu:N for N CPU shards")
-    parser.add_argument("--overwrite", action="store_true",
+    parser.add_argument("--overwrite", action="store_true", default=d["overwrite"],
                         help="discard an existing or unfinished output and start over")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bar or summary")
+                        default=d["progress"], help="no progress bar or summary")
 
 
 def run(args: argparse.Namespace) -> int:
-    from vidfeat.extract import extract
+    from vidfeat.extraction import extract
 
     extract(args.ingest_dir, args.output, backbone=args.backbone, weights=args.weights,
             batch_size=args.batch_size, device=args.device, precision=args.precision,

@@ -3,51 +3,63 @@ from __future__ import annotations
 
 import argparse
 
+from vidfeat.cli._options import choices, defaults
+
 HELP = "probe, sample, split, balance and store frames of labelled videos, with manifests"
+LIBRARY = ("vidfeat.ingestion._ingest", "ingest")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = defaults(*LIBRARY)
     parser.add_argument("src", nargs="?", default=None,
                         help="folder of class folders SRC/<label>/**/<video> (omit with --labels)")
-    parser.add_argument("-o", "--outdir", required=True, help="output folder (reruns resume)")
-    parser.add_argument("--labels", help="CSV or Parquet with path,label[,split]; relative paths "
-                                         "resolve against the file's folder")
+    parser.add_argument("-o", "--output", dest="outdir", metavar="OUTDIR", required=True,
+                        help="output folder (reruns resume)")
+    parser.add_argument("--labels", default=d["labels"],
+                        help="CSV or Parquet with path,label[,split]; relative paths resolve "
+                             "against the file's folder")
     sampling = parser.add_argument_group("sampling")
-    sampling.add_argument("--frames-per-video", type=int, default=16,
+    sampling.add_argument("--frames-per-video", type=int, default=d["frames_per_video"],
                           help="frames per video, uniform over the duration")
-    sampling.add_argument("--fps", type=float, default=None, help="dense: frames per second")
-    sampling.add_argument("--keyframes", action="store_true", help="every keyframe, nothing else")
-    sampling.add_argument("--size", type=int, default=256, help="short side of stored JPEGs")
-    sampling.add_argument("--jpeg-quality", type=int, default=90)
+    sampling.add_argument("--fps", type=float, default=d["fps"], help="dense: frames per second")
+    sampling.add_argument("--keyframes", action="store_true", default=d["keyframes"],
+                          help="every keyframe, nothing else")
+    sampling.add_argument("--size", type=int, default=d["size"], help="short side of stored JPEGs")
+    sampling.add_argument("--jpeg-quality", type=int, default=d["jpeg_quality"])
     data = parser.add_argument_group("split and balance")
-    data.add_argument("--split", default="0.8,0.1,0.1",
+    data.add_argument("--split", default=d["split"],
                       help="train,val,test fractions, stratified by class at the video level")
-    data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--balance", default="none",
-                      help="none | undersample | oversample | frames (train split only)")
-    data.add_argument("--max-frames-per-video", type=int, default=None,
+    data.add_argument("--seed", type=int, default=d["seed"])
+    data.add_argument("--balance", default=d["balance"],
+                      choices=choices("vidfeat.ingestion.balance", "MODES"),
+                      help="train split only")
+    data.add_argument("--max-frames-per-video", type=int, default=d["max_frames_per_video"],
                       help="--balance frames: cap per video (default 4x --frames-per-video)")
-    data.add_argument("--max-per-class", type=int, default=None, help="cap train videos per class")
+    data.add_argument("--max-per-class", type=int, default=d["max_per_class"],
+                      help="cap train videos per class")
     run = parser.add_argument_group("run")
-    run.add_argument("--format", dest="fmt", default="parquet", help="parquet | csv")
-    run.add_argument("--jobs", type=int, default=1, help="videos processed in parallel")
-    run.add_argument("--timeout", type=float, default=600.0,
+    run.add_argument("--format", dest="fmt", default=d["fmt"],
+                     choices=choices("vidfeat.ingestion.manifest", "FORMATS"),
+                     help="manifest file format")
+    run.add_argument("--jobs", type=int, default=d["jobs"], help="videos processed in parallel")
+    run.add_argument("--timeout", type=float, default=d["timeout"],
                      help="seconds per video and phase before its work is killed")
-    run.add_argument("--backend", default="threading",
-                     help="threading | loky | multiprocessing (joblib, this machine) | dask "
+    run.add_argument("--backend", default=d["backend"], choices=choices(*LIBRARY[:1], "BACKENDS"),
+                     help="joblib's threading, loky or multiprocessing on this machine, or dask "
                           "(--scheduler's cluster, else a local cluster of --jobs processes)")
-    run.add_argument("--scheduler", default=None, metavar="ADDRESS|FILE",
+    run.add_argument("--scheduler", default=d["scheduler"], metavar="ADDRESS|FILE",
                      help="--backend dask: a running Dask scheduler (tcp://HOST:PORT) or its "
                           "scheduler file; OUTDIR must be on a filesystem the workers share")
-    run.add_argument("--strict", action="store_true", help="exit non-zero if any video failed")
-    run.add_argument("--retry-failed", action="store_true",
+    run.add_argument("--strict", action="store_true", default=d["strict"],
+                     help="exit non-zero if any video failed")
+    run.add_argument("--retry-failed", action="store_true", default=d["retry_failed"],
                      help="retry videos that failed in an earlier run into OUTDIR")
     run.add_argument("--no-progress", dest="progress", action="store_false",
-                     help="no progress bar or summary")
+                     default=d["progress"], help="no progress bar or summary")
 
 
 def run(args: argparse.Namespace) -> int:
-    from vidfeat.ingest import ingest
+    from vidfeat.ingestion import ingest
 
     if args.src is None and args.labels is None:
         raise ValueError("give SRC (a folder of class folders) or --labels FILE")

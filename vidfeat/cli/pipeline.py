@@ -4,28 +4,47 @@ from __future__ import annotations
 import argparse
 import ast
 
+from vidfeat.cli._options import choices, defaults
+
 HELP = "run every stage on SRC with flags instead of a config file (--set section.key=value)"
+LIBRARY = ("vidfeat.pipeline", "run_pipeline")
+# the stage library function behind each config section (its defaults are the flags')
+STAGES = {"ingest": ("vidfeat.ingestion._ingest", "ingest"),
+          "extract": ("vidfeat.extraction._extract", "extract"),
+          "train": ("vidfeat.training._train", "train")}
+# flag dest -> the config section it sets
+_FLAGS = {"frames_per_video": "ingest", "jobs": "ingest", "backbone": "extract",
+          "weights": "extract", "head": "train"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = defaults(*LIBRARY)
+    stage = {section: defaults(*where) for section, where in STAGES.items()}
     parser.add_argument("src", nargs="?", default=None, help="folder of class folders")
-    parser.add_argument("-o", "--workdir", required=True, help="output folder")
-    parser.add_argument("--labels", default=None, help="labels CSV/Parquet instead of SRC")
-    parser.add_argument("--frames-per-video", type=int, default=None)
-    parser.add_argument("--backbone", default=None, help="e.g. resnet50 (see list_backbones)")
-    parser.add_argument("--weights", default=None, help="DEFAULT | none | PATH | weights name")
-    parser.add_argument("--head", default=None, help="linear | mlp")
-    parser.add_argument("--device", default=None, help="auto | cpu | cuda")
-    parser.add_argument("--jobs", type=int, default=None, help="ingest videos in parallel")
+    parser.add_argument("-o", "--output", dest="workdir", metavar="WORKDIR", required=True,
+                        help="output folder")
+    parser.add_argument("--labels", default=stage["ingest"]["labels"],
+                        help="labels CSV/Parquet instead of SRC")
+    parser.add_argument("--frames-per-video", type=int,
+                        default=stage["ingest"]["frames_per_video"])
+    parser.add_argument("--backbone", default=stage["extract"]["backbone"],
+                        help="see vidfeat.list_backbones()")
+    parser.add_argument("--weights", default=stage["extract"]["weights"],
+                        help="DEFAULT | none | PATH | weights name")
+    parser.add_argument("--head", default=stage["train"]["head"],
+                        choices=choices(STAGES["train"][0], "HEADS"))
+    parser.add_argument("--device", default=stage["extract"]["device"],
+                        choices=choices("vidfeat.system", "DEVICES"),
+                        help="extract's and train's device")
+    parser.add_argument("--jobs", type=int, default=stage["ingest"]["jobs"],
+                        help="ingest videos in parallel")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE",
                         help="any stage option, e.g. --set train.epochs=20 --set ingest.size=160")
-    parser.add_argument("--force", action="store_true", help="rerun every stage")
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
-
-
-_FLAGS = {"frames_per_video": "ingest", "jobs": "ingest", "backbone": "extract",
-          "weights": "extract", "head": "train"}
+    parser.add_argument("--overwrite", action="store_true", default=d["overwrite"],
+                        help="rerun every stage, replacing its outputs")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        default=d["progress"], help="no progress lines or summaries")
 
 
 def config_from_args(args: argparse.Namespace) -> dict:
@@ -66,6 +85,6 @@ def run(args: argparse.Namespace) -> int:
     if args.src is None and args.labels is None:
         raise ValueError("give SRC (a folder of class folders) or --labels FILE")
     config = resolve_paths(config_from_args(args), Path.cwd())
-    result = run_pipeline(config, args.workdir, force=args.force, progress=args.progress)
+    result = run_pipeline(config, args.workdir, overwrite=args.overwrite, progress=args.progress)
     print(result.summary())
     return 0

@@ -3,22 +3,27 @@ from __future__ import annotations
 
 import argparse
 
+from vidfeat.cli._options import choices, defaults
+
 HELP = "classify videos with a trained model; prints one JSON line per video"
+LIBRARY = ("vidfeat.prediction", "predict")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = defaults(*LIBRARY)
     p.add_argument("model_dir", help="folder written by 'vidfeat train'")
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="local video files")
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--batch-size", type=int, default=64, help="frames per backbone batch")
+    p.add_argument("--top-k", type=int, default=d["top_k"])
+    p.add_argument("--device", default=d["device"], choices=choices("vidfeat.system", "DEVICES"))
+    p.add_argument("--batch-size", type=int, default=d["batch_size"],
+                   help="frames per backbone batch")
 
 
 def run(args: argparse.Namespace) -> int:
     """Exit status 0 when every video was classified, 1 when some gave an error line."""
     import json
 
-    from vidfeat.predict import predict
+    from vidfeat.prediction import predict
 
     failed = 0
     for entry in predict(args.model_dir, args.videos, top_k=args.top_k, device=args.device,

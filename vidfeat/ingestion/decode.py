@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import bisect
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .media import VideoError, error_reason, open_video
-from .probe import ProbeResult, normalize_rotation
-from .sample import SamplingSpec, plan_times
+from vidfeat.ingestion.probe import ProbeResult, normalize_rotation
+from vidfeat.ingestion.sample import SamplingSpec, plan_times
+from vidfeat.media import VideoError, error_reason, open_video
 
 __all__ = ["FrameRecord", "decode_frames"]
 
@@ -80,7 +79,9 @@ def decode_frames(path, probe: ProbeResult, spec: SamplingSpec, out_dir, *, n: i
 
 def _configure(stream, threads: int | None) -> None:
     if threads is None:
-        threads = int(os.environ.get("VIDFEAT_DECODE_THREADS") or min(4, os.cpu_count() or 1))
+        from vidfeat.system import decode_threads
+
+        threads = decode_threads()
     stream.thread_type = "AUTO"
     stream.codec_context.thread_count = max(0, threads)
 

@@ -208,7 +208,7 @@ def run_on_worker(task, threads_per_host: dict[str, int]) -> dict:
     """``run_video_task`` on a Dask worker, with decoder threads sized for this machine."""
     from dataclasses import replace
 
-    from vidfeat.ingest import run_video_task
+    from vidfeat.ingestion.tasks import run_video_task
 
     if task.phase == "decode" and task.threads is None:
         task = replace(task, threads=worker_decode_threads(threads_per_host))
@@ -219,10 +219,11 @@ def worker_decode_threads(threads_per_host: dict[str, int]) -> int:
     """This machine's usable cores shared among the worker threads running on it."""
     from distributed import get_worker
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    from vidfeat.system import decode_threads
+
     try:
         worker = get_worker()
         sharing = threads_per_host.get(_host(worker.address)) or worker.state.nthreads
     except ValueError:  # not on a worker (direct call)
         sharing = 1
-    return max(1, (cores or 1) // max(1, sharing))
+    return decode_threads(sharing)

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from vidfeat.manifest import SPLITS
+from vidfeat.ingestion.manifest import SPLITS
 
 
 def rng_for(seed: int, *keys: str) -> np.random.Generator:

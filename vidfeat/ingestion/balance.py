@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from vidfeat.ingestion.split import rng_for
 from vidfeat.options import check_choice, check_positive
-from vidfeat.split import rng_for
 
 # frames mode, no max_frames_per_video given: at most this many times frames_per_video
 DEFAULT_MAX_FRAMES_FACTOR = 4

@@ -13,8 +13,6 @@ so a killed writer never leaves a file that looks finished; readers also refuse 
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 from dataclasses import dataclass
@@ -24,6 +22,8 @@ from typing import Iterator, Sequence
 import h5py
 import numpy as np
 import pandas as pd
+
+from vidfeat.files import FileLock
 
 STR = h5py.string_dtype("utf-8")
 FRAME_DATASETS = ("features", "frame_id", "video_id", "label", "split", "repeat", "row")
@@ -53,38 +53,9 @@ class FeatureSet:
 
 
 # ----------------------------------------------------------------------------------- locking
-class OutputLock:
-    """An exclusive, non-blocking ``fcntl`` lock on ``<output>.lock``, held while writing.
-
-    The kernel drops the lock when the holder dies (SIGKILL included), so a stale lock file is
-    harmless; a second live writer fails at once instead of corrupting the output.
-    """
-
-    def __init__(self, output: str | os.PathLike):
-        self.path = Path(f"{os.fspath(output)}.lock")
-        self._fd: int | None = None
-
-    def __enter__(self) -> "OutputLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise RuntimeError(f"another vidfeat process is writing {self.path.with_suffix('')} "
-                                   f"(lock {self.path} is held); wait for it or use another "
-                                   "output") from None
-            raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # releases the flock; the file stays (unlinking would race)
-            self._fd = None
+def output_lock(output: str | os.PathLike) -> FileLock:
+    """The lock every writer of ``output`` holds: ``<output>.lock`` (see ``vidfeat.files``)."""
+    return FileLock(f"{os.fspath(output)}.lock", what=os.fspath(output))
 
 
 # ----------------------------------------------------------------------------------- writing
@@ -285,7 +256,7 @@ class FeatureStore:
     def load(self, split: str | None = None, *, level: str = "frame") -> FeatureSet:
         """All rows of ``split`` (None: every split) at ``level`` ("frame" or "video")."""
         if split is not None:
-            from vidfeat.manifest import SPLITS
+            from vidfeat.ingestion.manifest import SPLITS
             from vidfeat.options import check_choice
 
             check_choice("split", split, SPLITS)
@@ -348,7 +319,7 @@ def merge(shards: Sequence[str | os.PathLike], output: str | os.PathLike, *,
         raise ValueError("merge needs at least one shard file")
     if any(p.resolve() == output.resolve() for p in paths):
         raise ValueError(f"output {output} is also one of the shards")
-    with OutputLock(output):
+    with output_lock(output):
         if output.exists() and not overwrite:
             raise FileExistsError(f"{output} exists; pass overwrite=True (--overwrite) to replace it")
         stores = [FeatureStore(p) for p in paths]

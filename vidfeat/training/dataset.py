@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vidfeat.cache import FeatureSet, FeatureStore
+from vidfeat.extraction.cache import FeatureSet, FeatureStore
 
 
 class FeatureDataset(Dataset):

@@ -1,34 +1,30 @@
-"""Classifier heads on cached features, and the batched trainer behind them and ``vidfeat.train``.
+"""The batched trainer behind the heads and ``vidfeat.train``: K heads in one pass.
 
-A *head* is a linear layer or a small MLP on standardised features. Training runs K heads at once
-as ONE module whose parameters are stacked along a leading K axis (``StackedHead``): a sweep over
-learning rate, weight decay, class weights, logit adjustment or dropout is one pass over the
-features, each head with its own hyperparameters. Every head starts from the same seed-derived
-initial weights, sees the same minibatches and the same dropout noise, so head k of a sweep is
-trained exactly as it would be alone (up to float summation order).
-
-``LinearHead`` and ``MLPHead`` wrap this with scikit-learn's estimator contract (parameters in
-``__init__``, ``fit`` returns self, fitted state ends in ``_``). They train from numpy arrays, torch
-tensors, or a ``FeatureStore`` (train split; val split for early stopping).
+Training runs K heads at once as ONE module whose parameters are stacked along a leading K axis
+(``StackedHead``): a sweep over learning rate, weight decay, class weights, logit adjustment or
+dropout is one pass over the features, each head with its own hyperparameters. Every head starts
+from the same seed-derived initial weights, sees the same minibatches and the same dropout noise,
+so head k of a sweep is trained exactly as it would be alone (up to float summation order).
 
 Saved weights are plain tensors (``state_dict``) loadable with ``torch.load(weights_only=True)``;
 the architecture is described by ``head_spec`` (JSON), never by pickled code.
 """
 from __future__ import annotations
 
-import inspect
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vidfeat.options import check_choice, check_positive, resolve_device
+from vidfeat.class_weights import class_weights, parse_class_weight
+from vidfeat.options import check_choice, check_positive
 
 SAMPLERS = {None: None, "none": None, "balanced": "balanced"}
+DEFAULT_LR = {"linear": 1e-2, "mlp": 1e-3}
 
 
 # ----------------------------------------------------------------------------------- options
@@ -48,42 +44,6 @@ class HeadConfig:
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         parse_class_weight(self.class_weight)
-
-
-def parse_class_weight(spec: str) -> float | str | None:
-    """'none' -> None, 'balanced' -> 'balanced', 'effective:BETA' -> BETA (0 <= BETA < 1)."""
-    spec = str(spec)
-    if spec.startswith("effective:"):
-        try:
-            beta = float(spec.split(":", 1)[1])
-        except ValueError:
-            raise ValueError(f"class_weight={spec!r}: BETA must be a number, e.g. "
-                             "'effective:0.999'") from None
-        if not 0 <= beta < 1:
-            raise ValueError(f"class_weight={spec!r}: BETA must be in [0, 1)")
-        return beta
-    if spec not in ("none", "balanced"):
-        raise ValueError(f"class_weight={spec!r} is not one of 'none', 'balanced', 'effective:BETA'")
-    return None if spec == "none" else spec
-
-
-def class_weights(spec: str, counts: np.ndarray) -> np.ndarray:
-    """Per-class loss weights, scaled so the weighted sample count equals the real one.
-
-    ``balanced`` is n / (C * n_c); ``effective:BETA`` is (1 - BETA) / (1 - BETA**n_c) (Cui et al.
-    2019). Classes absent from training get weight 0 (they have no samples to weigh).
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    kind = parse_class_weight(spec)
-    present = counts > 0
-    w = np.zeros_like(counts)
-    if kind is None:
-        w[present] = 1.0
-    elif kind == "balanced":
-        w[present] = 1.0 / counts[present]
-    else:
-        w[present] = (1 - kind) / (1 - kind ** counts[present]) if kind > 0 else 1.0
-    return w * counts.sum() / max((w * counts).sum(), 1e-12)
 
 
 # ----------------------------------------------------------------------------------- module
@@ -145,7 +105,7 @@ class StackedHead(nn.Module):
         p = self.dropout[:, None, None]
         return h * (u >= p) / (1 - p)
 
-    def select(self, index: int) -> "StackedHead":
+    def select(self, index: int) -> StackedHead:
         """A K=1 copy of head ``index`` (weights, standardisation and dropout)."""
         one = StackedHead(self.dims[0], self.dims[-1], hidden=self.dims[1:-1], k=1)
         state = {name: (t[index:index + 1] if name.startswith(("weights", "biases", "dropout"))
@@ -282,7 +242,7 @@ def loss_terms(configs: Sequence[HeadConfig], counts: np.ndarray, device) -> tup
     cw = np.stack([class_weights(c.class_weight, counts) for c in configs])
     log_prior = np.log(np.maximum(counts / max(counts.sum(), 1), 1e-12))
     offset = np.stack([c.logit_adjust * log_prior for c in configs])
-    as_t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)  # noqa: E731
+    as_t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)
     return as_t(cw), as_t(offset)
 
 
@@ -330,7 +290,7 @@ def fit_heads(source, n_classes: int, configs: Sequence[HeadConfig], spec: Train
     model.noise = torch.Generator(device=device).manual_seed(spec.seed)
     counts = class_counts(source.labels, source.repeat, n_classes)
     cw, offset = loss_terms(configs, counts, device)
-    as_t = lambda vals: torch.tensor(vals, dtype=torch.float32, device=device)  # noqa: E731
+    as_t = lambda vals: torch.tensor(vals, dtype=torch.float32, device=device)
     opt = _BatchedAdamW(model.parameters(), as_t([c.lr for c in configs]),
                         as_t([c.weight_decay for c in configs]))
     sample_w = None
@@ -427,138 +387,20 @@ def validation_scorer(chunks_fn: Callable[[], Iterator[torch.Tensor]], y_val: np
     return validate
 
 
-# ----------------------------------------------------------------------------------- sklearn API
-class _Head:
-    """scikit-learn style estimator over ``fit_heads`` (one head)."""
-
-    _hidden: tuple = ()
-
-    def get_params(self, deep: bool = True) -> dict:
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
-        return {n: getattr(self, n) for n in names}
-
-    def set_params(self, **params) -> "_Head":
-        valid = self.get_params()
-        for name, value in params.items():
-            if name not in valid:
-                raise ValueError(f"invalid parameter {name!r} for {type(self).__name__}; "
-                                 f"valid: {', '.join(valid)}")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
-
-    def _config(self) -> HeadConfig:
-        return HeadConfig(lr=self.lr, weight_decay=self.weight_decay,
-                          class_weight=self.class_weight, logit_adjust=self.logit_adjust or 0.0,
-                          dropout=getattr(self, "dropout", 0.0))
-
-    def _spec(self) -> TrainSpec:
-        return TrainSpec(hidden=tuple(self._hidden), epochs=self.epochs,
-                         batch_size=self.batch_size, seed=self.seed, sampler=self.sampler,
-                         patience=self.patience)
-
-    def fit(self, X, y=None, *, X_val=None, y_val=None, repeat=None) -> "_Head":
-        """Fit on (X, y) arrays/tensors, or on a FeatureStore's train split (val: its val split).
-
-        With validation data, keeps the epoch with the best validation balanced accuracy.
-        """
-        from vidfeat.metrics import classification_metrics
-
-        X, y, X_val, y_val, repeat = self._inputs(X, y, X_val, y_val, repeat)
-        device = resolve_device(self.device)
-        source = ArraySource(X, y, repeat, device=device)
-        validate = None
-        if X_val is not None:
-            names = [str(i) for i in range(len(self.classes_))]
-            val = ArraySource(X_val, y_val, device=device)
-            ba = lambda t, z: classification_metrics(t, z.argmax(1), names)["balanced_accuracy"]  # noqa
-            validate = validation_scorer(val.chunks, val.labels, ba)
-        result = fit_heads(source, len(self.classes_), [self._config()], self._spec(),
-                           device=device, validate=validate, progress=self.progress)[0]
-        self.model_, self.best_epoch_, self.history_ = result.model, result.best_epoch, result.history
-        self.n_features_in_ = self.model_.dims[0]
-        return self
-
-    def _inputs(self, X, y, X_val, y_val, repeat):
-        if y is None and hasattr(X, "load"):    # a FeatureStore
-            train, val = X.load("train"), X.load("val")
-            self.class_names_ = list(X.class_names)
-            self.classes_ = np.arange(len(self.class_names_))
-            vx, vy = (val.X, val.y) if len(val.y) else (None, None)
-            return train.X, train.y, vx, vy, train.repeat
-        if y is None:
-            raise ValueError("fit(X, y) needs labels y (or pass a FeatureStore as X)")
-        X = X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else np.asarray(X)
-        y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-        self.classes_, codes = np.unique(y, return_inverse=True)
-        if len(self.classes_) < 2:
-            raise ValueError(f"need at least 2 classes to train a classifier, got {len(self.classes_)}")
-        if X_val is not None:
-            y_val = np.searchsorted(self.classes_, np.asarray(y_val))
-        return X, codes, X_val, y_val, repeat
-
-    def decision_function(self, X) -> np.ndarray:
-        """Logits (n_samples, n_classes)."""
-        self._check_fitted()
-        X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has shape {tuple(X.shape)}; this head expects "
-                             f"(n, {self.n_features_in_})")
-        return predict_logits(self.model_, iter(X.split(65536)))[0].numpy()
-
-    def predict_proba(self, X) -> np.ndarray:
-        return torch.softmax(torch.from_numpy(self.decision_function(X)), 1).numpy()
-
-    def predict(self, X) -> np.ndarray:
-        self._check_fitted()
-        return self.classes_[self.decision_function(X).argmax(1)]
-
-    def score(self, X, y) -> float:
-        """Mean accuracy on (X, y)."""
-        y = y.cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-        return float((self.predict(X) == y).mean())
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
-            raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit first")
-
-
-DEFAULT_LR = {"linear": 1e-2, "mlp": 1e-3}
-
-
-class LinearHead(_Head):
-    """Multinomial logistic regression on standardised features, trained with AdamW."""
-
-    def __init__(self, *, lr: float = DEFAULT_LR["linear"], weight_decay: float = 1e-4, epochs: int = 50,
-                 batch_size: int = 256, class_weight: str = "none", sampler: str | None = None,
-                 logit_adjust: float | None = None, patience: int = 5, seed: int = 0,
-                 device: str = "auto", progress: bool = False):
-        self.lr, self.weight_decay, self.epochs, self.batch_size = lr, weight_decay, epochs, batch_size
-        self.class_weight, self.sampler, self.logit_adjust = class_weight, sampler, logit_adjust
-        self.patience, self.seed, self.device, self.progress = patience, seed, device, progress
-
-
-class MLPHead(_Head):
-    """A ReLU MLP (``hidden`` sizes, ``dropout``) on standardised features, trained with AdamW."""
-
-    def __init__(self, *, hidden: Sequence[int] = (512,), dropout: float = 0.2,
-                 lr: float = DEFAULT_LR["mlp"],
-                 weight_decay: float = 1e-4, epochs: int = 50, batch_size: int = 256,
-                 class_weight: str = "none", sampler: str | None = None,
-                 logit_adjust: float | None = None, patience: int = 5, seed: int = 0,
-                 device: str = "auto", progress: bool = False):
-        self.hidden, self.dropout = hidden, dropout
-        self.lr, self.weight_decay, self.epochs, self.batch_size = lr, weight_decay, epochs, batch_size
-        self.class_weight, self.sampler, self.logit_adjust = class_weight, sampler, logit_adjust
-        self.patience, self.seed, self.device, self.progress = patience, seed, device, progress
-
-    @property
-    def _hidden(self) -> tuple:
-        return tuple(self.hidden)
-
-
-__all__ = ["LinearHead", "MLPHead", "StackedHead", "HeadConfig", "TrainSpec", "fit_heads",
-           "head_spec", "build_head"]
+__all__ = [
+    "DEFAULT_LR",
+    "ArraySource",
+    "FitResult",
+    "HeadConfig",
+    "StackedHead",
+    "TrainSpec",
+    "build_head",
+    "class_counts",
+    "epoch_indices",
+    "fit_heads",
+    "head_spec",
+    "loss_terms",
+    "predict_logits",
+    "stacked_loss",
+    "validation_scorer",
+]

@@ -16,8 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .options import check_choice, check_positive
-from .probe import ProbeResult
+from vidfeat.ingestion.probe import ProbeResult
+from vidfeat.options import check_choice, check_positive
 
 MODES = ("uniform", "fps", "keyframes")
 

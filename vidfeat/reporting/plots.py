@@ -61,7 +61,11 @@ def _grouped_bars(ax, classes: list[str], series: dict[str, list[float]]) -> Non
 
 
 def class_counts(path: Path, classes: list[str], panels: dict[str, dict[str, list[float]]]) -> Path:
-    """One panel per unit ({"videos": {"before": [...], "after": [...]}, ...}), log-scale bars."""
+    """Write to ``path`` one panel of log-scale bars per unit for ``classes``.
+
+    ``panels``: {unit: {series: per-class counts}}, e.g. {"videos": {"before": [...],
+    "after": [...]}, "frames": ...}.
+    """
     fig = _figure(_width(len(classes)), 3.2 * len(panels))
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     for ax, (unit, series) in zip(axes, panels.items()):
@@ -75,7 +79,10 @@ def class_counts(path: Path, classes: list[str], panels: dict[str, dict[str, lis
 
 
 def split_distribution(path: Path, classes: list[str], fractions: dict[str, list[float]]) -> Path:
-    """Share of each split's videos per class, one bar per split."""
+    """Write to ``path`` the share of each split's videos per class, one bar per split.
+
+    ``classes``: the x axis. ``fractions``: {split: per-class fraction of that split's videos}.
+    """
     fig = _figure(_width(len(classes)), 3.6)
     ax = fig.subplots()
     _grouped_bars(ax, classes, fractions)
@@ -86,7 +93,9 @@ def split_distribution(path: Path, classes: list[str], fractions: dict[str, list
 
 def confusion_heatmap(path: Path, classes: list[str], counts: list[list[int]],
                       normalized: list[list[float]], title: str) -> Path:
-    """Row-normalised heatmap (colour = recall share), annotated with counts when small."""
+    """Write to ``path`` a row-normalised heatmap (colour = recall share), annotated with counts
+    when small. ``classes``: axis labels. ``counts``: the confusion matrix (rows true).
+    ``normalized``: its rows divided by their sums. ``title``: the plot title."""
     import numpy as np
 
     k = len(classes)
@@ -113,7 +122,10 @@ def confusion_heatmap(path: Path, classes: list[str], counts: list[list[int]],
 
 def recall_vs_frequency(path: Path, series: dict[str, tuple[list[str], list[float], list[float]]],
                         ) -> Path:
-    """Scatter of recall against training frequency (log x), one marker set per split/level."""
+    """Write to ``path`` a scatter of recall against training frequency (log x).
+
+    ``series``: {"split level": (classes, train counts, recalls)}, one marker set each.
+    """
     fig = _figure(7.0, 4.5)
     ax = fig.subplots()
     for name, (classes, freqs, recalls) in series.items():

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+from vidfeat.files import atomic_write, write_json
 
 SPLITS = ("train", "val", "test")
 STATUSES = ("ok", "failed")
@@ -104,31 +105,6 @@ def coerce(df: pd.DataFrame, columns: dict[str, str], *, optional: dict[str, str
     return out
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``."""
-    # Write beside the target and rename, so a crash never leaves a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    # mkstemp makes the file 0600; give it the mode a plain open() would, so manifests and models
-    # on a shared filesystem stay readable by the team and the cluster
-    os.chmod(tmp, 0o666 & ~_UMASK)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_table(df: pd.DataFrame, path: Path) -> None:
     if path.suffix == ".csv":
         atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
@@ -137,17 +113,41 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    if path.suffix == ".csv":
-        # keep "" as "" (error column), not NaN; keep ids and labels as text ("007" stays "007")
-        text = {c: str for c, t in {**VIDEO_COLUMNS, **VIDEO_OPTIONAL, **FRAME_COLUMNS}.items()
-                if t == "string"}
-        return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=text)
-    return pd.read_parquet(path)
+    """Read one manifest table (``.csv`` or ``.parquet`` by suffix) from ``path``.
+
+    ``path``: the table's file. A file that cannot be read or parsed raises ManifestError
+    naming it, never the parser's own exception type (callers catch one error type).
+    """
+    import pyarrow as pa
+
+    kind = "CSV" if path.suffix == ".csv" else "Parquet"
+    try:
+        if path.suffix == ".csv":
+            # keep "" as "" (error column), not NaN; keep ids and labels as text ("007" stays "007")
+            text = {c: str for c, t in {**VIDEO_COLUMNS, **VIDEO_OPTIONAL, **FRAME_COLUMNS}.items()
+                    if t == "string"}
+            return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=text)
+        return pd.read_parquet(path)
+    except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pa.ArrowException) as exc:
+        # ArrowInvalid is a ValueError, but a truncated file can also surface as OSError
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ManifestError(f"{path}: not a readable {kind} file ({reason})") from None
 
 
-def write_json(path: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True, default=str)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+def read_info(path: Path) -> dict:
+    """``ingest.json`` at ``path`` as a dict; ``{}`` when it does not exist.
+
+    ``path``: the file. Unreadable or non-object JSON raises ManifestError naming the file.
+    """
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(info, dict):
+        raise ManifestError(f"{path}: expected a JSON object, got {type(info).__name__}")
+    return info
 
 
 def write_manifest(outdir, videos: pd.DataFrame, frames: pd.DataFrame, info: dict | None = None,
@@ -172,8 +172,7 @@ def read_manifest(outdir: str | os.PathLike, *, check_files: bool = False) -> Ma
         raise ManifestError(f"ingest output folder not found: {outdir}")
     videos = read_table(manifest_path(outdir, "videos"))
     frames = read_table(manifest_path(outdir, "frames"))
-    info_path = outdir / "ingest.json"
-    info = json.loads(info_path.read_text()) if info_path.exists() else {}
+    info = read_info(outdir / "ingest.json")
     m = validate(Manifest(outdir, videos, frames, info))
     if check_files:
         missing = [p for p in m.frames["path"] if not (outdir / p).is_file()]

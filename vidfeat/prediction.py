@@ -20,17 +20,21 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from vidfeat.heads import StackedHead, resolve_device
 from vidfeat.options import check_positive
+from vidfeat.system import resolve_device
+from vidfeat.training.heads import StackedHead
 
 log = logging.getLogger(__name__)
 
 
 def load_model(model_dir, device: torch.device):
-    """(config, backbone, head, preprocess, sampling spec) of MODEL_DIR, on ``device``."""
-    from vidfeat.backbones import Preprocess, create_backbone
-    from vidfeat.sample import SamplingSpec
-    from vidfeat.train import load_head
+    """(config, backbone, head, preprocess, sampling spec) of ``model_dir``, on ``device``.
+
+    ``model_dir``: a trained MODEL_DIR. ``device``: the torch device to load onto.
+    """
+    from vidfeat.extraction.backbones import Preprocess, create_backbone
+    from vidfeat.ingestion.sample import SamplingSpec
+    from vidfeat.training._train import load_head
 
     config, head = load_head(model_dir)
     if not config.get("backbone"):
@@ -52,7 +56,10 @@ def predict(model_dir, videos: Iterable[str | os.PathLike] | str | os.PathLike, 
     """Yield one dict per video, in order: ``{"video", "top_k": [{"label", "probability"}],
     "n_frames"}``, or ``{"video", "error"}`` for a video that cannot be used.
 
-    The model is loaded before this returns (a bad MODEL_DIR raises at once).
+    ``model_dir``: a trained MODEL_DIR. ``videos``: one video path or several. ``top_k``: how
+    many labels per video (capped at the number of classes). ``device``: "auto", "cpu",
+    "cuda", ... ``batch_size``: frames per backbone pass. The model is loaded before this
+    returns (a bad MODEL_DIR raises at once).
     """
     check_positive("top_k", top_k)
     check_positive("batch_size", batch_size)
@@ -64,7 +71,7 @@ def predict(model_dir, videos: Iterable[str | os.PathLike] | str | os.PathLike, 
 
 
 def _predict_all(model, videos: list, *, top_k: int, batch_size: int, dev) -> Iterator[dict]:
-    from vidfeat.probe import VideoError
+    from vidfeat.ingestion.probe import VideoError
 
     config = model[0]
     names = config["class_names"]
@@ -86,10 +93,10 @@ def _top_k(logits: np.ndarray, names: list[str], k: int) -> list[dict]:
 
 
 def _video_logits(model, video, *, batch_size: int, dev) -> np.ndarray:
-    from vidfeat.backbones import load_image
-    from vidfeat.decode import decode_frames
+    from vidfeat.extraction.backbones import load_image
+    from vidfeat.ingestion.decode import decode_frames
+    from vidfeat.ingestion.probe import VideoError, probe_video
     from vidfeat.media import check_local_path
-    from vidfeat.probe import VideoError, probe_video
 
     _, backbone, head, preprocess, spec = model
     path = check_local_path(video)

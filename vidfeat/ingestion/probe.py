@@ -21,7 +21,7 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
-from .media import VideoError, error_reason, open_video
+from vidfeat.media import VideoError, error_reason, open_video
 
 __all__ = ["ProbeResult", "VideoError", "probe_video"]
 

@@ -25,8 +25,17 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
+from vidfeat.extraction import partial
+from vidfeat.extraction.cache import FeatureStore, merge
+from vidfeat.extraction.defaults import loader_defaults, resolve_decode
+from vidfeat.extraction.single import ExtractResult, discard_output, extract_single
+from vidfeat.files import write_json
+from vidfeat.system import usable_cores
+
 POLL_S = 0.5
-_CHILD = "from vidfeat.multigpu import _child; _child()"
+_CHILD = "from vidfeat.extraction.multigpu import _child; _child()"
 
 
 @dataclass(frozen=True)
@@ -77,8 +86,6 @@ def _int(text: str, gpus) -> int:
 
 def _visible_gpus() -> list[str]:
     """The ``CUDA_VISIBLE_DEVICES`` value that selects each GPU this process sees."""
-    import torch
-
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     listed = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
     if "CUDA_VISIBLE_DEVICES" in os.environ and len(listed) >= count:
@@ -92,17 +99,19 @@ def shard_path(output: Path, index: int, count: int) -> Path:
 
 
 def extract_multi(ingest_dir, output, *, gpus="all", overwrite: bool = False,
-                  progress: bool = True, **options):
+                  progress: bool = True, **options) -> ExtractResult:
     """``extract`` on several devices at once: one shard per GPU, merged into ``output``.
 
-    ``gpus``: ``'all'``, visible GPU indices (``'0,1'`` or a list) or ``'cpu:N'`` (N CPU
-    shards). ``options`` are ``extract``'s (``backbone``, ``weights``, ``batch_size``,
-    ``precision``, ``workers``, ``dtype``; not ``device`` or ``shard``). Returns the merged
-    file's ``ExtractResult`` (``frames_per_s`` is the combined rate). A complete ``output`` of
-    the same settings is returned at once; one of other settings needs ``overwrite``.
+    ``ingest_dir``: the ingest OUTDIR. ``output``: the merged feature file. ``gpus``: ``'all'``,
+    visible GPU indices (``'0,1'`` or a list) or ``'cpu:N'`` (N CPU shards). ``overwrite``:
+    discard an existing output and any shard left by an earlier run. ``progress``: one bar over
+    all shards, and the summary. ``options`` are ``extract``'s (``backbone``, ``weights``,
+    ``batch_size``, ``precision``, ``workers``, ``dtype``, ``decode``, ``threads``; not
+    ``device`` or ``shard``); ``workers`` and ``threads`` default to each shard's share of the
+    cores. Returns the merged file's ``ExtractResult`` (``frames_per_s`` is the combined rate).
+    A complete ``output`` of the same settings is returned at once; one of other settings needs
+    ``overwrite``.
     """
-    from vidfeat.extract import extract
-
     for key in ("device", "shard"):
         if key in options:
             raise ValueError(f"extract_multi sets {key} itself; pass gpus= instead")
@@ -110,36 +119,33 @@ def extract_multi(ingest_dir, output, *, gpus="all", overwrite: bool = False,
     output = Path(output).expanduser().absolute()
     start = time.perf_counter()
     if output.exists() and not overwrite:  # done already (or another run's file: refused)
-        return extract(ingest_dir, output, device=slots[0].device, progress=progress, **options)
-    options = _per_shard_defaults(options, len(slots))
+        return extract_single(ingest_dir, output, device=slots[0].device, progress=progress,
+                              **options)
+    options = _per_shard_defaults(options, slots)
     n = len(slots)
     paths = [output] if n == 1 else [shard_path(output, i, n) for i in range(n)]
     if overwrite:
-        _discard(output, paths)
+        for path in {output, *paths}:
+            discard_output(path)
     results = _run_shards(Path(ingest_dir), paths, slots, options, progress=progress)
     if n > 1:
         _merge_shards(paths, output)
     return _combined(output, results, slots, time.perf_counter() - start, progress=progress)
 
 
-def _per_shard_defaults(options: dict, count: int) -> dict:
-    """Split the machine's cores between the shards (DataLoader workers, torch threads)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    share = max(1, (cores or 1) // count)
+def _per_shard_defaults(options: dict, slots: list[Slot]) -> dict:
+    """Split the machine's cores between the shards: torch threads and, unless given, the
+    decode site and loader workers, by extract's own defaults on one shard's share."""
+    share = max(1, usable_cores() // len(slots))
     out = dict(options)
-    out["_threads"] = share
+    if out.get("threads") is None:
+        out["threads"] = share
     if out.get("workers") is None:
-        out.pop("workers", None)
-        out["_workers_cap"] = share
+        device = torch.device(slots[0].device)
+        out["decode"] = resolve_decode(out.get("decode", "auto"), device, share)
+        _, out["workers"] = loader_defaults(device, out["decode"], out.get("batch_size"), None,
+                                            cores=share)
     return out
-
-
-def _discard(output: Path, paths: list[Path]) -> None:
-    import shutil
-
-    for path in {output, *paths}:
-        path.unlink(missing_ok=True)
-        shutil.rmtree(path.with_name(path.name + ".partial"), ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------- the children
@@ -186,19 +192,9 @@ def _start(ingest_dir: Path, path: Path, index: int, count: int, slot: Slot,
 def _child() -> None:
     """A shard's process: ``extract`` one shard, write its result next to it."""
     job = json.loads(sys.argv[1])
-    options = dict(job["options"])
-    threads, cap = options.pop("_threads"), options.pop("_workers_cap", None)
-    import torch
-
-    from vidfeat.extract import extract
-    from vidfeat.manifest import write_json
-
-    torch.set_num_threads(threads)
-    if cap is not None:  # extract's defaults, computed on this shard's share of the cores
-        options["workers"] = _shard_workers(job["device"], options, cap)
     try:
-        result = extract(job["ingest_dir"], job["output"], device=job["device"],
-                         shard=job["shard"], progress=False, **options)
+        result = extract_single(job["ingest_dir"], job["output"], device=job["device"],
+                                shard=job["shard"], progress=False, **job["options"])
     except Exception as exc:
         print(f"{type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
         sys.exit(1)
@@ -230,7 +226,7 @@ def _watch(procs: list[subprocess.Popen], paths: list[Path], ingest_dir: Path, *
 
     total = None
     if progress:
-        from vidfeat.manifest import read_manifest
+        from vidfeat.ingestion.manifest import read_manifest
 
         total = len(read_manifest(ingest_dir).frames)
     with tqdm(total=total, unit="frame", desc=f"extract x{len(procs)}",
@@ -253,43 +249,19 @@ def _rows_done(path: Path) -> int:
             return int(json.loads(result.read_text())["n_frames"])
         except (ValueError, KeyError):
             return 0
-    partial = path.with_name(path.name + ".partial")
-    try:
-        state = json.loads((partial / "state.json").read_text())
-        row_bytes = int(state["feature_dim"]) * (2 if state["dtype"] == "float16" else 4)
-        return (partial / "features.bin").stat().st_size // row_bytes
-    except (OSError, ValueError, KeyError):
-        return 0
+    return partial.rows_done(path)
 
 
 # ------------------------------------------------------------------------------- merging
 def _merge_shards(paths: list[Path], output: Path) -> None:
-    from vidfeat.cache import merge
-
     merge(paths, output, overwrite=True)  # the output did not exist or overwrite was asked
     for path in paths:
-        path.unlink()
-        path.with_name(path.name + ".lock").unlink(missing_ok=True)
-
-
-def _shard_workers(device: str, options: dict, cap: int) -> int:
-    """Loader workers for one shard: decoding workers (cores - 2) when the shard decodes on the
-    CPU, 8 JPEG readers when the GPU decodes, a decoder per 4 cores on a CPU shard."""
-    if device != "cuda":
-        return max(1, min(8, cap // 4))
-    from vidfeat.extract import resolve_decode
-
-    import torch
-
-    options["decode"] = resolve_decode(options.get("decode", "auto"), torch.device("cuda"), cap)
-    return max(1, cap - 2) if options["decode"] == "cpu" else min(8, cap)
+        # the shard's lock file stays: unlinking a lock another process may open races (files.py)
+        discard_output(path)
 
 
 def _combined(output: Path, results: list[dict], slots: list[Slot], elapsed: float, *,
-              progress: bool):
-    from vidfeat.cache import FeatureStore
-    from vidfeat.extract import ExtractResult
-
+              progress: bool) -> ExtractResult:
     first = results[0]
     with FeatureStore(output) as store:
         n_frames, n_videos = len(store), store.n_videos

@@ -1,0 +1,143 @@
+"""vidfeat.files: atomic writes (target untouched on failure, umask-following mode) and FileLock
+(exclusive across processes, released by the kernel when its holder is SIGKILLed)."""
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from vidfeat.files import FileLock, atomic_write, write_json
+
+
+def test_atomic_write_leaves_the_target_untouched_when_write_raises(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+
+    def half_then_fail(tmp):
+        with open(tmp, "w") as fh:
+            fh.write("half-written")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        atomic_write(target, half_then_fail)
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]  # no temporary left behind
+
+
+def test_atomic_write_does_not_create_the_target_when_write_raises(tmp_path):
+    def fail(tmp):
+        raise OSError("nope")
+
+    with pytest.raises(OSError, match="nope"):
+        atomic_write(tmp_path / "new.txt", fail)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask, mode", [(0o027, 0o640), (0o022, 0o644), (0o077, 0o600)])
+def test_written_files_follow_the_umask(tmp_path, umask, mode):
+    # os.umask is process-wide: set it in a child so other tests never see it changed
+    code = textwrap.dedent(f"""
+        import os, sys
+        from vidfeat.files import atomic_write, write_json
+        os.umask({umask:#o})
+        write_json(sys.argv[1], {{"a": 1}})
+        atomic_write(sys.argv[2], lambda tmp: open(tmp, "w").write("x"))
+    """)
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.json"), str(tmp_path / "y.txt")],
+                   check=True, timeout=60)
+    for name in ("x.json", "y.txt"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
+
+
+def test_written_files_get_what_a_plain_open_gives(tmp_path):
+    # whatever this process's umask is: the mode of open(), not mkstemp's 0600
+    write_json(tmp_path / "x.json", {"a": 1})
+    (tmp_path / "plain.json").write_text("{}")
+    assert (stat.S_IMODE((tmp_path / "x.json").stat().st_mode)
+            == stat.S_IMODE((tmp_path / "plain.json").stat().st_mode))
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from vidfeat.files import FileLock
+    with FileLock(sys.argv[1], what="the thing"):
+        print("locked", flush=True)
+        time.sleep(600)
+""")
+
+
+def _hold(lock_path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(lock_path)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "locked"  # blocks until the child holds the lock
+    return proc
+
+
+def _wait_dead(proc: subprocess.Popen) -> int:
+    try:
+        return proc.wait(timeout=30)
+    finally:
+        proc.stdout.close()
+
+
+def test_file_lock_is_exclusive_across_processes(tmp_path):
+    lock = tmp_path / "out.lock"
+    proc = _hold(lock)
+    try:
+        with pytest.raises(RuntimeError, match=r"another vidfeat process is writing the thing"):
+            with FileLock(lock, what="the thing"):
+                pass
+        assert lock.read_text().strip() == str(proc.pid)  # the holder wrote its pid
+    finally:
+        proc.terminate()
+        _wait_dead(proc)
+
+
+def test_file_lock_is_released_when_the_holder_is_killed(tmp_path):
+    lock = tmp_path / "sub" / "out.lock"
+    proc = _hold(lock)
+    os.kill(proc.pid, signal.SIGKILL)  # no __exit__, no cleanup: only the kernel can release it
+    assert _wait_dead(proc) == -signal.SIGKILL
+    # the kernel closed the dead process's files before wait() could reap it: free at once
+    with FileLock(lock):
+        assert lock.read_text().strip() == str(os.getpid())
+    assert not lock.exists()  # released by its holder: no lock file left behind
+
+
+def test_file_lock_can_be_taken_again_after_release(tmp_path):
+    lock = tmp_path / "out.lock"
+    with FileLock(lock):
+        pass
+    with FileLock(lock):
+        pass
+
+
+def test_file_lock_never_admits_two_holders_while_files_come_and_go(tmp_path):
+    """Holders unlink the lock file on release; racing takers must still exclude each other."""
+    import threading
+
+    lock, inside, overlaps, taken = tmp_path / "race.lock", [0], [], [0]
+
+    def worker():
+        for _ in range(200):
+            try:
+                with FileLock(lock):
+                    inside[0] += 1
+                    if inside[0] != 1:
+                        overlaps.append(inside[0])
+                    taken[0] += 1
+                    inside[0] -= 1
+            except RuntimeError:
+                pass  # held by another thread: the non-blocking refusal a second writer gets
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not overlaps and taken[0] > 0 and not lock.exists()

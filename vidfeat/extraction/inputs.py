@@ -1,0 +1,200 @@
+"""Frames in, model-ready batches out: the input side of extraction.
+
+CPU device: DataLoader workers read, decode (libjpeg-turbo) and resize/crop each JPEG in uint8;
+the main process normalises. CUDA device, two input paths (``decode=``):
+
+* ``cpu``: the same workers decode and resize/crop to uint8 ``input_size x input_size``; batches
+  arrive in pinned memory, a prefetch thread copies them ``non_blocking`` on a side stream and
+  normalises there (channels_last, bf16/fp16), while the model runs the previous batch.
+* ``gpu``: workers only read JPEG bytes; the prefetch thread decodes whole batches with nvjpeg
+  (``decode_jpeg(device="cuda")``), resizes/crops same-sized images together and normalises on
+  the side stream. torchvision serialises every nvjpeg call behind one process-wide mutex and
+  parses/Huffman-decodes on the calling thread, so this path runs at one core's pace.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from vidfeat.extraction.backbones import Preprocess
+from vidfeat.extraction.defaults import PRECISIONS
+
+
+class FrameFiles(Dataset):
+    """Stored frames by path. ``decode=True``: resized/cropped uint8 (3,S,S) (cpu decode);
+    ``decode=False``: the raw JPEG bytes as a numpy array (nvjpeg; plain pickling, since
+    hundreds of tiny shared-memory tensors per batch exhaust or race the fd-passing channel).
+    A frame that cannot be read yields its error text instead, which the main process turns
+    into a clear failure."""
+
+    def __init__(self, root: Path, paths: list[str], preprocess: Preprocess, *, decode: bool):
+        self.root, self.paths, self.preprocess, self.decode = root, paths, preprocess, decode
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from torchvision.io import ImageReadMode, decode_image, read_file
+
+        try:
+            if not self.decode:
+                return np.fromfile(self.root / self.paths[i], dtype=np.uint8), ""
+            img = decode_image(read_file(str(self.root / self.paths[i])), mode=ImageReadMode.RGB)
+            return self.preprocess.resize_crop(img[None])[0], ""
+        except Exception as exc:  # corrupt or missing frame: reported with its path
+            size = self.preprocess.input_size
+            empty = torch.zeros((3, size, size), dtype=torch.uint8) if self.decode else \
+                np.zeros(0, np.uint8)
+            return empty, \
+                f"{self.paths[i]}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+
+
+def _collate(decode: bool):
+    from torch.utils.data import default_collate
+
+    def collate(items):
+        tensors, errors = zip(*items)
+        # default_collate stacks straight into shared memory in a worker: no extra copy
+        batch = default_collate(list(tensors)) if decode else [torch.from_numpy(t) for t in tensors]
+        return batch, [e for e in errors if e]
+    return collate
+
+
+def _raise_frame_errors(errors: list[str]) -> None:
+    if errors:
+        raise RuntimeError(f"cannot read stored frame {errors[0]} ({len(errors)} in this batch); "
+                           "the rows before it are kept: fix or re-ingest the frame and rerun")
+
+
+def _loader(dataset: FrameFiles, batch_size: int, workers: int, pin: bool) -> DataLoader:
+    # Many workers (CUDA, cpu decode): 2 batches each already keeps 16+ batches in flight, and
+    # decoded batches sit in /dev/shm and pinned memory, so no more. One pass over the data:
+    # persistent_workers would only keep idle processes alive.
+    prefetch = (2 if workers >= 8 else 4) if workers else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      collate_fn=_collate(dataset.decode), pin_memory=pin,
+                      prefetch_factor=prefetch, persistent_workers=False,
+                      timeout=600 if workers else 0)  # a wedged worker errors, never hangs
+
+
+def resize_crop_batch(images: list[torch.Tensor], preprocess: Preprocess) -> torch.Tensor:
+    """Resize/crop ``images``, (3,H,W) uint8, with ``preprocess``; same-sized ones go through
+    in one call. Returns the (N,3,S,S) stack."""
+    out = [None] * len(images)
+    groups: dict[tuple, list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(tuple(img.shape), []).append(i)
+    for idx in groups.values():
+        done = preprocess.resize_crop(torch.stack([images[i] for i in idx]))
+        for j, i in enumerate(idx):
+            out[i] = done[j]
+    return torch.stack(out)
+
+
+def _gpu_decode(data: list[torch.Tensor], paths: list[str], device: torch.device):
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        # find the culprit so the error names a frame, not a batch
+        for d, p in zip(data, paths):
+            try:
+                decode_jpeg(d, mode=ImageReadMode.RGB, device=device)
+            except RuntimeError as exc:
+                _raise_frame_errors([f"{p}: {str(exc).splitlines()[0]}"])
+        raise
+
+
+def _device_batches(loader: DataLoader, to_device, device: torch.device):
+    """Run ``to_device(data, first_row)`` on a side stream; yield (batch, ready event)."""
+    stream = torch.cuda.Stream(device)
+    start = 0
+    for data, errors in loader:
+        _raise_frame_errors(errors)
+        with torch.cuda.stream(stream):
+            x = to_device(data, start).contiguous(memory_format=torch.channels_last)
+            ready = torch.cuda.Event()
+            ready.record(stream)
+        start += len(data)
+        yield x, ready
+
+
+def _nvjpeg_input(paths: list[str], preprocess: Preprocess, device: torch.device, in_dtype):
+    def to_device(data: list[torch.Tensor], start: int) -> torch.Tensor:
+        images = _gpu_decode(data, paths[start:start + len(data)], device)
+        return preprocess.normalize(resize_crop_batch(images, preprocess), dtype=in_dtype)
+    return to_device
+
+
+def _upload_input(preprocess: Preprocess, device: torch.device, in_dtype):
+    def to_device(images: torch.Tensor, start: int) -> torch.Tensor:
+        # pinned uint8 (N,3,S,S): async copy, then channels_last while still 1 byte a value
+        x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        return preprocess.normalize(x, dtype=in_dtype)
+    return to_device
+
+
+def input_batches(root: Path, paths: list[str], preprocess: Preprocess, *, device: torch.device,
+                  decode: str, precision: str, batch_size: int, workers: int):
+    """(normalised channels_last batch, ready event or None) for each batch of ``paths``.
+
+    ``root``: the ingest folder ``paths`` are relative to. ``preprocess``: the backbone's
+    resize/crop/normalise. ``device``: where the batches go. ``decode``: the resolved decode
+    site (cpu|gpu). ``precision``: fp32|bf16|fp16, the dtype of CUDA batches. ``batch_size``,
+    ``workers``: DataLoader batch size and worker processes (0: in this process). On CUDA the
+    batches are built by a prefetch thread on a side stream; the consumer waits on the event
+    (``torch.cuda.current_stream().wait_event``).
+    """
+    cpu_decode = device.type != "cuda" or decode == "cpu"
+    loader = _loader(FrameFiles(root, paths, preprocess, decode=cpu_decode), batch_size, workers,
+                     pin=device.type == "cuda" and cpu_decode)
+    if device.type != "cuda":
+        return _cpu_batches(loader, preprocess)
+    in_dtype = PRECISIONS[precision]
+    to_device = _upload_input(preprocess, device, in_dtype) if cpu_decode else \
+        _nvjpeg_input(paths, preprocess, device, in_dtype)
+    return _prefetch(_device_batches(loader, to_device, device))
+
+
+def _cpu_batches(loader: DataLoader, preprocess: Preprocess):
+    for images, errors in loader:
+        _raise_frame_errors(errors)
+        yield preprocess.normalize(images).contiguous(memory_format=torch.channels_last), None
+
+
+def _prefetch(iterator, depth: int = 3):
+    """Run ``iterator`` in a thread, ``depth`` items ahead; its exceptions surface here."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def run():
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(end)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=run, name="vidfeat-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

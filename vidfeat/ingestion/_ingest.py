@@ -1,0 +1,392 @@
+"""Ingest: a folder of labelled videos -> stored JPEG frames + validated manifests.
+
+Stages, each a plain function over rows: ``scan_source`` (one row per input video) -> probe every
+video -> ``split.assign_splits`` -> ``balance.balance`` (train only) -> decode the planned frames
+-> ``manifest.write_manifest``.
+
+What happens to bad input (nothing is ever lost, the run goes on):
+
+* URL / ``protocol:`` rows, missing, empty, non-regular or duplicate files become ``failed`` rows
+  at scan time and are never opened.
+* Corrupt, truncated, audio-only or otherwise unusable videos become ``failed`` rows with the
+  one-line reason from ``probe_video`` / ``decode_frames``; so does any unexpected exception.
+* Every probe and decode runs in a sandbox child process that is killed (with its process group)
+  after ``timeout`` seconds, or when it crashes; the video becomes a ``failed`` row and a fresh
+  child takes the next one. A hung decoder cannot stall the run.
+* Frames are decoded into ``OUTDIR/.partial/`` and renamed into ``OUTDIR/frames/<video_id>/``
+  only when complete; completion is appended to ``OUTDIR/ingest_journal.jsonl`` as it happens,
+  so a killed run resumes where it stopped and a half-written folder is never taken as done.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vidfeat.files import FileLock
+from vidfeat.ingestion.decode import decode_frames
+from vidfeat.ingestion.probe import ProbeResult, probe_video
+from vidfeat.ingestion.sample import SamplingSpec, max_distinct_frames
+from vidfeat.ingestion.scan import scan_source
+from vidfeat.ingestion.stats import (
+    failure_counts,
+    jsonable,
+    library_versions,
+    nested_counts,
+    package_version,
+)
+from vidfeat.ingestion.tasks import (
+    FRAMES,
+    INGEST_LOCK,
+    JOURNAL,
+    PARTIAL,
+    Journal,
+    VideoTask,
+    frames_dir,
+    run_video_task,
+)
+from vidfeat.media import check_local_path
+from vidfeat.options import check_choice, check_positive
+from vidfeat.sandbox import close_sandboxes
+from vidfeat.system import decode_threads
+
+if TYPE_CHECKING:
+    from vidfeat.ingestion.manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------
+# The stage: scan -> probe (all) -> split -> balance -> decode -> manifests.
+# --------------------------------------------------------------------------------------------
+
+BACKENDS = {
+    "threading": "threads in this process, each driving its own sandbox child (default)",
+    "loky": "joblib's process pool; each worker drives its own sandbox child",
+    "multiprocessing": "multiprocessing pool; each worker drives its own sandbox child",
+    "dask": "a Dask cluster: scheduler=ADDRESS or scheduler file, else a local cluster of "
+            "`jobs` worker processes (vidfeat.scale)",
+}
+
+
+@dataclass
+class IngestResult:
+    """What ``ingest`` did; ``exit_code`` is the CLI's."""
+
+    outdir: Path
+    manifest: Manifest
+    n_ok: int
+    n_failed: int
+    n_reused: int                 # videos whose work an earlier run into OUTDIR had done
+    n_frames: int
+    elapsed_s: float
+    failures: dict[str, int] = field(default_factory=dict)  # reason -> videos
+    strict: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """0 when at least one video is ok (and, with ``strict``, none failed); else 1."""
+        return 1 if self.n_ok == 0 or (self.strict and self.n_failed) else 0
+
+    def summary(self) -> str:
+        """One paragraph: counts, failures by reason, frames, throughput, outputs."""
+        info = self.manifest.info
+        failed = "; ".join(f"{n} {reason}" for reason, n in self.failures.items())
+        splits = ", ".join(f"{s} {n}" for s, n in info["counts"]["videos_per_split"].items())
+        fps = info["throughput"]["frames_per_s"]
+        return (f"Ingested {self.n_ok} of {self.n_ok + self.n_failed} videos "
+                f"({len(self.manifest.class_names)} classes; splits: {splits or 'none'}), "
+                f"{self.n_failed} failed{f' ({failed})' if failed else ''}, "
+                f"{self.n_reused} reused from an earlier run. Stored {self.n_frames} frames "
+                f"in {self.elapsed_s:.1f} s ({fps:.1f} frames/s written this run). "
+                f"Outputs: {self.outdir}/ (videos/frames manifests, ingest.json, {FRAMES}/).")
+
+
+def ingest(src, outdir, *, labels=None, frames_per_video: int = 16, fps: float | None = None,
+           keyframes: bool = False, size: int = 256, jpeg_quality: int = 90,
+           split=(0.8, 0.1, 0.1), seed: int = 0, balance: str = "none",
+           max_frames_per_video: int | None = None, max_per_class: int | None = None,
+           fmt: str = "parquet", jobs: int = 1, timeout: float = 600.0, strict: bool = False,
+           retry_failed: bool = False, backend: str = "threading", scheduler=None,
+           progress: bool = True) -> IngestResult:
+    """Probe, split, balance and store frames of the videos in ``src`` into ``outdir``.
+
+    ``src`` is a folder of class folders, or use ``labels`` (CSV/Parquet ``path,label[,split]``).
+    Sampling: ``frames_per_video`` uniform (default), ``fps`` frames per second, or
+    ``keyframes``; frames resized to short side ``size``. ``split`` is train,val,test fractions
+    (a labels file's split column wins). ``balance`` (train split only): none | undersample |
+    oversample | frames, with ``max_frames_per_video`` (frames mode; default 4x
+    ``frames_per_video``) and ``max_per_class``. Each video's probe and decode run in a child
+    process killed after ``timeout`` seconds; ``jobs`` videos at a time on joblib's ``backend``
+    (threading | loky | multiprocessing), or ``backend='dask'``: on the Dask cluster at
+    ``scheduler`` (``tcp://HOST:PORT``, a scheduler file or a ``distributed.Client``; OUTDIR on
+    a filesystem the workers share), or without one on a local cluster of ``jobs`` processes.
+    Rerunning into ``outdir`` skips done videos (``retry_failed`` retries failed ones). Writes
+    ``videos``/``frames`` manifests (``fmt`` parquet or csv), ``ingest.json`` and
+    ``frames/<video_id>/*.jpg``. Bad videos become failed rows; raises only for bad options,
+    a missing source, or a source with no videos.
+    """
+    arguments = dict(locals())
+    started = time.monotonic()
+    if scheduler is not None:
+        from vidfeat.ingestion.cluster import describe
+
+        arguments["scheduler"] = describe(scheduler)
+    from vidfeat.ingestion.balance import MODES as BALANCE_MODES
+    from vidfeat.ingestion.manifest import FORMATS, write_manifest
+    from vidfeat.ingestion.split import parse_ratios
+
+    spec = sampling_spec(frames_per_video=frames_per_video, fps=fps, keyframes=keyframes,
+                         size=size, jpeg_quality=jpeg_quality)
+    check_choice("fmt", fmt, FORMATS)
+    check_choice("balance", balance, BALANCE_MODES)
+    check_choice("backend", backend, BACKENDS)
+    check_positive("jobs", jobs)
+    check_positive("timeout", timeout)
+    if scheduler is not None and backend != "dask":
+        raise ValueError(f"scheduler= needs backend='dask' (backend is {backend!r})")
+    parse_ratios(split)
+    if balance == "frames" and spec.mode != "uniform":
+        raise ValueError("balance='frames' needs uniform sampling (frames_per_video), "
+                         "not fps or keyframes")
+    videos = scan_source(src, labels=labels)
+    out = check_local_path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    run = _Run(out, spec, timeout=timeout, jobs=jobs, backend=backend, progress=progress,
+               retry_failed=retry_failed)
+    with FileLock(out / INGEST_LOCK, what=f"into {out}"):
+        shutil.rmtree(out / PARTIAL, ignore_errors=True)  # leftovers of a killed run
+        try:
+            with _runner(backend, scheduler, jobs, out) as run.runner:
+                videos, frames = run.execute(videos, split=split, seed=seed, balance=balance,
+                                             max_frames_per_video=max_frames_per_video,
+                                             max_per_class=max_per_class)
+        finally:
+            run.journal.close()
+            close_sandboxes()
+        # a worker killed mid-decode leaves its partial folder behind; nothing else writes now
+        shutil.rmtree(out / PARTIAL, ignore_errors=True)
+        info = run.info(videos, frames, arguments, time.monotonic() - started)
+        manifest = write_manifest(out, videos, frames, info, fmt=fmt)
+    result = run.result(manifest, strict=strict)
+    if progress:
+        print(result.summary(), file=sys.stderr)
+    return result
+
+
+def _runner(backend: str, scheduler, jobs: int, outdir: Path):
+    """The Dask runner for ``backend='dask'`` (a context manager), else a null context."""
+    if backend != "dask":
+        return contextlib.nullcontext()
+    from vidfeat.ingestion.cluster import DaskRunner
+
+    return DaskRunner(scheduler, workers=jobs, outdir=outdir)
+
+
+def sampling_spec(*, frames_per_video: int = 16, fps: float | None = None,
+                  keyframes: bool = False, size: int = 256, jpeg_quality: int = 90) -> SamplingSpec:
+    """The ``SamplingSpec`` for ingest's options (``fps`` and ``keyframes`` exclude each other)."""
+    if fps is not None and keyframes:
+        raise ValueError("give fps or keyframes, not both")
+    mode = "keyframes" if keyframes else "fps" if fps is not None else "uniform"
+    return SamplingSpec(mode=mode, frames_per_video=frames_per_video, fps=fps, size=size,
+                        jpeg_quality=jpeg_quality)
+
+
+class _Run:
+    """One ingest run into ``outdir``: runs the phases, journals them, assembles the tables."""
+
+    def __init__(self, outdir: Path, spec: SamplingSpec, *, timeout: float, jobs: int,
+                 backend: str, progress: bool, retry_failed: bool):
+        self.outdir, self.spec, self.timeout = outdir, spec, float(timeout)
+        self.jobs, self.backend, self.progress = jobs, backend, progress
+        self.retry_failed = retry_failed
+        self.journal = Journal(outdir)
+        self.done = self.journal.load()
+        self.entries: dict[tuple[str, str], dict] = {}
+        self.reused: set[str] = set()   # videos an earlier run had done
+        self.worked: set[str] = set()   # videos this run probed or decoded
+        self.frames_written = 0
+        self.runner = None  # the DaskRunner while backend='dask' runs
+        # decoder threads per worker; on Dask each worker sizes them for its own machine
+        self.threads = None if backend == "dask" else decode_threads(jobs)
+
+    def execute(self, videos, *, split, seed, balance, max_frames_per_video, max_per_class):
+        """Probe every usable video, split, balance, decode; return (videos, frames) tables."""
+        from vidfeat.ingestion.balance import balance as balance_videos
+        from vidfeat.ingestion.split import assign_splits
+
+        videos = videos.set_index(videos["video_id"].rename(None))
+        self._phase("probe", [self._probe_task(r) for r in videos.itertuples() if r.status == "ok"])
+        videos = _with_outcomes(videos, self.entries, "probe")
+        videos = assign_splits(videos, split, seed=seed)
+        if balance == "frames":
+            videos["capacity"] = [self._capacity(r) for r in videos.itertuples()]
+        videos = balance_videos(videos, balance, seed=seed, frames_per_video=self._n(),
+                                max_frames_per_video=max_frames_per_video,
+                                max_per_class=max_per_class)
+        todo = videos[(videos["status"] == "ok") & (videos["repeat"] > 0)]
+        self._phase("decode", [self._decode_task(r) for r in todo.itertuples()])
+        videos = _with_outcomes(videos, self.entries, "decode")
+        return _finish_videos(videos, self.entries), _frames_table(videos, self.entries)
+
+    def _n(self) -> int | None:
+        return self.spec.frames_per_video if self.spec.mode == "uniform" else None
+
+    def _capacity(self, row) -> int:
+        entry = self.entries.get(("probe", row.video_id))
+        if row.status != "ok" or entry is None:
+            return 0
+        return max_distinct_frames(ProbeResult(**entry["probe"]), self.spec)
+
+    def _probe_task(self, row) -> VideoTask:
+        key = f"{row.size_bytes}:{row.mtime_ns}"
+        return VideoTask("probe", row.video_id, row.path, str(self.outdir), self.timeout, key,
+                         probe_video)
+
+    def _decode_task(self, row) -> VideoTask:
+        probe = self.entries["probe", row.video_id]
+        n = int(row.n_planned) if self.spec.mode == "uniform" else None
+        key = json.dumps([probe["key"], asdict(self.spec), n])
+        return VideoTask("decode", row.video_id, row.path, str(self.outdir), self.timeout, key,
+                         decode_frames, probe=probe["probe"], spec=self.spec, n=n,
+                         threads=self.threads)
+
+    def _reusable(self, task: VideoTask) -> dict | None:
+        """The journal entry of an earlier run that did exactly this task, if any."""
+        entry = self.done.get((task.phase, task.video_id))
+        if entry is None or entry.get("key") != task.key:
+            return None
+        if entry["status"] != "ok":
+            return None if self.retry_failed else entry
+        if task.phase == "decode" and not frames_dir(self.outdir, task.video_id).is_dir():
+            return None  # its frames were deleted since
+        return entry
+
+    def _phase(self, phase: str, tasks: list[VideoTask]) -> None:
+        """Run ``tasks`` (reusing finished ones) in parallel, journaling each outcome."""
+        from joblib import Parallel, delayed
+        from tqdm import tqdm
+
+        todo = []
+        for task in tasks:
+            entry = self._reusable(task)
+            if entry is None:
+                todo.append(task)
+            else:
+                self.entries[phase, task.video_id] = entry
+                self.reused.add(task.video_id)
+        if not todo:
+            return
+        self.worked.update(t.video_id for t in todo)
+        if self.runner is not None:
+            results = self.runner.map(todo)
+        else:
+            parallel = Parallel(n_jobs=min(self.jobs, len(todo)), backend=self.backend,
+                                return_as="generator_unordered")
+            results = parallel(delayed(run_video_task)(t) for t in todo)
+        with tqdm(total=len(todo), desc=phase, unit="video", disable=not self.progress) as bar:
+            for entry in results:
+                self.journal.append(entry)
+                self.entries[phase, entry["video_id"]] = entry
+                self.frames_written += len(entry.get("frames", ()))
+                bar.update()
+
+    def info(self, videos, frames, arguments: dict, elapsed: float) -> dict:
+        """The ``ingest.json`` content."""
+        from vidfeat.ingestion.manifest import FORMATS
+
+        ok = videos[videos["status"] == "ok"]
+        failed = videos[videos["status"] == "failed"]
+        times = sorted(((sum(self.entries.get((p, v), {}).get("elapsed_s", 0)
+                             for p in ("probe", "decode")), v) for v in ok["video_id"]),
+                       reverse=True)
+        return {
+            "vidfeat_version": package_version("vidfeat"),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "arguments": {k: jsonable(v) for k, v in arguments.items()},
+            "sampling": asdict(self.spec),
+            "versions": library_versions(),
+            "counts": {
+                "videos": {"total": len(videos), "ok": len(ok), "failed": len(failed),
+                           "dropped": int((ok["repeat"] == 0).sum()), "reused": len(self.reused)},
+                "frames": len(frames),
+                "videos_per_split": nested_counts(ok[ok["repeat"] > 0], ["split"]),
+                "videos_per_class": nested_counts(ok[ok["repeat"] > 0], ["label", "split"]),
+                "frames_per_class": nested_counts(frames, ["label", "split"]),
+                "weighted_frames_per_class": nested_counts(frames, ["label", "split"], "repeat"),
+            },
+            "failures": failure_counts(failed["error"]),
+            "elapsed_s": round(elapsed, 3),
+            "throughput": {"videos_per_s": round(len(self.worked) / max(elapsed, 1e-9), 3),
+                           "frames_per_s": round(self.frames_written / max(elapsed, 1e-9), 3)},
+            "slowest_videos": [{"video_id": v, "seconds": round(t, 3)} for t, v in times[:5]],
+            "outputs": {"videos": f"videos{FORMATS[arguments['fmt']]}",
+                        "frames": f"frames{FORMATS[arguments['fmt']]}",
+                        "frames_dir": FRAMES, "journal": JOURNAL},
+        }
+
+    def result(self, manifest: Manifest, *, strict: bool) -> IngestResult:
+        videos = manifest.videos
+        failed = videos[videos["status"] == "failed"]
+        return IngestResult(self.outdir, manifest, int((videos["status"] == "ok").sum()),
+                            len(failed), len(self.reused), len(manifest.frames),
+                            manifest.info["elapsed_s"], failure_counts(failed["error"]),
+                            strict=strict)
+
+
+def _with_outcomes(videos, entries: dict, phase: str):
+    """``videos`` (indexed by video_id) with ``phase`` failures marked and probe fields added."""
+    import pandas as pd
+
+    out = videos.copy()
+    found = {v: entries[phase, v] for v in out.index if (phase, v) in entries}
+    failed = [v for v, e in found.items() if e["status"] != "ok"]
+    out.loc[failed, "status"] = "failed"
+    out.loc[failed, "error"] = [found[v]["error"] for v in failed]
+    out.loc[failed, "split"] = ""
+    if phase == "probe":
+        probes = {v: ProbeResult(**e["probe"]).row() for v, e in found.items() if e["status"] == "ok"}
+        columns = [f.name for f in fields(ProbeResult) if f.name != "start_s"]
+        out = out.join(pd.DataFrame.from_dict(probes, orient="index", columns=columns))
+    return out
+
+
+def _finish_videos(videos, entries: dict):
+    """The videos manifest: contract columns first, failed rows with no split and no frames."""
+    from vidfeat.ingestion.manifest import VIDEO_COLUMNS, VIDEO_OPTIONAL
+
+    out = videos.reset_index(drop=True)
+    ok = out["status"] == "ok"
+    out["n_frames"] = [len(entries.get(("decode", v), {}).get("frames", ())) for v in out["video_id"]]
+    out.loc[~ok, ["repeat", "n_frames"]] = 0
+    out.loc[~ok, "split"] = ""
+    columns = [c for c in (*VIDEO_COLUMNS, *VIDEO_OPTIONAL) if c in out.columns]
+    columns += [c for c in ("size_bytes", "mtime_ns") if c in out.columns]
+    return out[columns].sort_values("video_id", kind="stable").reset_index(drop=True)
+
+
+def _frames_table(videos, entries: dict):
+    """The frames manifest: one row per stored JPEG of the ok videos."""
+    import pandas as pd
+
+    from vidfeat.ingestion.manifest import FRAME_COLUMNS
+
+    cols: dict[str, list] = {c: [] for c in FRAME_COLUMNS}
+    kept = videos[(videos["status"] == "ok") & (videos["repeat"] > 0)].sort_values("video_id")
+    for row in kept.itertuples():
+        for index, ts, name in entries["decode", row.video_id]["frames"]:
+            cols["frame_id"].append(f"{row.video_id}#{index}")
+            cols["frame_index"].append(index)
+            cols["timestamp_s"].append(ts)
+            cols["path"].append(f"{FRAMES}/{row.video_id}/{name}")
+            for c in ("video_id", "label", "split", "repeat"):
+                cols[c].append(getattr(row, c))
+    return pd.DataFrame(cols).astype(FRAME_COLUMNS)
+
+

@@ -1,0 +1,161 @@
+"""Scanning the source: a folder of class folders or a labels file -> one row per input video.
+
+Rows that cannot be used (URL or ``protocol:`` path, missing/empty/non-regular file, bad split,
+the same file listed twice) are ``failed`` rows with a reason; nothing is opened here.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path, PurePosixPath
+
+from vidfeat.media import UnsafeMediaPath, check_local_path
+
+log = logging.getLogger(__name__)
+
+# Containers looked for in class folders (lower-case suffixes); anything else there is ignored.
+VIDEO_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mkv .webm .avi .mov .qt .mpg .mpeg .m2v .ts .mts .m2ts .flv .wmv .asf .3gp .3g2 "
+    ".ogv .ogg .mxf .vob .dv .y4m .nut".split())
+
+SCAN_COLUMNS = ("video_id", "path", "label", "split", "status", "error", "size_bytes", "mtime_ns")
+# video_id prefix for labels-file rows outside the labels file's folder (absolute path follows)
+EXTERNAL_PREFIX = "_external"
+
+
+def scan_source(src, *, labels: str | os.PathLike | None = None):
+    """One row per input video: ``video_id, path, label, split, status, error`` (+ file stats).
+
+    ``src`` is a folder of class folders (``src/<label>/**/<video>``), or, with ``labels``, a
+    CSV/Parquet file with ``path,label`` and optionally ``split`` whose relative paths resolve
+    against the labels file's folder (``src`` is then ignored and may be None). ``video_id`` is
+    the POSIX path relative to that root: unique, and safe as a relative folder (no '..', never
+    absolute). Rows that cannot be used (URL or ``protocol:`` path, missing/empty/non-regular
+    file, bad split value, same file listed twice) get ``status='failed'`` and a reason; nothing
+    is opened here. Rows are sorted by ``video_id``.
+    """
+    import pandas as pd  # lazily: the sandbox child imports this module and must start fast
+
+    rows = _scan_labels(Path(labels)) if labels is not None else _scan_folders(src)
+    df = pd.DataFrame(rows, columns=list(SCAN_COLUMNS))
+    for column in ("size_bytes", "mtime_ns"):  # built directly: via float64, ns would round
+        df[column] = pd.array([r[column] for r in rows], dtype="Int64")
+    if df.empty:
+        where = labels if labels is not None else src
+        raise ValueError(f"no videos found in {where}")
+    return df.sort_values("video_id", kind="stable").reset_index(drop=True)
+
+
+def _row(video_id, path, label, split="", error="", st=None) -> dict:
+    return {"video_id": video_id, "path": str(path), "label": label, "split": split,
+            "status": "failed" if error else "ok", "error": error,
+            "size_bytes": st.st_size if st else None, "mtime_ns": st.st_mtime_ns if st else None}
+
+
+def _scan_folders(src) -> list[dict]:
+    if src is None:
+        raise ValueError("give a source folder of class folders, or labels=FILE")
+    root = check_local_path(src)
+    if not root.is_dir():
+        raise FileNotFoundError(f"source folder not found: {src}")
+    rows = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel_dir = PurePosixPath(Path(dirpath).relative_to(root).as_posix())
+        for name in sorted(filenames):
+            if name.startswith(".") or Path(name).suffix.lower() not in VIDEO_EXTENSIONS:
+                continue
+            if rel_dir == PurePosixPath("."):
+                log.warning("ignoring %s: a video directly in %s has no class folder", name, root)
+                continue
+            path = Path(dirpath) / name
+            rows.append(_file_row(str(rel_dir / name), path, rel_dir.parts[0]))
+    return rows
+
+
+def _file_row(video_id: str, path: Path, label: str, split: str = "") -> dict:
+    """Row for a local file, failed when it is missing, not a regular file, or empty."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return _row(video_id, path, label, split, "file not found")
+    except OSError as exc:
+        return _row(video_id, path, label, split, f"cannot stat file: {exc.strerror}")
+    if not stat.S_ISREG(st.st_mode):
+        return _row(video_id, path, label, split, "not a regular file", st)
+    if st.st_size == 0:
+        return _row(video_id, path, label, split, "file is empty (0 bytes)", st)
+    if not os.access(path, os.R_OK):
+        return _row(video_id, path, label, split, "file is not readable (permission denied)", st)
+    return _row(video_id, path, label, split, "", st)
+
+
+def read_labels(path: Path):
+    """The labels table (CSV or Parquet) with text columns ``path, label, split``."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise FileNotFoundError(f"labels file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        df = pd.read_parquet(path)
+    elif suffix == ".csv":
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    else:
+        raise ValueError(f"labels file must be .csv or .parquet, got {path.name!r}")
+    df.columns = [str(c).strip().lower() for c in df.columns]
+    for column in ("path", "label"):
+        if column not in df.columns:
+            raise ValueError(f"labels file {path.name}: missing column {column!r} "
+                             f"(has {', '.join(map(repr, df.columns))})")
+    if "split" not in df.columns:
+        df["split"] = ""
+    return df[["path", "label", "split"]].fillna("").astype(str).apply(lambda s: s.str.strip())
+
+
+def _scan_labels(labels: Path) -> list[dict]:
+    labels = check_local_path(labels)
+    base = labels.parent
+    rows, seen = [], {}
+    for i, (raw, label, split) in enumerate(read_labels(labels).itertuples(index=False), start=2):
+        row = _labels_row(i, raw, label, split.lower(), base)
+        first = seen.setdefault(row["video_id"], i)
+        if first != i:  # the same file listed twice: keep the first, report the rest
+            row.update(video_id=f"{row['video_id']}~dup{i}", status="failed",
+                       error=f"same file as line {first} of the labels file")
+        rows.append(row)
+    return rows
+
+
+def _labels_row(line: int, raw: str, label: str, split: str, base: Path) -> dict:
+    """Row for labels-file line ``line`` (1 is the header)."""
+    from vidfeat.ingestion.manifest import SPLITS
+
+    rejected = f"_rejected/line{line}"
+    if not raw:
+        return _row(rejected, raw, label, split, "empty path")
+    try:
+        path = check_local_path(raw, base=base)
+    except UnsafeMediaPath as exc:
+        return _row(rejected, raw, label, split, str(exc))
+    vid = video_id_for(path, base)
+    if not label:
+        return _row(vid, path, label, split, "empty label")
+    if split and split not in SPLITS:
+        return _row(vid, path, label, split, f"split {split!r} is not one of {', '.join(SPLITS)}")
+    return _file_row(vid, path, label, split)
+
+
+def video_id_for(path: Path, base: Path) -> str:
+    """POSIX path of ``path`` relative to ``base``; outside ``base``, ``_external/<abs path>``.
+
+    Both ``path`` and ``base`` are absolute and normalised, so the result never holds '..' and
+    distinct files get distinct ids.
+    """
+    try:
+        return Path(path).relative_to(base).as_posix()
+    except ValueError:
+        drive = Path(path).drive.strip(":\\/")  # "C" on Windows, "" on POSIX
+        return PurePosixPath(EXTERNAL_PREFIX, drive, *Path(path).parts[1:]).as_posix()
+

@@ -1,0 +1,137 @@
+"""Per-video work and its files: the task run in the sandbox, the frame folders and the journal.
+
+This module owns ``OUTDIR/frames/``, ``OUTDIR/.partial/`` and ``OUTDIR/ingest_journal.jsonl``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+from vidfeat.ingestion.probe import ProbeResult
+from vidfeat.ingestion.sample import SamplingSpec
+from vidfeat.sandbox import thread_sandbox
+
+FRAMES = "frames"            # OUTDIR/frames/<video_id>/*.jpg
+PARTIAL = ".partial"         # OUTDIR/.partial/: frames being decoded (renamed when complete)
+INGEST_LOCK = ".ingest.lock"  # OUTDIR/.ingest.lock: one ingest writes into OUTDIR at a time
+JOURNAL = "ingest_journal.jsonl"  # OUTDIR/ingest_journal.jsonl: per-video outcomes, appended
+
+
+# --------------------------------------------------------------------------------------------
+# Per-video work: a small picklable task in, a small JSON-able journal entry out. Runs on any
+# joblib backend (threads, loky, Dask workers); the timeout and the kill are inside.
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VideoTask:
+    """Probe (``phase='probe'``) or decode (``'decode'``) one video."""
+
+    phase: str
+    video_id: str
+    path: str
+    outdir: str
+    timeout: float
+    key: str                          # what the result depends on (file stats, sampling, n)
+    work: Callable                    # probe_video or decode_frames (tests swap in others)
+    probe: dict | None = None         # decode: the probe fields
+    spec: SamplingSpec | None = None  # decode: how to sample
+    n: int | None = None              # decode: frames to sample (uniform)
+    threads: int | None = None        # decode: decoder threads per worker
+
+
+def run_video_task(task: VideoTask) -> dict:
+    """Run ``task`` in this thread's sandbox; never raises. Returns the journal entry."""
+    start = time.monotonic()
+    if task.phase == "probe":
+        ok, value = thread_sandbox().call(task.work, (task.path,), {"check_decode": True},
+                                    timeout=task.timeout)
+        extra = {"probe": asdict(value)} if ok else {}
+    else:
+        ok, value = _decode_and_publish(task)
+        extra = {"frames": value} if ok else {}
+    return {"phase": task.phase, "video_id": task.video_id, "key": task.key,
+            "status": "ok" if ok else "failed", "error": "" if ok else str(value),
+            "elapsed_s": round(time.monotonic() - start, 4), **extra}
+
+
+def _decode_and_publish(task: VideoTask) -> tuple[bool, object]:
+    """Decode into ``OUTDIR/.partial/<random>``, then rename to ``frames/<video_id>``."""
+    partial_root = Path(task.outdir, PARTIAL)
+    partial_root.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=partial_root, prefix="decode-"))
+    try:
+        ok, value = thread_sandbox().call(
+            task.work, (task.path, ProbeResult(**task.probe), task.spec, str(partial)),
+            {"n": task.n, "threads": task.threads}, timeout=task.timeout)
+        if ok and not value:
+            return False, "no frames decoded"
+        if ok:
+            _publish(partial, frames_dir(task.outdir, task.video_id))
+            value = [[r.frame_index, r.timestamp_s, r.filename] for r in value]
+        return ok, value
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def frames_dir(outdir, video_id: str) -> Path:
+    """Where a video's JPEGs live: ``OUTDIR/frames/<video_id>/``."""
+    return Path(outdir, FRAMES, *PurePosixPath(video_id).parts)
+
+
+def _publish(partial: Path, final: Path) -> None:
+    # A stale folder (a run killed after the rename, before the journal) is moved aside first:
+    # renames are atomic, so the final folder is always either absent or complete.
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stale = partial.with_name(partial.name + ".stale")
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(final, stale)
+    os.rename(partial, final)
+    shutil.rmtree(stale, ignore_errors=True)
+
+
+class Journal:
+    """``OUTDIR/ingest_journal.jsonl``: one JSON line per finished task, appended as it happens.
+
+    Only this file says a video is done, and a line is written after its frames folder is in
+    place, so a run killed at any point resumes without taking half-written work as done.
+    """
+
+    def __init__(self, outdir: Path):
+        self.path = Path(outdir) / JOURNAL
+        self._file = None
+
+    def load(self) -> dict[tuple[str, str], dict]:
+        """Latest entry per ``(phase, video_id)``; a torn last line (killed run) is skipped."""
+        entries = {}
+        if self.path.exists():
+            with open(self.path, encoding="utf-8") as f:
+                for line in f:
+                    with contextlib.suppress(ValueError, KeyError, TypeError):
+                        entry = json.loads(line)
+                        entries[entry["phase"], entry["video_id"]] = entry
+        return entries
+
+    def append(self, entry: dict) -> None:
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8")
+            if self._file.tell() and not self._ends_with_newline():
+                self._file.write("\n")  # after a torn line
+        self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        self._file.flush()
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

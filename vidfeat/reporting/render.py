@@ -1,0 +1,249 @@
+"""The report as one list of blocks, rendered to Markdown and to a self-contained HTML page.
+
+Blocks: ("h1"|"h2"|"h3"|"p", text), ("ul", [text]), ("table", header, rows), ("img", plot key, alt).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from vidfeat.reporting.data import BETAS, usable_classes
+
+MAX_TABLE_CLASSES = 30   # confusion-matrix tables above this size live in report.json only
+
+
+def _fmt(x) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return f"{int(x):,}"
+    if isinstance(x, (float, np.floating)):
+        return f"{x:,.1f}" if abs(x) >= 100 else f"{x:.3f}"
+    return str(x)
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
+_COUNT_COLUMNS = [("videos", "videos"), ("videos_after", "videos after"),
+                  ("dropped_videos", "dropped"), ("frames", "frames"),
+                  ("frames_after", "frames after"), ("duration_s", "duration s"),
+                  ("mean_duration_s", "mean duration s"), ("frames_per_video", "frames/video")]
+
+
+def _count_table(data: dict, split: str) -> tuple:
+    keys = _COUNT_COLUMNS + ([("failed", "failed")] if split == "all" else [])
+    rows = [[c] + [_fmt(data["counts"][c][split][k]) for k, _ in keys] for c in data["classes"]]
+    total = {k: sum(data["counts"][c][split][k] for c in data["classes"])
+             for k in ("videos", "videos_after", "dropped_videos", "frames", "frames_after",
+                       "duration_s", "duration_s_after", "failed")}
+    n = total["videos"]
+    total["mean_duration_s"] = total["duration_s"] / n if n else None
+    total["frames_per_video"] = total["frames"] / n if n else None
+    if len(data["classes"]) > 1:
+        rows.append(["**total**"] + [_fmt(total[k]) for k, _ in keys])
+    return ("table", ["class"] + [h for _, h in keys], rows)
+
+
+def _overview(data: dict) -> list:
+    src, t = data["source"], data["totals"]
+    what = {"ingest": "ingest output folder", "folder": "pre-flight on a folder of class folders",
+            "labels": "pre-flight on a labels file"}[src["kind"]]
+    frames = "stored frames" if src["frames"] == "stored" else "frames in the source videos"
+    blocks = [("h1", f"vidfeat report: {Path(src['path']).name}"),
+              ("p", f"Source: {src['path']} ({what}). Created {data['created']} by vidfeat "
+                    f"{data['vidfeat_version']}."),
+              ("p", f"{len(data['classes'])} classes, {t['videos']:,} videos: {t['ok']:,} ok, "
+                    f"{t['failed']:,} failed; {t['frames']:,} {frames}; "
+                    f"{t['duration_s']:,.1f} s of video.")]
+    warnings = [w["message"] for w in data["warnings"]]
+    blocks += [("h2", "Warnings"), ("ul", warnings) if warnings else ("p", "No warnings.")]
+    return blocks
+
+
+def _count_sections(data: dict) -> list:
+    if not data["totals"]["ok"]:
+        return []
+    blocks = [("h2", "Classes and splits"),
+              ("p", "Before balancing counts each ok video and stored frame once; after weights "
+                    "them by their oversampling repeat and leaves out undersampled videos.")]
+    for split in data["splits"]:
+        blocks += [("h3", "All splits" if split == "all" else f"Split: {split}"),
+                   _count_table(data, split)]
+    blocks.append(("img", "class_counts", "class counts before and after balancing"))
+    dist = data["split_distribution"]
+    if len(data["splits"]) > 2:
+        shown = [s for s in data["splits"] if s != "all"]
+        rows = [[c] + [_pct(dist["fractions"][s][c]) for s in shown] for c in usable_classes(data)]
+        rows.append(["**videos**"] + [_fmt(dist["videos"][s]) for s in shown])
+        rows.append(["**drift from train**"] + [_fmt(dist["drift_from_train"].get(s))
+                                               for s in shown])
+        blocks += [("h3", "Class distribution per split"), ("table", ["class"] + shown, rows),
+                   ("img", "split_distribution", "class distribution per split")]
+    return blocks
+
+
+def _imbalance_section(data: dict) -> list:
+    imb = data["imbalance"]
+    if not imb["videos"]["before"]["total"]:
+        return []
+    cols = [(u, w) for u in ("videos", "frames") for w in ("before", "after")]
+    measures = [("imbalance ratio (largest/smallest)", "imbalance_ratio"),
+                ("normalised entropy (1 = even)", "normalized_entropy"),
+                ("Gini coefficient (0 = even)", "gini"), ("largest class", "largest"),
+                ("smallest class", "smallest")]
+    rows = [[label] + [_fmt(imb[u][w][key]) for u, w in cols] for label, key in measures]
+    basis = imb["frames"]["after"]
+    weights = basis["weights"]
+    wrows = [[c, _fmt(basis["counts"][c]), _fmt(weights["balanced"][c])]
+             + [_fmt(weights["effective_number"][str(b)][c]) for b in BETAS] for c in basis["counts"]]
+    return [("h2", f"Imbalance ({imb['scope']} split)" if imb["scope"] == "train"
+             else "Imbalance (all videos)"),
+            ("table", ["measure"] + [f"{u} {w}" for u, w in cols], rows),
+            ("h3", "Class weights"),
+            ("p", f"From {imb['scope']} frames after balancing (what training sees). Balanced = "
+                  "N / (K n_c) as scikit-learn's compute_class_weight('balanced'); effective "
+                  "number = (1 - beta) / (1 - beta^n_c); both scaled as training scales them, "
+                  "so that sum_c w_c n_c = N. report.json also has "
+                  "them for videos and before balancing."),
+            ("table", ["class", "frames", "balanced"] + [f"beta={b}" for b in BETAS], wrows)]
+
+
+def _failure_section(data: dict) -> list:
+    fail = data["failures"]
+    if not fail["failed"]:
+        return []
+    rows = [[c, _fmt(e["failed"]), "; ".join(f"{r['reason']} (x{r['count']}, e.g. {r['examples'][0]})"
+                                             for r in e["reasons"])
+             + (f"; {e['other_reasons']} with other reasons" if e["other_reasons"] else "")]
+            for c, e in fail["by_class"].items()]
+    return [("h2", f"Failed videos ({fail['failed']:,})"),
+            ("table", ["class", "failed", "reasons"], rows)]
+
+
+def _model_section(data: dict) -> list:
+    model = data["model"]
+    if model is None:
+        return []
+    src = model["train_frequency"]["source"]
+    blocks = [("h2", "Model evaluation"),
+              ("p", f"Model: {model['path']}. Training frequency from "
+                    + {"config": "config.json train_counts", "manifest":
+                       "the train split's frames after balancing", None: "nowhere (unknown)"}[src]
+                    + ".")]
+    for split, levels in model["results"].items():
+        for level, m in levels.items():
+            blocks += _evaluation_blocks(model, split, level, m)
+    if src is not None:
+        blocks.append(("img", "recall_vs_frequency", "recall against training frequency"))
+    return blocks
+
+
+def _evaluation_blocks(model: dict, split: str, level: str, m: dict) -> list:
+    names = model["class_names"]
+    freq = model["train_frequency"]["counts"]
+    rows = [[c, _fmt(v.get("precision")), _fmt(v.get("recall")), _fmt(v.get("f1")),
+             _fmt(v.get("support")), _fmt(freq.get(c))] for c, v in m["per_class"].items()]
+    blocks = [("h3", f"{split}, {level} level"),
+              ("p", f"n = {m.get('n', 'n/a')}; accuracy {_fmt(m['accuracy'])}; balanced accuracy "
+                    f"{_fmt(m['balanced_accuracy'])}; macro F1 {_fmt(m['macro_f1'])}."),
+              ("table", ["class", "precision", "recall", "F1", "support", "train frames"], rows)]
+    if len(names) <= MAX_TABLE_CLASSES:
+        cm, norm = m["confusion_matrix"], m["confusion_matrix_normalized"]
+        cells = [[f"{n} ({_pct(norm[i][j])})" for j, n in enumerate(row)]
+                 for i, row in enumerate(cm)]
+        blocks.append(("table", ["true \\ predicted"] + names,
+                       [[c] + r for c, r in zip(names, cells)]))
+    blocks.append(("img", f"confusion_{_safe(split)}_{level}", f"confusion matrix {split} {level}"))
+    return blocks
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "_" for ch in name)
+
+
+def document(data: dict) -> list:
+    """Report dict ``data`` as a list of blocks (shared by the Markdown and HTML renderers)."""
+    return (_overview(data) + _count_sections(data) + _imbalance_section(data)
+            + _failure_section(data) + _model_section(data))
+
+
+_MD_SPECIAL = str.maketrans({ch: "\\" + ch for ch in "\\`*_[]<>|#"} | {"\n": " ", "\r": " "})
+
+
+def _md_text(text: str) -> str:
+    # class names and errors are untrusted: no raw HTML, no table breaks, no emphasis
+    bold = text.startswith("**") and text.endswith("**") and len(text) > 4
+    inner = (text[2:-2] if bold else text).translate(_MD_SPECIAL)
+    return f"**{inner}**" if bold else inner
+
+
+def render_markdown(blocks: list, plots: dict[str, Path]) -> str:
+    """Markdown for ``blocks`` (from ``document``); ``plots`` {key: PNG path} become images
+    linked by file name (they sit beside report.md); images without a plot are left out."""
+    out = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "h3"):
+            out.append("#" * int(kind[1]) + " " + _md_text(block[1]))
+        elif kind == "p":
+            out.append(_md_text(block[1]))
+        elif kind == "ul":
+            out.append("\n".join(f"- {_md_text(item)}" for item in block[1]))
+        elif kind == "table":
+            header, rows = block[1], block[2]
+            lines = ["| " + " | ".join(map(_md_text, header)) + " |",
+                     "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(map(_md_text, row)) + " |" for row in rows]
+            out.append("\n".join(lines))
+        elif kind == "img" and block[1] in plots:
+            out.append(f"![{_md_text(block[2])}]({plots[block[1]].name})")
+    return "\n\n".join(out) + "\n"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
+color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;
+padding:3px 8px;text-align:left}.n{text-align:right}th{background:#f3f3f3}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}li{margin:.3em 0}
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}"""
+
+
+_NUMERIC = re.compile(r"[-+]?[\d,.]+%?( \(\d+%\))?|n/a")
+
+
+def _html_cell(text: str, tag: str) -> str:
+    bold = text.startswith("**") and text.endswith("**") and len(text) > 4
+    body = html.escape(text[2:-2] if bold else text)
+    align = ' class="n"' if _NUMERIC.fullmatch(text) else ""  # numbers right, text left
+    return f"<{tag}{align}>{'<b>' + body + '</b>' if bold else body}</{tag}>"
+
+
+def render_html(blocks: list, plots: dict[str, Path]) -> str:
+    """A self-contained page for ``blocks``: inline CSS, the ``plots`` PNGs ({key: path}) as
+    base64 data URIs, no script, no URL."""
+    body = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "h3", "p"):
+            body.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
+        elif kind == "ul":
+            body.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in block[1]) + "</ul>")
+        elif kind == "table":
+            head = "".join(_html_cell(h, "th") for h in block[1])
+            rows = "".join("<tr>" + "".join(_html_cell(c, "td") for c in r) + "</tr>"
+                           for r in block[2])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+        elif kind == "img" and block[1] in plots:
+            b64 = base64.b64encode(plots[block[1]].read_bytes()).decode("ascii")
+            body.append(f'<img alt="{html.escape(block[2])}" src="data:image/png;base64,{b64}">')
+    title = html.escape(blocks[0][1]) if blocks else "vidfeat report"
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
+            f"<style>{_CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
