@@ -57,22 +57,22 @@ RUN_RECORDS = {"ingest.json", "ingest_journal.jsonl"}
 
 
 def digests(work):
-    """sha256 of every ingest data file (frames, manifests) and of the feature file."""
+    """sha256 of every ingest data file (frames, manifests), the feature file and the trained head."""
     files = sorted(p for p in (work / "ingest").rglob("*")
                    if p.is_file() and p.name not in RUN_RECORDS)
-    files.append(work / "features.h5")
+    files += [work / "features.h5", work / "model" / "head.pt", work / "model" / "metrics.json"]
     return {str(p.relative_to(work)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
 def test_speed_only_options_keep_outputs_bit_identical_and_skip(small_videos, tmp_path):
-    # extract workers and ingest jobs are left out of the fingerprints: this is the proof
+    # extract workers, ingest jobs and progress are left out of the fingerprints: the proof
     work = tmp_path / "work"
     base = config_for(small_videos)  # extract workers=0, ingest jobs=2
     run_pipeline(base, work, progress=False)
     before = digests(work)
     other = config_for(small_videos)
     other["extract"]["workers"], other["ingest"]["jobs"] = 2, 1
-    rerun = run_pipeline(other, work, overwrite=True, progress=False)
+    rerun = run_pipeline(other, work, overwrite=True, progress=True)
     assert set(statuses(rerun).values()) == {"ran"}
     assert digests(work) == before
     again = run_pipeline(base, work, progress=False)
@@ -82,7 +82,7 @@ def test_speed_only_options_keep_outputs_bit_identical_and_skip(small_videos, tm
 def head_weights(work):
     import torch
 
-    saved = torch.load(work / "model" / "head.pt", map_location="cpu", weights_only=False)
+    saved = torch.load(work / "model" / "head.pt", map_location="cpu", weights_only=True)
     return {k: v for k, v in saved.items() if isinstance(v, torch.Tensor)}
 
 

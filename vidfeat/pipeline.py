@@ -38,14 +38,14 @@ log = logging.getLogger(__name__)
 
 STAGES = ("ingest", "data_report", "extract", "train", "report")
 SECTIONS = ("ingest", "extract", "train", "report")
-# Options left out of a stage's fingerprint: only those shown (tests/test_pipeline.py and the
-# stage's own tests) to leave its outputs bit-identical. Anything else, batch sizes, devices and
-# precisions included, changes the numbers, so a change must rerun the stage.
+# Options left out of a stage's fingerprint: only those that tests/test_pipeline.py shows leave
+# its outputs bit-identical. Anything else changes the numbers or may (batch sizes, devices and
+# precisions; an ingest timeout decides which videos fail), so a change reruns the stage.
 _NO_EFFECT = {
-    "ingest": {"progress", "jobs", "timeout", "backend", "scheduler"},
+    "ingest": {"progress", "jobs"},
     "extract": {"progress", "workers"},
     "train": {"progress"},
-    "report": {"progress", "jobs", "timeout"},
+    "report": {"progress"},
 }
 # options the pipeline sets itself (paths between stages)
 _OWNED = {

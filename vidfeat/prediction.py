@@ -42,10 +42,7 @@ def load_model(model_dir, device: torch.device):
     bb_file = config["files"].get("backbone")
     weights = str(Path(model_dir) / bb_file) if bb_file else config.get("weights")
     backbone = create_backbone(config["backbone"], weights).model.to(device).eval()
-    pre = config["preprocessing"]
-    preprocess = Preprocess(resize_size=int(pre["resize_size"]), input_size=int(pre["input_size"]),
-                            mean=tuple(pre["mean"]), std=tuple(pre["std"]),
-                            interpolation=pre.get("interpolation") or "bilinear")
+    preprocess = Preprocess.from_attrs(config["preprocessing"])
     known = set(SamplingSpec.__dataclass_fields__)
     spec = SamplingSpec(**{k: v for k, v in (config.get("sampling") or {}).items() if k in known})
     return config, backbone, head.to(device).eval(), preprocess, spec

@@ -92,6 +92,18 @@ class Preprocess:
                 "mean": list(self.mean), "std": list(self.std),
                 "interpolation": self.interpolation}
 
+    @classmethod
+    def from_attrs(cls, attrs) -> "Preprocess":
+        """The preprocessing ``as_attrs`` recorded (feature-file attributes or config.json).
+
+        ``attrs``: a mapping with ``resize_size``, ``input_size``, ``mean``, ``std`` and
+        optionally ``interpolation``; a missing key raises KeyError naming it.
+        """
+        return cls(resize_size=int(attrs["resize_size"]), input_size=int(attrs["input_size"]),
+                   mean=tuple(float(v) for v in attrs["mean"]),
+                   std=tuple(float(v) for v in attrs["std"]),
+                   interpolation=str(attrs.get("interpolation") or "bilinear"))
+
 
 @dataclass
 class Backbone:

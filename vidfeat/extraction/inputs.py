@@ -39,12 +39,12 @@ class FrameFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from torchvision.io import ImageReadMode, decode_image, read_file
+        from vidfeat.extraction.backbones import load_image
 
         try:
             if not self.decode:
                 return np.fromfile(self.root / self.paths[i], dtype=np.uint8), ""
-            img = decode_image(read_file(str(self.root / self.paths[i])), mode=ImageReadMode.RGB)
+            img = load_image(self.root / self.paths[i])
             return self.preprocess.resize_crop(img[None])[0], ""
         except Exception as exc:  # corrupt or missing frame: reported with its path
             size = self.preprocess.input_size

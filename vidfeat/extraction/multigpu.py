@@ -32,6 +32,7 @@ from vidfeat.extraction.cache import FeatureStore, merge
 from vidfeat.extraction.defaults import loader_defaults, resolve_decode
 from vidfeat.extraction.single import ExtractResult, discard_output, extract_single
 from vidfeat.files import write_json
+from vidfeat.sandbox import kill_group, python_child
 from vidfeat.system import usable_cores
 
 POLL_S = 0.5
@@ -159,8 +160,7 @@ def _run_shards(ingest_dir: Path, paths: list[Path], slots: list[Slot], options:
     finally:
         for proc in procs:  # only reached alive on an exception (Ctrl-C) in this process
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait()
+                kill_group(proc, signal.SIGTERM)
     failed = [(i, slot) for i, (proc, slot) in enumerate(zip(procs, slots)) if proc.returncode]
     if failed:
         details = "; ".join(f"shard {i}/{len(paths)} on {slot}: {_last_line(_log(paths[i]))} "
@@ -177,16 +177,13 @@ def _run_shards(ingest_dir: Path, paths: list[Path], slots: list[Slot], options:
 
 def _start(ingest_dir: Path, path: Path, index: int, count: int, slot: Slot,
            options: dict) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p),
-               CUDA_VISIBLE_DEVICES=slot.visible)  # "" hides every GPU from a CPU shard
     job = {"ingest_dir": str(ingest_dir), "output": str(path), "device": slot.device,
            "shard": None if count == 1 else f"{index}/{count}", "options": options}
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(_log(path), "w") as log:
-        # own session: an interrupt of the parent is passed on explicitly, to the whole group
-        return subprocess.Popen([sys.executable, "-c", _CHILD, json.dumps(job)], env=env,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        # "" hides every GPU from a CPU shard
+        return python_child(_CHILD, json.dumps(job), env={"CUDA_VISIBLE_DEVICES": slot.visible},
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _child() -> None:

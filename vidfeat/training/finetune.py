@@ -60,14 +60,10 @@ class _FineTune:
 
 
 def _recorded_preprocess(store):
-    # vidfeat/prediction.py rebuilds Preprocess the same way from config.json's "preprocessing"
     from vidfeat.extraction.backbones import Preprocess
 
-    a = store.attrs
     try:
-        return Preprocess(resize_size=int(a["resize_size"]), input_size=int(a["input_size"]),
-                          mean=tuple(attr_json(a["mean"])), std=tuple(attr_json(a["std"])),
-                          interpolation=str(attr_json(a.get("interpolation")) or "bilinear"))
+        return Preprocess.from_attrs(store.attrs)
     except KeyError as exc:
         raise ValueError(f"{store.path} lacks preprocessing attribute {exc}; cannot unfreeze") from None
 

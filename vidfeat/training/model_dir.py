@@ -78,6 +78,15 @@ def check_target(model_dir, *, overwrite: bool, resume: bool) -> None:
 
 
 # ----------------------------------------------------------------------------------- writing
+def _save(obj, path: Path) -> None:
+    # torch.save names the archive inside the file after the file it writes to; saving to a
+    # buffer first keeps the bytes independent of atomic_write's random temporary name, so the
+    # same model gives the same file
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
+
+
 def save_tensors(state: dict, path) -> None:
     """Write a state dict as plain CPU tensors (loadable with ``weights_only=True``).
 
@@ -87,7 +96,7 @@ def save_tensors(state: dict, path) -> None:
     path : path
     """
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    atomic_write(Path(path), lambda tmp: torch.save(tensors, tmp))
+    _save(tensors, Path(path))
 
 
 def save_head(model_dir, state: dict) -> None:
@@ -197,7 +206,7 @@ def save_checkpoint(model_dir, checkpoint: dict) -> None:
     model_dir : path
     checkpoint : dict
     """
-    atomic_write(Path(model_dir) / CHECKPOINT_FILE, lambda tmp: torch.save(checkpoint, tmp))
+    _save(checkpoint, Path(model_dir) / CHECKPOINT_FILE)
 
 
 def load_checkpoint(model_dir) -> dict | None:
