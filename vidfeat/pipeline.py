@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vidfeat.files import write_json
+from vidfeat.files import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
@@ -212,39 +212,41 @@ def _outputs(workdir: Path) -> dict[str, list[Path]]:
 
 
 def _complete(stage: str, workdir: Path) -> bool:
+    """Whether ``stage``'s outputs are finished, asked of the module that owns them."""
+    path = _outputs(workdir)[stage][0]
     try:
         if stage == "ingest":
             from vidfeat.ingestion.manifest import read_manifest
-            read_manifest(workdir / "ingest")
+            read_manifest(path)
         elif stage == "extract":
             from vidfeat.extraction.cache import FeatureStore
-            FeatureStore(workdir / "features.h5").close()
+            FeatureStore(path).close()
         elif stage == "train":
-            return (workdir / "model" / "metrics.json").is_file()
+            from vidfeat.training import model_dir
+            return model_dir.is_complete(path)
         else:
-            return (workdir / _outputs(workdir)[stage][0] / "report.json").is_file()
+            from vidfeat.reporting import _report
+            return _report.is_complete(path)
     except (OSError, ValueError):
         return False
     return True
 
 
 def _clear_stage(stage: str, workdir: Path) -> None:
-    """Remove a stage's outputs; a feature file goes through extraction, which owns its partial
-    run and lock."""
-    if stage == "extract":
+    """Remove a stage's outputs through the module that owns them."""
+    path = _outputs(workdir)[stage][0]
+    if stage == "ingest":
+        from vidfeat.ingestion.tasks import discard_outdir
+        discard_outdir(path)
+    elif stage == "extract":
         from vidfeat.extraction import discard_output
-
-        discard_output(_outputs(workdir)["extract"][0])
-        return
-    _clear(_outputs(workdir)[stage])
-
-
-def _clear(paths: list[Path]) -> None:
-    for p in paths:
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
+        discard_output(path)
+    elif stage == "train":
+        from vidfeat.training import model_dir
+        model_dir.discard(path)
+    else:
+        from vidfeat.reporting import _report
+        _report.discard(path)
 
 
 def _run_stage(stage: str, workdir: Path, opts: dict[str, dict]):
@@ -289,7 +291,8 @@ def run_pipeline(config: dict | str | os.PathLike, workdir: str | os.PathLike | 
     for section in SECTIONS:
         if "progress" in opts[section]:
             opts[section]["progress"] = progress
-    (workdir / "config.toml").write_text(to_toml({"workdir": str(workdir), **opts}))
+    text = to_toml({"workdir": str(workdir), **opts})
+    atomic_write(workdir / "config.toml", lambda tmp: Path(tmp).write_text(text))
     state = _read_state(workdir)
     result = PipelineResult(workdir, opts)
     parent = _source_listing(opts["ingest"])
@@ -383,7 +386,7 @@ def demo(output: str | os.PathLike = "demo_out", *, weights: str | None = None,
     marker = output / "videos.done"
     if not marker.exists() or overwrite:
         _say(progress, f"Generating the demo dataset in {videos}/ ...")
-        _clear([videos])
+        shutil.rmtree(videos, ignore_errors=True)  # the demo's own generated videos
         make_demo_dataset(videos, counts=counts, seed=seed)
         marker.write_text(json.dumps(counts or "default") + "\n")
     if weights is None:

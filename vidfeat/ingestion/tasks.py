@@ -135,3 +135,25 @@ class Journal:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def discard_outdir(outdir) -> None:
+    """Remove an ingest OUTDIR as a whole: manifests, frames, journal, partial folders.
+
+    ``outdir``: the folder ``ingest`` wrote (a pipeline stage whose options changed). Taken
+    under the OUTDIR lock, so a running ingest into it is never pulled from under its feet.
+    """
+    from vidfeat.files import FileLock
+
+    outdir = Path(outdir)
+    if not outdir.exists():
+        return
+    with FileLock(outdir / INGEST_LOCK, what=f"into {outdir}"):
+        for child in outdir.iterdir():
+            if child.name == INGEST_LOCK:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    shutil.rmtree(outdir, ignore_errors=True)

@@ -74,6 +74,7 @@ the train split's frames after balancing in the ingest manifest (what the traine
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +82,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vidfeat.files import write_json
+from vidfeat.files import atomic_write, write_json
 from vidfeat.ingestion.manifest import ManifestError, manifest_path, read_manifest
 from vidfeat.options import check_positive
 from vidfeat.reporting.data import BETAS, build_report, usable_classes, video_table
@@ -283,8 +284,8 @@ def write_report(data: dict, out: Path) -> dict[str, Path]:
     files = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html",
              **plots}
     data["files"] = {k: p.name for k, p in files.items()}
-    files["md"].write_text(render_markdown(blocks, plots), encoding="utf-8")
-    files["html"].write_text(render_html(blocks, plots), encoding="utf-8")
+    for key, text in (("md", render_markdown(blocks, plots)), ("html", render_html(blocks, plots))):
+        atomic_write(files[key], lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
     write_json(files["json"], data)
     return files
 
@@ -317,3 +318,14 @@ def summarize(result: ReportResult, elapsed: float) -> str:
                  f"plot{'' if plots == 1 else 's'} to {result.output} "
                  f"in {elapsed:.1f} s.")
     return " ".join(parts)
+
+
+def is_complete(output) -> bool:
+    """True when the report folder ``output`` holds a finished report (report.json is written
+    last, atomically)."""
+    return (Path(output) / "report.json").is_file()
+
+
+def discard(output) -> None:
+    """Remove the report folder ``output`` and everything in it."""
+    shutil.rmtree(output, ignore_errors=True)

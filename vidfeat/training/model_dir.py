@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -313,3 +314,24 @@ def load_head(model_dir):
 
     config = load_config(model_dir)
     return config, build_head(config["head"], load_tensors(model_dir, config["files"]["head"]))
+
+
+def is_complete(model_dir) -> bool:
+    """True when ``model_dir`` holds a finished model (config.json, metrics.json and its head).
+
+    Parameters
+    ----------
+    model_dir : path
+    """
+    model_dir = Path(model_dir)
+    return all((model_dir / name).is_file() for name in (CONFIG_FILE, METRICS_FILE, HEAD_FILE))
+
+
+def discard(model_dir) -> None:
+    """Remove MODEL_DIR and everything in it (a pipeline stage whose options changed).
+
+    Parameters
+    ----------
+    model_dir : path
+    """
+    shutil.rmtree(model_dir, ignore_errors=True)
