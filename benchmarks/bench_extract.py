@@ -33,20 +33,16 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vidfeat.extraction._extract import (  # noqa: E402
-    PRECISIONS,
-    _defaults,
-    extract,
-    forward,
-    input_batches,
-    prepare_model,
-    resolve_decode,
-)
+from vidfeat.extraction._extract import extract  # noqa: E402
 from vidfeat.extraction.backbones import (
     create_backbone,  # noqa: E402
     preprocess_for,  # noqa: E402
 )
 from vidfeat.extraction.cache import FeatureStore  # noqa: E402
+from vidfeat.extraction.defaults import PRECISIONS, resolve_decode  # noqa: E402
+from vidfeat.extraction.defaults import loader_defaults as _defaults
+from vidfeat.extraction.inputs import input_batches  # noqa: E402
+from vidfeat.extraction.single import forward, prepare_model  # noqa: E402
 from vidfeat.ingestion.manifest import write_manifest  # noqa: E402
 
 warnings.filterwarnings("ignore", message="backbone .* RANDOM")

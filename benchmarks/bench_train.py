@@ -120,8 +120,8 @@ def _write_frames(root: Path, n: int, size: int = 256) -> list[str]:
 
 def bench_unfreeze(args) -> dict:
     from vidfeat.extraction.backbones import create_backbone
-    from vidfeat.training._train import _FineTune, _FrameImages, fine_tune
-    from vidfeat.training.heads import (
+    from vidfeat.training.finetune import _FineTune, _FrameImages, fine_tune
+    from vidfeat.training.stacked import (
         ArraySource,
         HeadConfig,
         StackedHead,

@@ -30,13 +30,13 @@ def library():
 
 def tables():
     """(subcommand, dest) -> the choices the library checks that option against."""
-    from vidfeat.extraction._extract import DECODES, DTYPES, PRECISIONS
+    from vidfeat.extraction.defaults import DECODES, DTYPES, PRECISIONS
     from vidfeat.ingestion._ingest import BACKENDS
     from vidfeat.ingestion.balance import MODES
     from vidfeat.ingestion.manifest import FORMATS, SPLITS
     from vidfeat.system import DEVICES
     from vidfeat.training._train import HEADS, SELECT_METRICS
-    from vidfeat.training.heads import SAMPLERS
+    from vidfeat.training.stacked import SAMPLERS
 
     found = {("ingest", "balance"): MODES, ("ingest", "fmt"): FORMATS,
              ("ingest", "backend"): BACKENDS, ("extract", "precision"): ["auto", *PRECISIONS],

@@ -14,11 +14,12 @@ import torch
 from PIL import Image
 
 from vidfeat.cli import main
-from vidfeat.extraction._extract import extract, parse_shard, shard_rows
-from vidfeat.extraction.defaults import loader_defaults as _defaults
-from vidfeat.extraction.defaults import resolve_decode
+from vidfeat.extraction._extract import extract
 from vidfeat.extraction.backbones import create_backbone, load_image
 from vidfeat.extraction.cache import FeatureStore, merge, output_lock
+from vidfeat.extraction.defaults import loader_defaults as _defaults
+from vidfeat.extraction.defaults import resolve_decode
+from vidfeat.extraction.single import parse_shard, shard_rows
 from vidfeat.ingestion.manifest import read_manifest, write_manifest
 
 pytestmark = pytest.mark.filterwarnings("ignore:backbone .* RANDOM", "ignore::DeprecationWarning")

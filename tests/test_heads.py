@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from vidfeat.training.heads import (
+from vidfeat.training.heads import LinearHead, MLPHead
+from vidfeat.training.metrics import classification_metrics
+from vidfeat.training.stacked import (
     ArraySource,
     HeadConfig,
-    LinearHead,
-    MLPHead,
     StackedHead,
     TrainSpec,
     build_head,
@@ -17,7 +17,6 @@ from vidfeat.training.heads import (
     head_spec,
     validation_scorer,
 )
-from vidfeat.training.metrics import classification_metrics
 
 PRIORS = np.array([0.55, 0.25, 0.12, 0.05, 0.03])
 

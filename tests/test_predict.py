@@ -219,7 +219,8 @@ def test_predict_agrees_with_cached_features_end_to_end(tiny_dataset, tmp_path):
     from vidfeat.extraction._extract import extract
     from vidfeat.extraction.cache import FeatureStore
     from vidfeat.ingestion._ingest import ingest
-    from vidfeat.training._train import load_head, train
+    from vidfeat.training._train import train
+    from vidfeat.training.model_dir import load_head
 
     ingest(tiny_dataset, tmp_path / "ing", frames_per_video=3, size=64, progress=False)
     with warnings.catch_warnings():

@@ -67,8 +67,10 @@ def test_same_seed_same_metrics(feats, tmp_path):
     _, path = feats
     a = run(path, tmp_path / "a", head="mlp", hidden=(16,), seed=5, epochs=6)
     b = run(path, tmp_path / "b", head="mlp", hidden=(16,), seed=5, epochs=6)
-    c = run(path, tmp_path / "c", head="mlp", hidden=(16,), seed=6, epochs=6)
+    run(path, tmp_path / "c", head="mlp", hidden=(16,), seed=6, epochs=6)
     assert a.metrics == b.metrics
+    # the same model is the same file, byte for byte (nothing of the temporary name leaks in)
+    assert (tmp_path / "a/head.pt").read_bytes() == (tmp_path / "b/head.pt").read_bytes()
     sa = torch.load(tmp_path / "a/head.pt", weights_only=True)
     sc = torch.load(tmp_path / "c/head.pt", weights_only=True)
     assert not torch.equal(sa["weights.0"], sc["weights.0"])

@@ -22,7 +22,7 @@ import torch
 
 from vidfeat.options import check_positive
 from vidfeat.system import resolve_device
-from vidfeat.training.heads import StackedHead
+from vidfeat.training.stacked import StackedHead
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def load_model(model_dir, device: torch.device):
     """
     from vidfeat.extraction.backbones import Preprocess, create_backbone
     from vidfeat.ingestion.sample import SamplingSpec
-    from vidfeat.training._train import load_head
+    from vidfeat.training.model_dir import load_head
 
     config, head = load_head(model_dir)
     if not config.get("backbone"):

@@ -6,6 +6,7 @@ import argparse
 from vidfeat.cli._options import auto_or_int, choices, defaults
 
 HELP = "cache pretrained-backbone features of an ingest OUTDIR's frames in one HDF5 file"
+POLICY = "vidfeat.extraction.defaults"  # the option tables extract checks against
 LIBRARY = ("vidfeat.extraction._extract", "extract")
 
 
@@ -24,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=d["device"],
                         choices=choices("vidfeat.system", "DEVICES"))
     parser.add_argument("--precision", default=d["precision"],
-                        choices=("auto", *choices(LIBRARY[0], "PRECISIONS")),
+                        choices=("auto", *choices(POLICY, "PRECISIONS")),
                         help="auto: bf16/fp16 on CUDA, fp32 on CPU")
-    parser.add_argument("--decode", default=d["decode"], choices=choices(LIBRARY[0], "DECODES"),
+    parser.add_argument("--decode", default=d["decode"], choices=choices(POLICY, "DECODES"),
                         help="where JPEGs are decoded on CUDA: auto (cpu with >= 8 cores per "
                              "GPU, else gpu) | cpu (DataLoader workers) | gpu (nvjpeg); a CPU "
                              "device always decodes in workers")
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=d["workers"], metavar="N|auto",
                         help="DataLoader worker processes that decode frames (default auto: on "
                              "CUDA cores-2 with cpu decode, 8 with gpu decode; cores/4 on CPU)")
-    parser.add_argument("--dtype", default=d["dtype"], choices=choices(LIBRARY[0], "DTYPES"),
+    parser.add_argument("--dtype", default=d["dtype"], choices=choices(POLICY, "DTYPES"),
                         help="stored dtype")
     parser.add_argument("--shard", default=d["shard"], metavar="I/N",
                         help="extract slice I of N (whole videos); join with vidfeat merge")

@@ -2,38 +2,18 @@
 on one device (:mod:`vidfeat.extraction.single`) or one shard per device
 (:mod:`vidfeat.extraction.multigpu`).
 
-This module sits above both, so neither imports the other's caller. It also re-exports the
-names scripts and tests used from the former one-module ``extract``; the option tables
+This module sits above both, so neither imports the other's caller; the option tables
 (``DECODES``, ``PRECISIONS``, ``DTYPES``) are defined in :mod:`vidfeat.extraction.defaults`.
 """
 from __future__ import annotations
 
 import os
 
-from vidfeat.extraction.defaults import (  # noqa: F401 - re-exported
-    AUTO_CPU_DECODE_CORES,
-    DECODES,
-    DTYPES,
-    PRECISIONS,
-    loader_defaults,
-    resolve_decode,
-    resolve_precision,
-)
-from vidfeat.extraction.inputs import FrameFiles, input_batches, resize_crop_batch  # noqa: F401
 from vidfeat.extraction.multigpu import extract_multi
-from vidfeat.extraction.single import (  # noqa: F401 - re-exported
+from vidfeat.extraction.single import (
     ExtractResult,
-    discard_output,
     extract_single,
-    forward,
-    manifest_fingerprint,
-    parse_shard,
-    prepare_model,
-    shard_rows,
 )
-from vidfeat.extraction.writer import RowWriter  # noqa: F401 - re-exported
-
-_defaults = loader_defaults  # the name benchmarks/bench_extract.py imports
 
 
 def extract(ingest_dir: str | os.PathLike, output: str | os.PathLike, *, backbone: str = "resnet50",

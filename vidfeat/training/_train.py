@@ -27,16 +27,12 @@ import numpy as np
 from vidfeat.options import check_choice, check_positive
 from vidfeat.system import resolve_device
 from vidfeat.training import model_dir as md
-from vidfeat.training.finetune import (  # _FineTune, _FrameImages, fine_tune: __all__
-    _FineTune,
-    _FrameImages,
-    fine_tune,
+from vidfeat.training.finetune import (
     unfreeze_stage,
 )
 from vidfeat.training.model_dir import load_head
 from vidfeat.training.scoring import flat, metric_fn, split_metrics
 from vidfeat.training.sources import (
-    H5Source,
     attr_json,
     auto_memory,
     open_store,
@@ -382,8 +378,3 @@ def _check_compatible(config: dict, store) -> None:
         raise ValueError(f"{store.path} was extracted with backbone {backbone!r}; the model "
                          f"expects {config['backbone']!r}")
 
-
-# fine-tuning and streaming names are re-exported for benchmarks/bench_train.py and older callers
-__all__ = ["HEADS", "SELECT_METRICS", "SWEEPABLE", "H5Source", "TrainResult", "_FineTune",
-           "_FrameImages", "evaluate", "expand_configs", "fine_tune", "load_head", "model_config",
-           "open_store", "parse_size", "parse_sweep", "split_source", "train"]

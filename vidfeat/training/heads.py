@@ -20,7 +20,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from vidfeat.system import resolve_device
-from vidfeat.training.stacked import (  # re-exported: see __all__
+from vidfeat.training.stacked import (
     DEFAULT_LR,
     SAMPLERS,
     ArraySource,
