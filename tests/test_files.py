@@ -2,6 +2,7 @@
 (exclusive across processes, released by the kernel when its holder is SIGKILLed)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -141,3 +142,34 @@ def test_file_lock_never_admits_two_holders_while_files_come_and_go(tmp_path):
     for th in threads:
         th.join()
     assert not overlaps and taken[0] > 0 and not lock.exists()
+
+
+FORKING_HOLDER = """
+import os, sys, time
+from vidfeat.files import FileLock
+lock = FileLock(sys.argv[1]).__enter__()
+pid = os.fork()
+if pid == 0:  # a DataLoader-style worker: outlives its parent
+    time.sleep(60)
+    os._exit(0)
+print(pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_forked_child_does_not_keep_a_killed_parents_lock(tmp_path):
+    lock = tmp_path / "out.lock"
+    proc = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(lock)],
+                            stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    try:
+        with pytest.raises(RuntimeError, match="is held"):
+            FileLock(lock).__enter__()   # the parent holds it
+        proc.kill()
+        proc.wait()
+        os.kill(child, 0)                # the orphaned child is still alive ...
+        with FileLock(lock):             # ... and the rerun gets the lock at once
+            pass
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)

@@ -7,10 +7,12 @@ shared filesystem), with no umask trickery in Python.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import secrets
+import weakref
 from pathlib import Path
 
 try:
@@ -67,6 +69,7 @@ class FileLock:
                 raise
             if self._is_current(fd):
                 self._fd = fd
+                _HELD.add(self)
             else:  # its holder unlinked it between our open and our lock: lock the new one
                 os.close(fd)
         os.ftruncate(self._fd, 0)
@@ -101,3 +104,23 @@ class FileLock:
                 pass
             os.close(self._fd)
             self._fd = None
+            _HELD.discard(self)
+
+
+_HELD: "weakref.WeakSet[FileLock]" = weakref.WeakSet()
+
+
+def _forget_locks_in_child() -> None:
+    # A forked child (a DataLoader worker) shares the parent's open lock file and would keep the
+    # output locked if it outlived a killed parent, refusing an immediate rerun. Closing the
+    # child's copy leaves the parent's lock in place; the child never releases or unlinks it.
+    for lock in list(_HELD):
+        if lock._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(lock._fd)
+            lock._fd = None
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_in_child)
