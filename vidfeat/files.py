@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -21,19 +22,128 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks
     fcntl = None
 
 
+# errno -> what the user is told: the environment failed, not the data. These stop a run at once
+# (StorageError) and are never recorded as a bad video, a bad frame or a corrupt file.
+ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC: ("disk full", "free space"),
+    errno.EDQUOT: ("disk quota exceeded", "free space or raise the quota"),
+    errno.EROFS: ("read-only filesystem", "write to a writable location"),
+    errno.EACCES: ("permission denied", "fix the permissions"),
+    errno.EPERM: ("operation not permitted", "fix the permissions"),
+    errno.EIO: ("I/O error", "check the disk"),
+}
+HASH_HEX = 32            # hex digits kept of a sha256: 128 bits, ample against accidents
+SOURCE_HASH_WHOLE = 8 << 20   # sources up to 8 MiB are hashed whole
+SOURCE_HASH_BLOCK = 1 << 20   # larger ones: size + first, middle and last MiB
+
+
+class StorageError(OSError):
+    """The environment failed while reading or writing ``path`` (disk full, read-only, EIO...).
+
+    Not a property of the data: the run stops at once, nothing is recorded as failed, and a
+    plain rerun after the fix completes. ``str()`` is one line saying what to do.
+    """
+
+    def __init__(self, err: int, path, doing: str = "writing"):
+        what, fix = ENVIRONMENT_ERRNOS.get(err, (os.strerror(err), "fix the cause"))
+        self.path, self.doing = str(path), doing
+        message = f"{what} {doing} {path}: {fix} and rerun the same command; nothing was lost"
+        super().__init__(err, message)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+    def __reduce__(self):  # crosses process boundaries (sandbox children, Dask workers)
+        return type(self), (self.errno, self.path, self.doing)
+
+
+def is_environmental(exc: BaseException) -> bool:
+    """True for an OSError whose errno says the environment failed (see ENVIRONMENT_ERRNOS)."""
+    return isinstance(exc, OSError) and exc.errno in ENVIRONMENT_ERRNOS
+
+
+@contextlib.contextmanager
+def environment_errors(path, doing: str = "writing"):
+    """Re-raise an environmental OSError inside the block as a one-line ``StorageError``.
+
+    ``path``: what was being read or written, named in the message. ``doing``: "writing" or
+    "reading". Other exceptions pass through unchanged.
+    """
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        if not is_environmental(exc):
+            raise
+        raise StorageError(exc.errno, path if path is not None else exc.filename, doing) from exc
+
+
+def hash_bytes(data) -> str:
+    """Content hash of ``data`` (bytes-like): sha256, first HASH_HEX hex digits."""
+    return hashlib.sha256(data).hexdigest()[:HASH_HEX]
+
+
+def source_hash(path: str | os.PathLike, size: int | None = None) -> str:
+    """Content hash of a source video: whole file up to 8 MiB, else size + first, middle and
+    last MiB (a replaced or re-encoded video changes them; reading a whole 10 GB file does not
+    pay). ``path``: the file; ``size``: its size if already known."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size if size is None else size
+        h.update(f"{size}:".encode())
+        if size <= SOURCE_HASH_WHOLE:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        else:
+            for offset in (0, size // 2, size - SOURCE_HASH_BLOCK):
+                f.seek(offset)
+                h.update(f.read(SOURCE_HASH_BLOCK))
+    return h.hexdigest()[:HASH_HEX]
+
+
+def write_exact(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a new file ``path`` and check the length that reached it.
+
+    A short write (a full disk that some libraries report as success) is an ENOSPC
+    ``StorageError``; the partial file is removed.
+    """
+    with environment_errors(path):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    if written == 0:
+                        raise OSError(errno.ENOSPC, "short write", str(path))
+                    view = view[written:]
+            finally:
+                os.close(fd)
+            if os.stat(path).st_size != len(data):
+                raise OSError(errno.ENOSPC, "short write", str(path))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            raise
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call ``write(tmp)`` on a new temporary file beside ``path``, then rename it onto ``path``.
 
     ``path``: the target file. ``write``: a callable taking the temporary file's path (str).
+    Environmental OSErrors (disk full, read-only...) become ``StorageError``; the temporary file
+    is removed whatever happens.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        write(str(tmp))
-        os.replace(tmp, path)
+        with environment_errors(path):
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            write(str(tmp))
+            os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
 
 
@@ -59,9 +169,11 @@ class FileLock:
         self._fd: int | None = None
 
     def __enter__(self) -> "FileLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with environment_errors(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         while self._fd is None:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            with environment_errors(self.path):
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 self._acquire(fd)
             except BaseException:

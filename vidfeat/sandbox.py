@@ -51,7 +51,11 @@ class Sandbox:
         self.calls = 0
 
     def call(self, fn, args=(), kwargs=None, *, timeout: float) -> tuple[bool, object]:
-        """``(True, result)``, or ``(False, one-line reason)`` on error, timeout or crash."""
+        """``(True, result)``, or ``(False, one-line reason)`` on error, timeout or crash.
+
+        A ``vidfeat.files.StorageError`` in the child (disk full...) is raised here instead:
+        it is not the input's fault and must not be recorded as a failed input.
+        """
         if self.proc is None or self.proc.poll() is not None or self.calls >= MAX_CALLS_PER_CHILD:
             self._start()
         self.calls += 1
@@ -64,6 +68,8 @@ class Sandbox:
             return False, f"timed out after {timeout:g}s (work killed)"
         except (EOFError, BrokenPipeError):
             return False, f"worker process died ({self.close()})"
+        if status == "storage":  # the environment failed, not the video: stop the run
+            raise value
         return status == "ok", value
 
     def _start(self) -> None:
@@ -138,7 +144,7 @@ def _serve() -> None:
             fn, args, kwargs = pickle.loads(payload)
             out = pickle.dumps(("ok", fn(*args, **kwargs)))
         except Exception as exc:  # any failure is this video's, reported as one line
-            out = pickle.dumps(("error", _one_line(exc)))
+            out = pickle.dumps(_outcome(exc))
         _write_all(channel, _HEADER.pack(len(out)) + out)
 
 
@@ -153,6 +159,17 @@ def _watch_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(1.0)
     os._exit(1)
+
+
+def _outcome(exc: Exception) -> tuple[str, object]:
+    """An environment failure travels back as itself (the parent stops); others as one line."""
+    from vidfeat.files import StorageError, is_environmental
+
+    if isinstance(exc, StorageError):
+        return "storage", exc
+    if is_environmental(exc) and not type(exc).__module__.startswith("av."):  # not a decoder's
+        return "storage", StorageError(exc.errno, exc.filename or "a file", "writing")
+    return "error", _one_line(exc)
 
 
 def _one_line(exc: BaseException) -> str:

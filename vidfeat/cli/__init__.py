@@ -142,6 +142,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vidfeat {args.command}: error: {_option_message(exc, parser, args)}",
               file=sys.stderr)
         return 2
+    except OSError as exc:
+        # the environment failed (disk full, read-only, permissions): one line, exit 1
+        if args.verbose:
+            raise
+        print(f"vidfeat {args.command}: error: {_os_message(exc)}", file=sys.stderr)
+        return 1
+
+
+def _os_message(exc: OSError) -> str:
+    """One line for an OSError: a StorageError's own text, else what failed and on which path."""
+    from vidfeat.files import StorageError
+
+    if isinstance(exc, StorageError):
+        return str(exc)
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}: fix the cause and rerun the same command"
 
 
 if __name__ == "__main__":  # pragma: no cover
