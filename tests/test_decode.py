@@ -1,4 +1,5 @@
 """decode: sampled frames are exactly what a full decode shows at each time, found by seeking."""
+import hashlib
 import struct
 
 import av
@@ -107,7 +108,9 @@ def test_one_frame_video(video, tmp_path):
     for mode in ("uniform", "keyframes"):
         out = tmp_path / mode
         recs = decode_frames(p, probe_video(p), SamplingSpec(mode=mode, size=48), out)
-        assert recs == [FrameRecord(0, 0.0, "000000.jpg")]
+        data = (out / "000000.jpg").read_bytes()
+        digest = hashlib.sha256(data).hexdigest()[:32]
+        assert recs == [FrameRecord(0, 0.0, "000000.jpg", len(data), digest)]
 
 
 class _Counter:

@@ -15,7 +15,7 @@ from videos import make_audio, make_video
 from vidfeat.cli import main as cli_main
 from vidfeat.ingestion._ingest import ingest
 from vidfeat.ingestion.decode import decode_frames
-from vidfeat.ingestion.manifest import read_manifest
+from vidfeat.ingestion.manifest import ManifestError, read_manifest
 from vidfeat.ingestion.tasks import JOURNAL, PARTIAL
 
 TESTS = Path(__file__).parent
@@ -267,3 +267,170 @@ def test_cli_does_not_import_torch(tiny_dataset, tmp_path):
             "assert rc == 0; bad = {'torch', 'torchvision', 'matplotlib', 'sklearn'} & set(sys.modules); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+# --- provenance: what the frames are, atomic publication, environment failures -------------
+
+def _ingest(src, out, **kw):
+    kw = {"frames_per_video": 2, "split": (1, 0, 0), "progress": False, **kw}
+    return ingest(src, out, **kw)
+
+
+def test_frames_record_their_length_and_hash(tiny_dataset, tmp_path):
+    import hashlib
+
+    _ingest(tiny_dataset, tmp_path / "o")
+    m = read_manifest(tmp_path / "o", verify=True)
+    for row in m.frames.itertuples():
+        data = (tmp_path / "o" / row.path).read_bytes()
+        assert row.file_bytes == len(data)
+        assert row.file_hash == hashlib.sha256(data).hexdigest()[:32]
+    assert len(m.fingerprint) == 32 and m.info["fingerprint"] == m.fingerprint
+
+
+def test_fingerprint_follows_content_not_timing(tiny_dataset, tmp_path):
+    a = _ingest(tiny_dataset, tmp_path / "a").manifest.fingerprint
+    b = _ingest(tiny_dataset, tmp_path / "b").manifest.fingerprint
+    c = _ingest(tiny_dataset, tmp_path / "c", size=32).manifest.fingerprint
+    assert a != c  # other frames
+    # same sources and settings: the frame bytes agree, so only the output folder differs
+    ma, mb = read_manifest(tmp_path / "a"), read_manifest(tmp_path / "b")
+    assert ma.frames["file_hash"].tolist() == mb.frames["file_hash"].tolist()
+    assert a == b
+
+
+def test_deleted_or_damaged_frames_are_remade_by_a_plain_rerun(tiny_dataset, tmp_path):
+    out = tmp_path / "o"
+    _ingest(tiny_dataset, out)
+    m = read_manifest(out)
+    first, second = (out / p for p in m.frames["path"].iloc[:2])
+    good = first.read_bytes()
+    first.unlink()
+    second.write_bytes(second.read_bytes()[:100])  # truncated, as a short write would leave it
+    with pytest.raises(ManifestError, match="2 frame files missing or changed"):
+        read_manifest(out, check_files=True)
+    result = _ingest(tiny_dataset, out)
+    assert result.n_ok == 12
+    m2 = read_manifest(out, verify=True)
+    assert first.read_bytes() == good
+    assert m2.frames["file_hash"].tolist() == m.frames["file_hash"].tolist()
+
+
+def test_verify_finds_a_same_length_change(tiny_dataset, tmp_path):
+    out = tmp_path / "o"
+    _ingest(tiny_dataset, out)
+    path = out / read_manifest(out).frames["path"].iloc[3]
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    read_manifest(out, check_files=True)  # the length still agrees
+    with pytest.raises(ManifestError, match="hash mismatch"):
+        read_manifest(out, verify=True)
+
+
+def test_tables_from_different_runs_are_refused(tiny_dataset, tmp_path):
+    """A kill between publishing videos.parquet and frames.parquet leaves a mix: refused."""
+    out = tmp_path / "o"
+    _ingest(tiny_dataset, out)
+    videos = pd.read_parquet(out / "videos.parquet")
+    videos.loc[0, "n_frames"] = 99
+    videos.to_parquet(out / "videos.parquet", index=False)  # what an interrupted rerun leaves
+    with pytest.raises(ManifestError, match="not the table ingest.json recorded"):
+        read_manifest(out)
+    _ingest(tiny_dataset, out)
+    assert read_manifest(out).videos["n_frames"].tolist() == [2] * 12
+
+
+KILLED_RERUN = """
+import sys
+sys.path.insert(0, sys.argv[3])
+import test_ingest as t
+import vidfeat.ingestion._ingest as m
+m.ingest(sys.argv[1], sys.argv[2], frames_per_video=2, split=(1, 0, 0), jobs=1, size=32,
+         progress=False)
+"""
+
+
+def test_killed_rerun_with_new_options_leaves_no_manifest_describing_other_frames(tmp_path):
+    src = tmp_path / "src"
+    for name in ("a.mp4", "b.mp4", "hang.mp4"):
+        make_video(src / "x" / name, duration=1, fps=5)
+    out = tmp_path / "out"
+    _ingest(src, out)  # size 256
+    read_manifest(out, check_files=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), *sys.path]),
+               VIDFEAT_TEST_HANG="1")
+    code = KILLED_RERUN.replace("import vidfeat.ingestion._ingest as m",
+                                "import vidfeat.ingestion._ingest as m\n"
+                                "m.decode_frames = t.hang_after_writing")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(src), str(out), str(TESTS)], env=env)
+    try:  # a and b re-decoded at size 32, then SIGKILL half-way through 'hang'
+        deadline = time.monotonic() + 120
+        while not list((out / PARTIAL).glob("*/000000.jpg")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list((out / PARTIAL).glob("*/000000.jpg")), "the rerun never reached the hang"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with pytest.raises(ManifestError, match="did not finish"):
+        read_manifest(out)
+    _ingest(src, out, size=32)
+    m = read_manifest(out, verify=True)
+    for p in m.frames["path"]:
+        with Image.open(out / p) as im:
+            assert min(im.size) == 32
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs (root only); skipped where mounting is refused."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
+                        capture_output=True).returncode
+    if rc != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_stops_the_run_records_nothing_and_a_rerun_completes(small_disk, tmp_path):
+    src = tmp_path / "src"
+    for i in range(6):
+        make_video(src / "c" / f"v{i}.mp4", duration=1, fps=10, size=(320, 240))
+    ballast = small_disk / "ballast"
+    free = os.statvfs(small_disk)
+    ballast.write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 150_000))  # ~150 kB left
+    out = small_disk / "out"
+    proc = subprocess.run([sys.executable, "-m", "vidfeat", "ingest", str(src), "-o", str(out),
+                           "--frames-per-video", "8", "--size", "240", "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "disk full writing" in lines[0] and "rerun" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    if (out / JOURNAL).exists():
+        journal = [json.loads(x) for x in (out / JOURNAL).read_text().splitlines() if x.strip()]
+        assert all(e["status"] == "ok" for e in journal), journal  # nothing recorded as failed
+    ballast.unlink()
+    proc = subprocess.run([sys.executable, "-m", "vidfeat", "ingest", str(src), "-o", str(out),
+                           "--frames-per-video", "8", "--size", "240", "--no-progress"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    m = read_manifest(out, verify=True)
+    assert (m.videos["status"] == "ok").all() and len(m.frames) == 6 * 8
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_frame_folders_follow_the_umask(tiny_dataset, tmp_path):
+    old = os.umask(0o022)
+    try:
+        _ingest(tiny_dataset, tmp_path / "o")
+    finally:
+        os.umask(old)
+    folders = [p for p in (tmp_path / "o" / "frames").rglob("*") if p.is_dir()]
+    assert folders and all(p.stat().st_mode & 0o777 == 0o755 for p in folders)
+    files = list((tmp_path / "o" / "frames").rglob("*.jpg"))
+    assert files and all(p.stat().st_mode & 0o777 == 0o644 for p in files)

@@ -29,7 +29,7 @@ def test_round_trip(tmp_path, fmt):
     assert m.videos["video_id"].tolist() == videos["video_id"].tolist()
     assert m.videos["error"].fillna("").tolist() == videos["error"].tolist()
     assert m.frames["timestamp_s"].tolist() == frames["timestamp_s"].tolist()
-    assert m.class_names == ["a"] and m.info == {"k": 1}
+    assert m.class_names == ["a"] and m.info["k"] == 1 and len(m.fingerprint) == 32
     assert (tmp_path / f"videos.{fmt}").exists()
 
 

@@ -48,7 +48,7 @@ from vidfeat.ingestion.tasks import (
     PARTIAL,
     Journal,
     VideoTask,
-    frames_dir,
+    frames_intact,
     run_video_task,
 )
 from vidfeat.media import check_local_path
@@ -245,7 +245,9 @@ class _Run:
         return max_distinct_frames(ProbeResult(**entry["probe"]), self.spec)
 
     def _probe_task(self, row) -> VideoTask:
-        key = f"{row.size_bytes}:{row.mtime_ns}"
+        # the file's identity: a replaced video (same name, new inode/size/mtime) is probed anew
+        key = ":".join(str(getattr(row, c, "")) for c in ("size_bytes", "mtime_ns", "device",
+                                                          "inode"))
         return VideoTask("probe", row.video_id, row.path, str(self.outdir), self.timeout, key,
                          probe_video)
 
@@ -264,8 +266,9 @@ class _Run:
             return None
         if entry["status"] != "ok":
             return None if self.retry_failed else entry
-        if task.phase == "decode" and not frames_dir(self.outdir, task.video_id).is_dir():
-            return None  # its frames were deleted since
+        if task.phase == "decode" and not frames_intact(self.outdir, task.video_id,
+                                                        entry.get("frames", ())):
+            return None  # a frame was deleted or changed since: re-make the video's frames
         return entry
 
     def _phase(self, phase: str, tasks: list[VideoTask]) -> None:
@@ -283,6 +286,11 @@ class _Run:
                 self.reused.add(task.video_id)
         if not todo:
             return
+        if phase == "decode":
+            # frames are about to change: the manifests on disk must stop describing the folder
+            from vidfeat.ingestion.manifest import unpublish
+
+            unpublish(self.outdir)
         self.worked.update(t.video_id for t in todo)
         if self.runner is not None:
             results = self.runner.map(todo)
@@ -367,7 +375,6 @@ def _finish_videos(videos, entries: dict):
     out.loc[~ok, ["repeat", "n_frames"]] = 0
     out.loc[~ok, "split"] = ""
     columns = [c for c in (*VIDEO_COLUMNS, *VIDEO_OPTIONAL) if c in out.columns]
-    columns += [c for c in ("size_bytes", "mtime_ns") if c in out.columns]
     return out[columns].sort_values("video_id", kind="stable").reset_index(drop=True)
 
 
@@ -375,18 +382,21 @@ def _frames_table(videos, entries: dict):
     """The frames manifest: one row per stored JPEG of the ok videos."""
     import pandas as pd
 
-    from vidfeat.ingestion.manifest import FRAME_COLUMNS
+    from vidfeat.ingestion.manifest import FRAME_COLUMNS, FRAME_PROVENANCE
 
-    cols: dict[str, list] = {c: [] for c in FRAME_COLUMNS}
+    columns = {**FRAME_COLUMNS, **FRAME_PROVENANCE}
+    cols: dict[str, list] = {c: [] for c in columns}
     kept = videos[(videos["status"] == "ok") & (videos["repeat"] > 0)].sort_values("video_id")
     for row in kept.itertuples():
-        for index, ts, name in entries["decode", row.video_id]["frames"]:
+        for index, ts, name, nbytes, digest in entries["decode", row.video_id]["frames"]:
             cols["frame_id"].append(f"{row.video_id}#{index}")
             cols["frame_index"].append(index)
             cols["timestamp_s"].append(ts)
             cols["path"].append(f"{FRAMES}/{row.video_id}/{name}")
+            cols["file_bytes"].append(nbytes)
+            cols["file_hash"].append(digest)
             for c in ("video_id", "label", "split", "repeat"):
                 cols[c].append(getattr(row, c))
-    return pd.DataFrame(cols).astype(FRAME_COLUMNS)
+    return pd.DataFrame(cols).astype(columns)
 
 

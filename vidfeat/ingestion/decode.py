@@ -12,7 +12,11 @@ How (PyAV, in-process, one frame in memory at a time whatever the video's length
 - ``keyframes``: only keyframe packets reach the decoder (``skip_frame="NONKEY"`` too).
 
 Frames are resized with swscale (``reformat``) to a short side of ``spec.size``, rotated by the
-display matrix, and saved with Pillow at ``spec.jpeg_quality``. Targets landing on the same frame
+display matrix, and encoded with Pillow at ``spec.jpeg_quality`` into memory: the byte length and
+content hash are taken there (no re-read), the bytes written under a temporary name, the written
+length checked (a full disk can make a library's save return after a short write) and the file
+renamed into place. A write that fails for the environment (disk full, read-only...) raises
+``vidfeat.files.StorageError``: the run stops, the video is not recorded as failed. Targets landing on the same frame
 give one record. Failure -> ``VideoError`` (one line) and the JPEGs this call wrote are removed;
 undecodable packets in mid-stream are skipped (up to ``MAX_BAD_PACKETS`` in a row) and a read
 error mid-file ends the stream there, as a player would; the caller's timeout bounds the time.
@@ -21,9 +25,11 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vidfeat.files import StorageError, environment_errors, hash_bytes, write_exact
 from vidfeat.ingestion.probe import ProbeResult, normalize_rotation
 from vidfeat.ingestion.sample import SamplingSpec, plan_times
 from vidfeat.media import VideoError, error_reason, open_video
@@ -38,11 +44,14 @@ _TRANSPOSE = {90: "ROTATE_90", 180: "ROTATE_180", 270: "ROTATE_270"}  # counter-
 
 @dataclass(frozen=True)
 class FrameRecord:
-    """One stored frame: its index in the video, the pts time it is shown at, its JPEG name."""
+    """One stored frame: its index in the video, the pts time it is shown at, its JPEG name,
+    the JPEG's length in bytes and the hash of those bytes (``vidfeat.files.hash_bytes``)."""
 
     frame_index: int
     timestamp_s: float
     filename: str
+    file_bytes: int = 0
+    file_hash: str = ""
 
 
 def decode_frames(path, probe: ProbeResult, spec: SamplingSpec, out_dir, *, n: int | None = None,
@@ -51,7 +60,8 @@ def decode_frames(path, probe: ProbeResult, spec: SamplingSpec, out_dir, *, n: i
 
     ``n`` overrides ``spec.frames_per_video`` (uniform). ``threads`` caps the decoder's threads
     (default ``$VIDFEAT_DECODE_THREADS``, else min(4, cores)); ingest lowers it per worker.
-    Raises VideoError on failure, leaving ``out_dir`` as it found it.
+    Raises VideoError on failure, leaving ``out_dir`` as it found it; StorageError when the
+    environment fails while writing (disk full...), also leaving it as it found it.
     """
     import av
 
@@ -72,7 +82,7 @@ def decode_frames(path, probe: ProbeResult, spec: SamplingSpec, out_dir, *, n: i
     except (VideoError, av.error.FFmpegError, OSError) as exc:
         for p in written:
             p.unlink(missing_ok=True)
-        if isinstance(exc, VideoError):
+        if isinstance(exc, (VideoError, StorageError)):
             raise
         raise VideoError(f"decode failed ({error_reason(exc)})") from None
 
@@ -95,16 +105,35 @@ def _store(frames, probe: ProbeResult, spec: SamplingSpec, out: Path, written: l
         index = max(last_index + 1, round((time_s - probe.start_s) * probe.fps))
         path = out / f"{index:06d}.jpg"
         written.append(path)
-        save_jpeg(frame, path, size=spec.size, quality=spec.jpeg_quality)
-        records.append(FrameRecord(index, time_s, path.name))
+        data = encode_jpeg(frame, size=spec.size, quality=spec.jpeg_quality)
+        publish_bytes(path, data)
+        records.append(FrameRecord(index, time_s, path.name, len(data), hash_bytes(data)))
         last_index, last_time = index, time_s
     if not records:
         raise VideoError("no frame decodes")
     return records
 
 
-def save_jpeg(frame, path: Path, *, size: int, quality: int) -> None:
-    """Resize ``frame`` to short side ``size`` (swscale), apply its display rotation, save JPEG."""
+def publish_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary name, its length checked, then rename.
+
+    ``path``: the final file. ``data``: its whole content. Raises StorageError (nothing left
+    behind) when the environment fails.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    write_exact(tmp, data)
+    with environment_errors(path):
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def encode_jpeg(frame, *, size: int, quality: int) -> bytes:
+    """``frame`` resized to short side ``size`` (swscale), display rotation applied, as JPEG bytes."""
+    import io
+
     from PIL import Image
 
     w, h = frame.width, frame.height
@@ -115,7 +144,9 @@ def save_jpeg(frame, path: Path, *, size: int, quality: int) -> None:
     rotation = normalize_rotation(frame.rotation)
     if rotation:
         image = image.transpose(getattr(Image.Transpose, _TRANSPOSE[rotation]))
-    image.save(path, format="JPEG", quality=quality)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def _packets(container, stream):

@@ -2,13 +2,22 @@
 
 ``OUTDIR/videos.parquet``  one row per input video, failed ones included.
 ``OUTDIR/frames.parquet``  one row per stored frame (JPEG under ``OUTDIR/frames/<video_id>/``).
-``OUTDIR/ingest.json``     arguments, versions, counts, failures, timing.
+``OUTDIR/ingest.json``     arguments, versions, counts, failures, timing, and provenance.
 
 ``--format csv`` writes ``.csv`` instead of ``.parquet``; readers accept either. The column
 contract lives here (and in ``manifests/schema.md``); ``read_manifest`` enforces it.
+
+The three files are published as one unit: the two tables first, ``ingest.json`` last, holding
+the hash of each table's bytes (``tables``) and the content ``fingerprint`` of the whole ingest
+(sampling, each source's identity, each frame's length and hash). ``read_manifest`` refuses
+tables whose bytes differ from what ``ingest.json`` recorded (a run killed between two renames)
+and a folder without ``ingest.json`` (an ingest that is rewriting frames removes it first, so a
+killed rerun never leaves old manifests describing new frames).
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -16,7 +25,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from vidfeat.files import atomic_write, write_json
+from vidfeat.files import (
+    StorageError,
+    atomic_write,
+    environment_errors,
+    write_exact,
+    write_json,
+)
 
 SPLITS = ("train", "val", "test")
 STATUSES = ("ok", "failed")
@@ -45,6 +60,11 @@ VIDEO_OPTIONAL: dict[str, str] = {
     "codec": "string",
     "has_audio": "boolean",
     "elapsed_s": "float64",
+    "size_bytes": "Int64",   # the source file's identity when it was ingested
+    "mtime_ns": "Int64",
+    "device": "Int64",
+    "inode": "Int64",
+    "source_hash": "string",  # vidfeat.files.source_hash of the source file
 }
 FRAME_COLUMNS: dict[str, str] = {
     "frame_id": "string",     # f"{video_id}#{frame_index}"; unique
@@ -56,6 +76,14 @@ FRAME_COLUMNS: dict[str, str] = {
     "path": "string",         # JPEG path relative to OUTDIR
     "repeat": "int64",        # copy of the video's repeat (oversampling weight)
 }
+# written by every ingest; optional when reading (hand-made manifests, older vidfeat)
+FRAME_PROVENANCE: dict[str, str] = {
+    "file_bytes": "Int64",    # length of the stored JPEG
+    "file_hash": "string",    # vidfeat.files.hash_bytes of its bytes, taken before writing
+}
+INFO = "ingest.json"
+# video columns that change with timing, not content: left out of the content fingerprint
+_VOLATILE = ("elapsed_s",)
 
 
 class ManifestError(ValueError):
@@ -77,6 +105,24 @@ class Manifest:
 
     def frame_path(self, rel: str) -> Path:
         return self.root / rel
+
+    @property
+    def fingerprint(self) -> str:
+        """The content fingerprint recorded by ingest (computed for manifests without one)."""
+        return self.info.get("fingerprint") or content_fingerprint(self.videos, self.frames,
+                                                                   self.info)
+
+
+def content_fingerprint(videos: pd.DataFrame, frames: pd.DataFrame, info: dict) -> str:
+    """sha256 (32 hex) of what the frames were made from and what they are: the sampling
+    settings, every video row (source identity, label, split, status) and every frame row
+    (ids, paths, lengths, hashes). ``info``: the ``ingest.json`` content (its ``sampling``)."""
+    h = hashlib.sha256(json.dumps(info.get("sampling", {}), sort_keys=True).encode())
+    for df in (videos.drop(columns=[c for c in _VOLATILE if c in videos.columns]), frames):
+        h.update(json.dumps(list(map(str, df.columns))).encode())
+        for start in range(0, len(df), 100_000):  # bounded memory for millions of frames
+            h.update(df.iloc[start:start + 100_000].to_csv(index=False, header=False).encode())
+    return h.hexdigest()[:32]
 
 
 def manifest_path(outdir: str | os.PathLike, name: str, fmt: str | None = None) -> Path:
@@ -105,11 +151,16 @@ def coerce(df: pd.DataFrame, columns: dict[str, str], *, optional: dict[str, str
     return out
 
 
-def write_table(df: pd.DataFrame, path: Path) -> None:
+def write_table(df: pd.DataFrame, path: Path) -> str:
+    """Write ``df`` atomically to ``path`` (format by suffix); return the hash of its bytes."""
+    buf = io.BytesIO()
     if path.suffix == ".csv":
-        atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
+        buf.write(df.to_csv(index=False).encode())
     else:
-        atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
+        df.to_parquet(buf, index=False)
+    data = buf.getvalue()
+    atomic_write(path, lambda tmp: write_exact(tmp, data))
+    return hashlib.sha256(data).hexdigest()
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -118,16 +169,27 @@ def read_table(path: Path) -> pd.DataFrame:
     ``path``: the table's file. A file that cannot be read or parsed raises ManifestError
     naming it, never the parser's own exception type (callers catch one error type).
     """
+    return _read_table(path)[0]
+
+
+def _read_table(path: Path) -> tuple[pd.DataFrame, str]:
+    """The table at ``path`` and the sha256 of the bytes it was parsed from (one read)."""
     import pyarrow as pa
 
     kind = "CSV" if path.suffix == ".csv" else "Parquet"
     try:
+        with environment_errors(path, "reading"):
+            data = path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
         if path.suffix == ".csv":
             # keep "" as "" (error column), not NaN; keep ids and labels as text ("007" stays "007")
-            text = {c: str for c, t in {**VIDEO_COLUMNS, **VIDEO_OPTIONAL, **FRAME_COLUMNS}.items()
-                    if t == "string"}
-            return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=text)
-        return pd.read_parquet(path)
+            text = {c: str for c, t in {**VIDEO_COLUMNS, **VIDEO_OPTIONAL, **FRAME_COLUMNS,
+                                        **FRAME_PROVENANCE}.items() if t == "string"}
+            return pd.read_csv(io.BytesIO(data), keep_default_na=False, na_values=[""],
+                               dtype=text), digest
+        return pd.read_parquet(io.BytesIO(data)), digest
+    except StorageError:
+        raise  # the disk failed, not the manifest
     except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError, pa.ArrowException) as exc:
         # ArrowInvalid is a ValueError, but a truncated file can also surface as OSError
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -152,33 +214,121 @@ def read_info(path: Path) -> dict:
 
 def write_manifest(outdir, videos: pd.DataFrame, frames: pd.DataFrame, info: dict | None = None,
                    *, fmt: str = "parquet") -> Manifest:
-    """Validate and atomically write videos/frames (and ``ingest.json`` when ``info`` is given)."""
+    """Validate and publish videos, frames and ``ingest.json`` as one unit.
+
+    ``outdir``: the ingest folder. ``videos``/``frames``: the tables. ``info``: the
+    ``ingest.json`` content (arguments, counts...); ``fingerprint`` and ``tables`` are added.
+    ``fmt``: parquet or csv. The tables are written first and ``ingest.json`` last, so a kill
+    in between leaves tables that ``read_manifest`` refuses, never a silent mix.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r} is not one of {', '.join(map(repr, FORMATS))}")
     outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    m = validate(Manifest(outdir, videos, frames, info or {}))
-    write_table(m.videos, manifest_path(outdir, "videos", fmt))
-    write_table(m.frames, manifest_path(outdir, "frames", fmt))
-    if info is not None:
-        write_json(outdir / "ingest.json", info)
+    with environment_errors(outdir):
+        outdir.mkdir(parents=True, exist_ok=True)
+    m = validate(Manifest(outdir, videos, frames, dict(info or {})))
+    unpublish(outdir)
+    tables = {}
+    for name, df in (("videos", m.videos), ("frames", m.frames)):
+        path = manifest_path(outdir, name, fmt)
+        tables[path.name] = write_table(df, path)
+        _remove_other_formats(outdir, name, keep=path)
+    m.info["fingerprint"] = content_fingerprint(m.videos, m.frames, m.info)
+    m.info["tables"] = tables
+    write_json(outdir / INFO, m.info)
     return m
 
 
-def read_manifest(outdir: str | os.PathLike, *, check_files: bool = False) -> Manifest:
-    """Load and validate an ingest OUTDIR; ``check_files`` also checks every frame JPEG exists."""
+def _remove_other_formats(outdir: Path, name: str, *, keep: Path) -> None:
+    # a rerun with another --format must not leave the old table for readers to find first
+    for ext in FORMATS.values():
+        other = outdir / f"{name}{ext}"
+        if other != keep:
+            with environment_errors(other):
+                other.unlink(missing_ok=True)
+
+
+def unpublish(outdir) -> None:
+    """Withdraw the manifests of ``outdir`` before its frames change (removes ``ingest.json``,
+    the unit's commit record): until the next ``write_manifest`` readers are told to rerun."""
+    with environment_errors(Path(outdir) / INFO):
+        (Path(outdir) / INFO).unlink(missing_ok=True)
+
+
+def read_manifest(outdir: str | os.PathLike, *, check_files: bool = False,
+                  verify: bool = False) -> Manifest:
+    """Load and validate an ingest OUTDIR as published by one ``write_manifest``.
+
+    ``outdir``: the ingest folder. ``check_files``: also check every frame JPEG exists with its
+    recorded length. ``verify``: also re-hash every frame (reads them all). Raises
+    ManifestError naming what is wrong and what to do.
+    """
     outdir = Path(outdir)
     if not outdir.is_dir():
         raise ManifestError(f"ingest output folder not found: {outdir}")
-    videos = read_table(manifest_path(outdir, "videos"))
-    frames = read_table(manifest_path(outdir, "frames"))
-    info = read_info(outdir / "ingest.json")
+    videos, videos_hash = _read_table(manifest_path(outdir, "videos"))
+    frames, frames_hash = _read_table(manifest_path(outdir, "frames"))
+    info = read_info(outdir / INFO)
     m = validate(Manifest(outdir, videos, frames, info))
-    if check_files:
-        missing = [p for p in m.frames["path"] if not (outdir / p).is_file()]
-        if missing:
-            raise ManifestError(f"{len(missing)} frame files missing, e.g. {missing[0]!r}")
+    _check_unit(outdir, info, {manifest_path(outdir, "videos").name: videos_hash,
+                               manifest_path(outdir, "frames").name: frames_hash})
+    if check_files or verify:
+        problems = frame_problems(m, verify=verify)
+        if problems:
+            raise ManifestError(f"{len(problems)} frame files missing or changed since ingest, "
+                                f"e.g. {problems[0]}; rerun the same ingest command to re-make "
+                                "them")
     return m
+
+
+def _check_unit(outdir: Path, info: dict, found: dict[str, str]) -> None:
+    """Refuse tables that are not the ones ``ingest.json`` published (or no ``ingest.json``)."""
+    if not (outdir / INFO).exists():
+        raise ManifestError(f"{outdir / INFO} is missing: the ingest into {outdir} did not "
+                            "finish (interrupted, or still running); rerun the same ingest command")
+    recorded = info.get("tables")
+    if recorded is None:
+        return  # written by an older vidfeat: nothing recorded to check against
+    for name, digest in found.items():
+        if recorded.get(name) != digest:
+            raise ManifestError(f"{outdir / name} is not the table {INFO} recorded (an ingest "
+                                "was interrupted while publishing); rerun the same ingest command")
+
+
+def frame_problems(m: Manifest, *, verify: bool = False, limit: int | None = None) -> list[str]:
+    """Stored frames that are missing, of the wrong length, or (``verify``) of the wrong hash.
+
+    ``m``: the manifest. ``verify``: re-hash every file. ``limit``: stop after this many.
+    Returns one line per bad frame (empty when all are sound).
+    """
+    from vidfeat.files import hash_bytes
+
+    problems: list[str] = []
+    cols = [c for c in ("path", *FRAME_PROVENANCE) if c in m.frames.columns]
+    for row in m.frames[cols].itertuples(index=False):
+        problem = _frame_problem(m.root, row, verify, hash_bytes)
+        if problem:
+            problems.append(problem)
+            if limit is not None and len(problems) >= limit:
+                break
+    return problems
+
+
+def _frame_problem(root: Path, row, verify: bool, hash_bytes) -> str:
+    path = root / row.path
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return f"frame file missing: {row.path}"
+    nbytes = getattr(row, "file_bytes", None)
+    if nbytes is not None and not pd.isna(nbytes) and size != nbytes:
+        return f"frame file {row.path} has {size} bytes, ingest wrote {nbytes}"
+    digest = getattr(row, "file_hash", None)
+    if verify and isinstance(digest, str) and digest:
+        with environment_errors(path, "reading"):
+            if hash_bytes(path.read_bytes()) != digest:
+                return f"frame file {row.path} differs from what ingest wrote (hash mismatch)"
+    return ""
 
 
 def validate(m: Manifest) -> Manifest:
@@ -188,7 +338,7 @@ def validate(m: Manifest) -> Manifest:
     except ManifestError as exc:
         raise ManifestError(f"videos manifest: {exc}") from None
     try:
-        frames = coerce(m.frames, FRAME_COLUMNS)
+        frames = coerce(m.frames, FRAME_COLUMNS, optional=FRAME_PROVENANCE)
     except ManifestError as exc:
         raise ManifestError(f"frames manifest: {exc}") from None
     _check_videos(videos)

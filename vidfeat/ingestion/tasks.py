@@ -7,13 +7,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from vidfeat.files import environment_errors
 from vidfeat.ingestion.probe import ProbeResult
 from vidfeat.ingestion.sample import SamplingSpec
 from vidfeat.sandbox import thread_sandbox
@@ -62,10 +63,11 @@ def run_video_task(task: VideoTask) -> dict:
 
 
 def _decode_and_publish(task: VideoTask) -> tuple[bool, object]:
-    """Decode into ``OUTDIR/.partial/<random>``, then rename to ``frames/<video_id>``."""
-    partial_root = Path(task.outdir, PARTIAL)
-    partial_root.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(dir=partial_root, prefix="decode-"))
+    """Decode into ``OUTDIR/.partial/<random>``, then rename to ``frames/<video_id>``.
+
+    A StorageError (disk full...) in the child or here propagates: it is not the video's fault.
+    """
+    partial = _partial_folder(Path(task.outdir, PARTIAL))
     try:
         ok, value = thread_sandbox().call(
             task.work, (task.path, ProbeResult(**task.probe), task.spec, str(partial)),
@@ -73,11 +75,44 @@ def _decode_and_publish(task: VideoTask) -> tuple[bool, object]:
         if ok and not value:
             return False, "no frames decoded"
         if ok:
-            _publish(partial, frames_dir(task.outdir, task.video_id))
-            value = [[r.frame_index, r.timestamp_s, r.filename] for r in value]
+            with environment_errors(frames_dir(task.outdir, task.video_id)):
+                _publish(partial, frames_dir(task.outdir, task.video_id))
+            value = [[r.frame_index, r.timestamp_s, r.filename, r.file_bytes, r.file_hash]
+                     for r in value]
         return ok, value
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def _partial_folder(root: Path) -> Path:
+    """A new folder under ``root``, created 0777 so the kernel applies the umask (mkdtemp's
+    0700 would make published frame folders unreadable to the team on a shared filesystem)."""
+    with environment_errors(root):
+        root.mkdir(parents=True, exist_ok=True)
+        while True:
+            path = root / f"decode-{secrets.token_hex(6)}"
+            with contextlib.suppress(FileExistsError):
+                path.mkdir(0o777)
+                return path
+
+
+def frames_intact(outdir, video_id: str, frames: list) -> bool:
+    """True when every frame of a journal entry is on disk with its recorded length.
+
+    ``outdir``: the ingest folder. ``video_id``: the video. ``frames``: the entry's
+    ``[index, time, filename, bytes, hash]`` rows (an entry of an older vidfeat, without bytes,
+    is never intact: its frames are re-made with hashes).
+    """
+    folder = frames_dir(outdir, video_id)
+    for row in frames:
+        if len(row) < 5:
+            return False
+        try:
+            if os.stat(folder / row[2]).st_size != row[3]:
+                return False
+        except FileNotFoundError:
+            return False
+    return True
 
 
 def frames_dir(outdir, video_id: str) -> Path:
@@ -119,12 +154,13 @@ class Journal:
         return entries
 
     def append(self, entry: dict) -> None:
-        if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")
-            if self._file.tell() and not self._ends_with_newline():
-                self._file.write("\n")  # after a torn line
-        self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
-        self._file.flush()
+        with environment_errors(self.path):
+            if self._file is None:
+                self._file = open(self.path, "a", encoding="utf-8")
+                if self._file.tell() and not self._ends_with_newline():
+                    self._file.write("\n")  # after a torn line
+            self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            self._file.flush()
 
     def _ends_with_newline(self) -> bool:
         with open(self.path, "rb") as f:
@@ -133,8 +169,9 @@ class Journal:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with contextlib.suppress(OSError):  # a full disk was already reported by append
+                file.close()
 
 
 def discard_outdir(outdir) -> None:
