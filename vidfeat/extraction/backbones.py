@@ -280,8 +280,15 @@ def create_backbone(name: str, weights: str | None = "DEFAULT") -> Backbone:
                     preprocess=preprocess_for(name), weights_sha256=sha)
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
-    """Decode a stored frame the documented way: libjpeg via torchvision, RGB uint8 (3,H,W)."""
+def load_image(source: str | os.PathLike | bytes) -> torch.Tensor:
+    """Decode a stored frame the documented way: libjpeg via torchvision, RGB uint8 (3,H,W).
+
+    ``source``: the JPEG's path, or its bytes (already read, e.g. to check their hash).
+    """
     from torchvision.io import ImageReadMode, decode_image, read_file
 
-    return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    if isinstance(source, (bytes, bytearray)):
+        data = torch.frombuffer(bytearray(source), dtype=torch.uint8)
+    else:
+        data = read_file(str(source))
+    return decode_image(data, mode=ImageReadMode.RGB)

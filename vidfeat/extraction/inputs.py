@@ -29,22 +29,37 @@ class FrameFiles(Dataset):
     """Stored frames by path. ``decode=True``: resized/cropped uint8 (3,S,S) (cpu decode);
     ``decode=False``: the raw JPEG bytes as a numpy array (nvjpeg; plain pickling, since
     hundreds of tiny shared-memory tensors per batch exhaust or race the fd-passing channel).
+    With ``hashes`` (the manifest's ``file_hash`` per path), each file's bytes are checked
+    against it before use (~1% of a decode): a frame rewritten since the manifest was read (an
+    ingest running into the folder) is an error, never a feature mixed into the file.
     A frame that cannot be read yields its error text instead, which the main process turns
     into a clear failure."""
 
-    def __init__(self, root: Path, paths: list[str], preprocess: Preprocess, *, decode: bool):
+    def __init__(self, root: Path, paths: list[str], preprocess: Preprocess, *, decode: bool,
+                 hashes: list[str] | None = None):
         self.root, self.paths, self.preprocess, self.decode = root, paths, preprocess, decode
+        self.hashes = hashes
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def _read(self, i: int) -> bytes:
+        from vidfeat.files import hash_bytes
+
+        data = (self.root / self.paths[i]).read_bytes()
+        if self.hashes is not None and self.hashes[i] and hash_bytes(data) != self.hashes[i]:
+            raise ValueError("changed since the manifest was written (an ingest into the "
+                             "folder ran meanwhile?): rerun ingest, then extract")
+        return data
 
     def __getitem__(self, i: int):
         from vidfeat.extraction.backbones import load_image
 
         try:
+            data = self._read(i)
             if not self.decode:
-                return np.fromfile(self.root / self.paths[i], dtype=np.uint8), ""
-            img = load_image(self.root / self.paths[i])
+                return np.frombuffer(bytearray(data), dtype=np.uint8), ""
+            img = load_image(data)
             return self.preprocess.resize_crop(img[None])[0], ""
         except Exception as exc:  # corrupt or missing frame: reported with its path
             size = self.preprocess.input_size
@@ -141,19 +156,21 @@ def _upload_input(preprocess: Preprocess, device: torch.device, in_dtype):
 
 
 def input_batches(root: Path, paths: list[str], preprocess: Preprocess, *, device: torch.device,
-                  decode: str, precision: str, batch_size: int, workers: int):
+                  decode: str, precision: str, batch_size: int, workers: int,
+                  hashes: list[str] | None = None):
     """(normalised channels_last batch, ready event or None) for each batch of ``paths``.
 
     ``root``: the ingest folder ``paths`` are relative to. ``preprocess``: the backbone's
     resize/crop/normalise. ``device``: where the batches go. ``decode``: the resolved decode
     site (cpu|gpu). ``precision``: fp32|bf16|fp16, the dtype of CUDA batches. ``batch_size``,
-    ``workers``: DataLoader batch size and worker processes (0: in this process). On CUDA the
+    ``workers``: DataLoader batch size and worker processes (0: in this process). ``hashes``:
+    the expected content hash of each path (checked before use), or None. On CUDA the
     batches are built by a prefetch thread on a side stream; the consumer waits on the event
     (``torch.cuda.current_stream().wait_event``).
     """
     cpu_decode = device.type != "cuda" or decode == "cpu"
-    loader = _loader(FrameFiles(root, paths, preprocess, decode=cpu_decode), batch_size, workers,
-                     pin=device.type == "cuda" and cpu_decode)
+    files = FrameFiles(root, paths, preprocess, decode=cpu_decode, hashes=hashes)
+    loader = _loader(files, batch_size, workers, pin=device.type == "cuda" and cpu_decode)
     if device.type != "cuda":
         return _cpu_batches(loader, preprocess)
     in_dtype = PRECISIONS[precision]

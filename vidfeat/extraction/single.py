@@ -45,7 +45,6 @@ from vidfeat.system import resolve_device
 
 log = logging.getLogger(__name__)
 
-_FINGERPRINT_COLUMNS = ["frame_id", "video_id", "label", "split", "path", "repeat"]
 # settings recorded as file attributes and compared against an existing output or partial run
 SETTING_ATTRS = ("manifest_fingerprint", "backbone", "weights", "weights_sha256", "dtype",
                  "precision", "shard")
@@ -99,11 +98,11 @@ def parse_shard(shard) -> tuple[int, int]:
 
 
 def manifest_fingerprint(m: Manifest) -> str:
-    """sha256 of the frame table's identity columns and the class names (not file contents)."""
+    """What the features are computed from: the ingest's content fingerprint (sources,
+    sampling, every frame's bytes via its hash) and the class names (their order is the label
+    index), as 32 hex digits."""
     h = hashlib.sha256(json.dumps(m.class_names).encode())
-    frames = m.frames[_FINGERPRINT_COLUMNS]
-    for start in range(0, len(frames), 100_000):  # bounded memory for millions of frames
-        h.update(frames.iloc[start:start + 100_000].to_csv(index=False, header=False).encode())
+    h.update(m.fingerprint.encode())
     return h.hexdigest()[:32]
 
 
@@ -120,13 +119,15 @@ def shard_rows(frames: pd.DataFrame, index: int, count: int) -> np.ndarray:
 def _frame_meta(m: Manifest, rows: np.ndarray) -> pd.DataFrame:
     index = {name: i for i, name in enumerate(m.class_names)}
     f = m.frames.iloc[rows]
+    hashes = f["file_hash"].fillna("").astype(str).to_numpy() if "file_hash" in f.columns \
+        else np.full(len(f), "", dtype=object)
     return pd.DataFrame({"frame_id": f["frame_id"].astype(str).to_numpy(),
                          "video_id": f["video_id"].astype(str).to_numpy(),
                          "label": f["label"].map(index).to_numpy(np.int64),
                          "split": f["split"].astype(str).to_numpy(),
                          "repeat": f["repeat"].to_numpy(np.int64),
                          "row": rows.astype(np.int64),
-                         "path": f["path"].astype(str).to_numpy()})
+                         "path": f["path"].astype(str).to_numpy(), "file_hash": hashes})
 
 
 # ----------------------------------------------------------------------------------- compute
@@ -280,7 +281,7 @@ def _run(root: Path, meta: pd.DataFrame, bb: Backbone, bin_path: Path, done: int
     cuda = dev.type == "cuda"
     batches = input_batches(root, meta["path"].tolist()[done:], bb.preprocess, device=dev,
                             decode=decode, precision=precision, batch_size=batch_size,
-                            workers=workers)
+                            workers=workers, hashes=meta["file_hash"].tolist()[done:])
     writer = RowWriter(bin_path, dtype)
     bar = tqdm(total=len(meta), initial=done, unit="frame", desc=f"extract {bb.name}",
                disable=not progress, smoothing=0.1)
@@ -304,7 +305,8 @@ def _assemble(output: Path, meta: pd.DataFrame, bb: Backbone, m: Manifest,
     """Build the final HDF5 from the raw rows (complete set last), then drop the partial."""
     dim, np_dtype = bb.feature_dim, DTYPES[settings["dtype"]]
     rows = partial.read_rows(output, len(meta), dim, np_dtype)
-    builder = FeatureFileBuilder(output, meta.drop(columns="path"), dim, dtype=settings["dtype"],
+    builder = FeatureFileBuilder(output, meta.drop(columns=["path", "file_hash"]), dim,
+                                 dtype=settings["dtype"],
                                  chunk_rows=settings["batch_size"])
     try:
         for start in range(0, len(meta), 65536):
