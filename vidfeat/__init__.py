@@ -36,6 +36,7 @@ _EXPORTS = {
     "report": "vidfeat.reporting",
     "run_pipeline": "vidfeat.pipeline",
     "demo": "vidfeat.pipeline",
+    "verify": "vidfeat.verification",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
