@@ -105,7 +105,10 @@ class DaskRunner:
         return totals
 
     def map(self, tasks: Iterable) -> Iterator[dict]:
-        """Journal entries of ``tasks`` (``VideoTask``), in completion order, one per task."""
+        """Journal entries of ``tasks`` (``VideoTask``), in completion order, one per task.
+
+        A ``StorageError`` on a worker (its disk is full...) is raised here: the run stops.
+        """
         from distributed import as_completed
 
         tasks = iter(tasks)
@@ -135,6 +138,8 @@ class DaskRunner:
         """The task's entry; None when it was resubmitted after a cancellation."""
         from distributed.scheduler import KilledWorker
 
+        from vidfeat.files import StorageError
+
         try:
             return future.result()
         except KilledWorker as exc:  # Dask already reran it on other workers, which died too
@@ -147,6 +152,8 @@ class DaskRunner:
                                        f"({type(exc).__name__}); rerun to resume") from exc
                 submit(task, attempt + 1)
                 return None
+            if isinstance(exc, StorageError):  # a worker's disk failed, not the video
+                raise
             # run_video_task never raises; this is an error around it (e.g. unpicklable work)
             return failed_entry(task, f"{type(exc).__name__}: {' '.join(str(exc).split())}")
         finally:

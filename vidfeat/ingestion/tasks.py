@@ -48,7 +48,8 @@ class VideoTask:
 
 
 def run_video_task(task: VideoTask) -> dict:
-    """Run ``task`` in this thread's sandbox; never raises. Returns the journal entry."""
+    """Run ``task`` in this thread's sandbox; returns the journal entry. Raises only
+    ``StorageError`` (the environment failed: the run must stop, the video is not at fault)."""
     start = time.monotonic()
     if task.phase == "probe":
         ok, value = thread_sandbox().call(task.work, (task.path,), {"check_decode": True},
