@@ -136,3 +136,16 @@ def test_bad_ingest_json_raises_manifest_error(tmp_path, text, message):
     (tmp_path / "ingest.json").write_text(text)
     with pytest.raises(ManifestError, match=rf"ingest\.json: {message}"):
         read_manifest(tmp_path)
+
+
+def test_a_folder_of_videos_says_to_ingest_first(tiny_dataset):
+    import subprocess
+    import sys
+
+    with pytest.raises(ManifestError, match="holds videos.*run `vidfeat ingest"):
+        read_manifest(tiny_dataset)
+    proc = subprocess.run([sys.executable, "-m", "vidfeat", "extract", str(tiny_dataset), "-o",
+                           str(tiny_dataset.parent / "f.h5"), "--weights", "none",
+                           "--backbone", "resnet18"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "vidfeat ingest" in proc.stderr

@@ -247,3 +247,23 @@ def test_cpu_shards_merge_into_the_single_run(tmp_path):
     for gpus, message in [("cpu:0", "at least one"), ("0,0", "distinct"), ("x", "GPU indices")]:
         with pytest.raises(ValueError, match=message):
             parse_gpus(gpus)
+
+
+MISSING_DASK = """
+import sys
+sys.modules["distributed"] = None  # as if the dask extra were not installed
+from vidfeat.cli import main
+sys.exit(main(["ingest", sys.argv[1], "-o", sys.argv[2], "--backend", "dask"]))
+"""
+
+
+def test_dask_backend_without_the_extra_names_the_pip_command(tiny_dataset, tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", MISSING_DASK, str(tiny_dataset),
+                           str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'vidfeat[dask]'" in lines[0], proc.stderr
+    assert not (tmp_path / "o").exists()  # refused before any work

@@ -41,3 +41,44 @@ def resolve_device(device: str):
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' but no CUDA GPU is available (use device='cpu')")
     return torch.device(device)
+
+
+class MissingExtra(RuntimeError):
+    """An optional dependency is not installed; the message names the pip command."""
+
+
+def require_extra(module: str, extra: str, *, needed_for: str) -> None:
+    """Raise MissingExtra unless ``module`` can be imported.
+
+    ``module``: what to import (e.g. ``distributed``). ``extra``: the vidfeat extra that installs
+    it (``dask``). ``needed_for``: what the user asked for, named in the message.
+    """
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise MissingExtra(f"{needed_for} needs the optional '{extra}' dependencies, which are "
+                           f"not installed: pip install 'vidfeat[{extra}]'") from None
+
+
+class VidfeatWarning(UserWarning):
+    """A warning meant for the user (random weights, stale inputs...): the CLI shows each one
+    once, as one line in the user's terms, without Python's source-line echo."""
+
+
+def show_warnings_once() -> None:
+    """CLI policy: each distinct vidfeat warning printed once, as ``vidfeat: warning: TEXT``."""
+    import sys
+    import warnings
+
+    warnings.simplefilter("once", VidfeatWarning)
+    plain = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, VidfeatWarning):
+            print(f"vidfeat: warning: {message}", file=file or sys.stderr)
+        else:
+            plain(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show

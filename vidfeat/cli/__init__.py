@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     # dask's own logging config (read when distributed is imported) would print every
     # scheduler/worker event of a local cluster at INFO
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "debug" if args.verbose else "warning")
+    from vidfeat.system import show_warnings_once
+
+    show_warnings_once()
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-log = logging.getLogger(__name__)
 
 # name -> dotted path of the final Linear layer (the one replaced by Identity). The feature is
 # whatever feeds that layer: the pooled (and, for mobilenet_v3, projected) penultimate vector.
@@ -259,9 +257,10 @@ def create_backbone(name: str, weights: str | None = "DEFAULT") -> Backbone:
     head = _HEADS[name]
     sha = ""
     if weights is None or str(weights).lower() == "none":
-        warnings.warn(f"backbone {name} uses RANDOM weights (weights='none'): features are only "
-                      "good for tests", UserWarning, stacklevel=2)
-        log.warning("backbone %s: RANDOM INITIALISATION (weights='none'), not pretrained", name)
+        from vidfeat.system import VidfeatWarning
+
+        warnings.warn(f"backbone {name} uses RANDOM weights (weights='none'): its features "
+                      "mean nothing beyond tests and demos", VidfeatWarning, stacklevel=2)
         model, resolved = _build(name), "none"
         dim = _split_head(model, head)
     elif _is_path(str(weights)):

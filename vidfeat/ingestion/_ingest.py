@@ -148,6 +148,10 @@ def ingest(src, outdir, *, labels=None, frames_per_video: int = 16, fps: float |
     check_choice("backend", backend, BACKENDS)
     check_positive("jobs", jobs)
     check_positive("timeout", timeout)
+    if backend == "dask":
+        from vidfeat.system import require_extra
+
+        require_extra("distributed", "dask", needed_for="backend='dask' (--backend dask)")
     if scheduler is not None and backend != "dask":
         raise ValueError(f"scheduler= needs backend='dask' (backend is {backend!r})")
     parse_ratios(split)

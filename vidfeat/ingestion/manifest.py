@@ -133,7 +133,23 @@ def manifest_path(outdir: str | os.PathLike, name: str, fmt: str | None = None) 
     for ext in FORMATS.values():
         if (outdir / f"{name}{ext}").exists():
             return outdir / f"{name}{ext}"
-    raise ManifestError(f"no {name}.parquet or {name}.csv in {outdir}")
+    raise ManifestError(_not_ingested(outdir, name))
+
+
+def _not_ingested(outdir: Path, name: str) -> str:
+    """What to say about a folder that has no manifest: which kind it is, what comes first."""
+    from itertools import islice
+
+    from vidfeat.ingestion.scan import VIDEO_EXTENSIONS
+
+    entries = list(islice(outdir.rglob("*"), 10_000)) if outdir.is_dir() else []
+    if any(p.suffix.lower() in VIDEO_EXTENSIONS for p in entries):
+        return (f"{outdir} holds videos, not ingested frames (no {name}.parquet): run "
+                f"`vidfeat ingest {outdir} -o INGEST_DIR` first and give INGEST_DIR here")
+    if (outdir / "head.pt").exists():
+        return f"{outdir} is a model folder (written by `vidfeat train`), not an ingest folder"
+    return (f"no {name}.parquet or {name}.csv in {outdir}: not an ingest output; run "
+            f"`vidfeat ingest SRC -o {outdir}` first")
 
 
 def coerce(df: pd.DataFrame, columns: dict[str, str], *, optional: dict[str, str] | None = None):
