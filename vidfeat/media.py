@@ -33,6 +33,11 @@ from pathlib import Path
 _PROTOCOL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 _DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 
+# Containers looked for in class folders (lower-case suffixes); anything else there is ignored.
+VIDEO_EXTENSIONS = frozenset(
+    ".mp4 .m4v .mkv .webm .avi .mov .qt .mpg .mpeg .m2v .ts .mts .m2ts .flv .wmv .asf .3gp .3g2 "
+    ".ogv .ogg .mxf .vob .dv .y4m .nut".split())
+
 
 class UnsafeMediaPath(ValueError):
     """A path that names a URL or a protocol instead of a local file."""

@@ -140,7 +140,7 @@ def _not_ingested(outdir: Path, name: str) -> str:
     """What to say about a folder that has no manifest: which kind it is, what comes first."""
     from itertools import islice
 
-    from vidfeat.ingestion.scan import VIDEO_EXTENSIONS
+    from vidfeat.media import VIDEO_EXTENSIONS
 
     entries = list(islice(outdir.rglob("*"), 10_000)) if outdir.is_dir() else []
     if any(p.suffix.lower() in VIDEO_EXTENSIONS for p in entries):

@@ -10,14 +10,10 @@ import os
 import stat
 from pathlib import Path, PurePosixPath
 
-from vidfeat.media import UnsafeMediaPath, check_local_path
+from vidfeat.media import VIDEO_EXTENSIONS, UnsafeMediaPath, check_local_path
 
 log = logging.getLogger(__name__)
 
-# Containers looked for in class folders (lower-case suffixes); anything else there is ignored.
-VIDEO_EXTENSIONS = frozenset(
-    ".mp4 .m4v .mkv .webm .avi .mov .qt .mpg .mpeg .m2v .ts .mts .m2ts .flv .wmv .asf .3gp .3g2 "
-    ".ogv .ogg .mxf .vob .dv .y4m .nut".split())
 
 SCAN_COLUMNS = ("video_id", "path", "label", "split", "status", "error", "size_bytes", "mtime_ns")
 # video_id prefix for labels-file rows outside the labels file's folder (absolute path follows)
