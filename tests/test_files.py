@@ -173,3 +173,95 @@ def test_a_forked_child_does_not_keep_a_killed_parents_lock(tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
+
+
+# --- environment failures, hashes, output checks ----------------------------------------------
+
+def test_storage_error_is_one_line_and_crosses_processes():
+    import errno
+    import pickle
+
+    from vidfeat.files import StorageError
+
+    exc = StorageError(errno.ENOSPC, "/data/out/x.jpg")
+    assert str(exc) == ("disk full writing /data/out/x.jpg: free space and rerun the same "
+                        "command; nothing was lost")
+    again = pickle.loads(pickle.dumps(exc))
+    assert isinstance(again, OSError) and again.errno == errno.ENOSPC and str(again) == str(exc)
+
+
+def test_environment_errors_maps_only_environmental_errnos(tmp_path):
+    import errno
+
+    from vidfeat.files import StorageError, environment_errors
+
+    with pytest.raises(StorageError, match="read-only filesystem writing /x"):
+        with environment_errors("/x"):
+            raise OSError(errno.EROFS, "Read-only file system")
+    with pytest.raises(FileNotFoundError):  # not the environment: passes through unchanged
+        with environment_errors("/x"):
+            raise FileNotFoundError(errno.ENOENT, "No such file")
+
+
+def test_source_hash_whole_small_file_and_sampled_large_file(tmp_path):
+    import hashlib
+
+    from vidfeat.files import source_hash
+
+    small = tmp_path / "small"
+    small.write_bytes(b"abc" * 1000)
+    assert source_hash(small) == hashlib.sha256(b"3000:" + b"abc" * 1000).hexdigest()[:32]
+    big = tmp_path / "big"
+    data = os.urandom(9 << 20)
+    big.write_bytes(data)
+    mib, n = 1 << 20, len(data)
+    expected = hashlib.sha256(f"{n}:".encode() + data[:mib] + data[n // 2:n // 2 + mib]
+                              + data[n - mib:]).hexdigest()[:32]
+    assert source_hash(big) == expected
+    changed = bytearray(data)
+    changed[n // 2 + 5] ^= 1
+    big.write_bytes(bytes(changed))
+    assert source_hash(big) != expected
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_write_exact_and_atomic_write_on_a_full_disk(tiny_disk):
+    from vidfeat.files import StorageError, atomic_write, write_exact
+
+    with pytest.raises(StorageError, match="disk full writing"):
+        write_exact(tiny_disk / "big.bin", b"\0" * (1 << 20))
+    assert not (tiny_disk / "big.bin").exists()
+    with pytest.raises(StorageError, match=f"disk full writing {tiny_disk / 'out.bin'}"):
+        atomic_write(tiny_disk / "out.bin", lambda tmp: write_exact(tmp, b"\0" * (1 << 20)))
+    assert list(tiny_disk.iterdir()) == []  # no temp file left
+
+
+def test_check_output(tmp_path):
+    from vidfeat.files import StorageError, check_output
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(StorageError, match="is a file, not a folder"):
+        check_output(tmp_path / "file" / "out", kind="folder")
+    with pytest.raises(StorageError, match="is a file, but the output must be a folder"):
+        check_output(tmp_path / "file", kind="folder")
+    with pytest.raises(StorageError, match="is a folder, but the output must be a file"):
+        check_output(tmp_path / "folder", kind="file")
+    with pytest.raises(StorageError, match="not enough free space"):
+        check_output(tmp_path / "f.h5", need_bytes=1 << 62)
+    assert check_output(tmp_path / "new" / "deeper", kind="folder") == tmp_path / "new" / "deeper"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]  # probe removed

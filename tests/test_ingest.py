@@ -434,3 +434,28 @@ def test_frame_folders_follow_the_umask(tiny_dataset, tmp_path):
     assert folders and all(p.stat().st_mode & 0o777 == 0o755 for p in folders)
     files = list((tmp_path / "o" / "frames").rglob("*.jpg"))
     assert files and all(p.stat().st_mode & 0o777 == 0o644 for p in files)
+
+
+@pytest.mark.parametrize("where", ["below_a_file", "read_only", "pseudo_fs"])
+def test_unwritable_output_is_one_line_before_any_work(tiny_dataset, tmp_path, where):
+    if where == "below_a_file":
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "out"
+    elif where == "read_only":
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)],
+                          capture_output=True).returncode:
+            pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+        out = ro / "out"
+    else:
+        out = Path("/proc/vidfeat-out")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vidfeat", "ingest", str(tiny_dataset),
+                               "-o", str(out)], capture_output=True, text=True, timeout=120)
+    finally:
+        if where == "read_only":
+            subprocess.run(["umount", "-l", str(tmp_path / "ro")], check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(out) in lines[0] and "probe" not in proc.stderr, proc.stderr

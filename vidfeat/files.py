@@ -44,17 +44,65 @@ class StorageError(OSError):
     plain rerun after the fix completes. ``str()`` is one line saying what to do.
     """
 
-    def __init__(self, err: int, path, doing: str = "writing"):
+    def __init__(self, err: int, path, doing: str = "writing", *, message: str | None = None):
         what, fix = ENVIRONMENT_ERRNOS.get(err, (os.strerror(err), "fix the cause"))
         self.path, self.doing = str(path), doing
-        message = f"{what} {doing} {path}: {fix} and rerun the same command; nothing was lost"
+        if message is None:
+            message = f"{what} {doing} {path}: {fix} and rerun the same command; nothing was lost"
         super().__init__(err, message)
 
     def __str__(self) -> str:
         return self.strerror
 
     def __reduce__(self):  # crosses process boundaries (sandbox children, Dask workers)
-        return type(self), (self.errno, self.path, self.doing)
+        return _rebuild_storage_error, (self.errno, self.path, self.doing, self.strerror)
+
+
+def check_output(path: str | os.PathLike, *, kind: str = "file", need_bytes: int = 0) -> Path:
+    """Check, before any work, that ``path`` can be written as a ``kind`` ("file" or "folder").
+
+    ``path`` must not exist as the other kind; its nearest existing ancestor must be a folder in
+    which a file can really be created (a probe file is made and removed: permissions,
+    read-only mounts and pseudo-filesystems all answer); with ``need_bytes``, that filesystem
+    must have that much free. Raises ``StorageError`` (one line, what to do). Returns ``path``
+    made absolute.
+    """
+    path = Path(path).expanduser().absolute()
+    if path.exists() and (path.is_dir() != (kind == "folder")):
+        other = "a folder" if path.is_dir() else "a file"
+        raise StorageError(errno.EEXIST, path, message=f"{path} is {other}, but the output "
+                           f"must be a {kind}: choose another output path")
+    base = path
+    while not base.exists():
+        base = base.parent
+    if not base.is_dir():
+        raise StorageError(errno.ENOTDIR, base, message=f"cannot create {path}: {base} is a "
+                           "file, not a folder; choose another output path")
+    _probe_write(base, path)
+    if need_bytes:
+        import shutil
+
+        free = shutil.disk_usage(base).free
+        if free < need_bytes:
+            raise StorageError(errno.ENOSPC, base, message=f"not enough free space for {path}: "
+                               f"about {need_bytes / 1e6:.0f} MB needed, {free / 1e6:.0f} MB "
+                               f"free in {base}; free space or choose another output")
+    return path
+
+
+def _probe_write(base: Path, path: Path) -> None:
+    probe = base / f".vidfeat-probe-{secrets.token_hex(4)}"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        raise StorageError(exc.errno, base, message=f"cannot write {path}: creating a file in "
+                           f"{base} fails ({exc.strerror}); choose a writable output or fix "
+                           "its permissions") from None
+    os.unlink(probe)
+
+
+def _rebuild_storage_error(err, path, doing, message):
+    return StorageError(err, path, doing, message=message)
 
 
 def is_environmental(exc: BaseException) -> bool:
@@ -142,6 +190,10 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             write(str(tmp))
             os.replace(tmp, path)
+    except StorageError as exc:
+        if exc.path == str(path):
+            raise
+        raise StorageError(exc.errno, path, exc.doing) from exc  # name the target, not the temp
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

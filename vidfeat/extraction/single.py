@@ -39,6 +39,7 @@ from vidfeat.extraction.defaults import (
 )
 from vidfeat.extraction.inputs import input_batches
 from vidfeat.extraction.writer import RowWriter
+from vidfeat.files import check_output
 from vidfeat.ingestion.manifest import Manifest, read_manifest
 from vidfeat.options import check_choice, check_positive
 from vidfeat.system import resolve_device
@@ -218,8 +219,8 @@ def extract_single(ingest_dir: str | os.PathLike, output: str | os.PathLike, *,
     prec = resolve_precision(precision, dev)
     decode = resolve_decode(decode, dev, workers)
     batch_size, workers = loader_defaults(dev, decode, batch_size, workers)
+    output = check_output(output, kind="file")
     m = read_manifest(ingest_dir)
-    output = Path(output).expanduser().absolute()
     resolved, sha = resolve_weights(backbone, weights)
     meta = _frame_meta(m, shard_rows(m.frames, i, n))
     settings = {"manifest_fingerprint": manifest_fingerprint(m), "backbone": backbone,
@@ -244,6 +245,9 @@ def _compute(m: Manifest, meta: pd.DataFrame, output: Path, settings: dict, *, b
     """Resume or start the partial run, compute the missing rows, build the file."""
     bb = create_backbone(backbone, weights)
     settings["feature_dim"] = bb.feature_dim
+    # the raw rows, then the HDF5 file built from them: both on disk at the end
+    row_bytes = bb.feature_dim * np.dtype(DTYPES[settings["dtype"]]).itemsize
+    check_output(output, need_bytes=2 * len(meta) * row_bytes)
     done = partial.load_state(output, settings, SETTING_ATTRS)
     partial.start_state(output, settings)
     t_run = time.perf_counter()

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vidfeat.files import FileLock
+from vidfeat.files import FileLock, check_output
 from vidfeat.ingestion.decode import decode_frames
 from vidfeat.ingestion.probe import ProbeResult, probe_video
 from vidfeat.ingestion.sample import SamplingSpec, max_distinct_frames
@@ -159,7 +159,7 @@ def ingest(src, outdir, *, labels=None, frames_per_video: int = 16, fps: float |
         raise ValueError("balance='frames' needs uniform sampling (frames_per_video), "
                          "not fps or keyframes")
     videos = scan_source(src, labels=labels)
-    out = check_local_path(outdir)
+    out = check_output(check_local_path(outdir), kind="folder")
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(out, spec, timeout=timeout, jobs=jobs, backend=backend, progress=progress,
                retry_failed=retry_failed)
