@@ -1,6 +1,8 @@
 """Synthetic feature files, written through extract's own writer (no backbone run)."""
 from __future__ import annotations
 
+import contextlib
+import subprocess
 from pathlib import Path
 
 import h5py
@@ -102,3 +104,27 @@ def write_frames(outdir, data: dict, *, size=(64, 48), seed: int = 0) -> Path:
                        "width": size[0], "height": size[1], "n_frames": 0, "repeat": 1}
     write_manifest(outdir, pd.DataFrame(videos.values()), pd.DataFrame(frames))
     return outdir
+
+
+@contextlib.contextmanager
+def small_disk(path, size: str):
+    """A tmpfs of ``size`` ("64k", "1m") mounted at ``path`` for a full-disk test; unmounted
+    after. Skips the test where mounting is refused (not root, no tmpfs)."""
+    import pytest
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def resize_disk(path, size: str) -> None:
+    """Give the tmpfs at ``path`` (from ``small_disk``) ``size`` in all: "free space"."""
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)

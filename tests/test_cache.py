@@ -1,3 +1,6 @@
+import hashlib
+import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -6,9 +9,11 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from featfiles import make_features, write_features
+from featfiles import make_features, resize_disk, small_disk, write_features
 
-from vidfeat.extraction.cache import FeatureFileBuilder, FeatureStore, output_lock
+from vidfeat.extraction.cache import FeatureFileBuilder, FeatureStore, merge, output_lock
+from vidfeat.extraction.integrity import CorruptFeatureFile
+from vidfeat.files import StorageError
 
 
 @pytest.fixture
@@ -88,3 +93,207 @@ def test_lock_is_exclusive_and_dies_with_its_holder(tmp_path):
     holder.wait()
     with output_lock(out):
         pass
+
+
+# ----------------------------------------------------------------------------------- integrity
+CORRUPT = (r"feature file .*{name} is corrupt \(checksum error in {ds}\): re-extract it "
+           r"\(vidfeat extract \.\.\. --overwrite\)$")
+
+
+@pytest.fixture
+def sound(tmp_path):
+    """A float16 feature file of 280 frames: /features spans two chunks of 256 rows."""
+    data = make_features({"a": 40, "b": 30}, dim=16, frames=4)
+    return write_features(tmp_path / "sound.h5", data,
+                          attrs={"ingest_dir": "/data/marker-ingest-q7", "manifest_frames": 280})
+
+
+def chunks_of(path, name):
+    """(byte offset, size) in the file of each stored chunk of dataset ``name`` (h5py's view)."""
+    with h5py.File(path, "r") as f:
+        ds = f[name]
+        return [(ds.id.get_chunk_info(i).byte_offset, ds.id.get_chunk_info(i).size)
+                for i in range(ds.id.get_num_chunks())]
+
+
+def flipped(src, dst, offset: int, bit: int):
+    data = bytearray(src.read_bytes())
+    data[offset] ^= 1 << bit
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_every_dataset_is_checksummed_with_fixed_length_strings(sound):
+    with h5py.File(sound, "r") as f:
+        datasets = []
+        f.visititems(lambda name, obj: datasets.append(obj) if isinstance(obj, h5py.Dataset)
+                     else None)
+        assert len(datasets) == 13
+        for ds in datasets:
+            assert ds.fletcher32, ds.name
+            info = h5py.check_string_dtype(ds.dtype)
+            assert info is None or (info.encoding == "utf-8" and info.length), ds.name
+        assert f["video_id"].asstr()[0] == "a/v0000.mp4"
+        assert f["video_id"].dtype.itemsize == len("a/v0000.mp4")
+    with FeatureStore(sound) as s:
+        assert s.column("frame_id")[5] == "a/v0001.mp4#1" and s.verify() == []
+
+
+def test_random_bit_flips_in_features_fail_every_read(sound, tmp_path):
+    rng = np.random.default_rng(7)
+    chunks = chunks_of(sound, "features")
+    assert len(chunks) == 2
+    for trial in range(40):
+        offset, size = chunks[rng.integers(len(chunks))]
+        bad = flipped(sound, tmp_path / "bad.h5", offset + int(rng.integers(size)),
+                      int(rng.integers(8)))
+        with FeatureStore(bad) as s:
+            match = CORRUPT.format(name="bad.h5", ds="/features")
+            with pytest.raises(CorruptFeatureFile, match=match):
+                s.load()
+            with pytest.raises(CorruptFeatureFile, match=match):
+                list(s.iter_chunks("train", rows=64))
+            with pytest.raises(CorruptFeatureFile, match=match):
+                s.feature_rows(0, len(s))
+            assert any("checksum error in /features" in p for p in s.verify())
+            assert s.column("label").tolist() == [0] * 160 + [1] * 120  # other data still reads
+
+
+def test_flips_in_strings_and_video_means_fail_their_reads(sound, tmp_path):
+    offset, size = chunks_of(sound, "video_id")[0]
+    bad = flipped(sound, tmp_path / "ids.h5", offset + size // 3, 2)
+    with FeatureStore(bad) as s:
+        with pytest.raises(CorruptFeatureFile, match=CORRUPT.format(name="ids.h5", ds="/video_id")):
+            s.column("video_id")
+        with pytest.raises(CorruptFeatureFile, match="/video_id"):
+            s.load("train")
+        s.load(level="video")  # the other datasets still read
+    offset, size = chunks_of(sound, "videos/features")[0]
+    bad = flipped(sound, tmp_path / "means.h5", offset + size // 2, 5)
+    with FeatureStore(bad) as s:
+        ds = "/videos/features"
+        with pytest.raises(CorruptFeatureFile, match=CORRUPT.format(name="means.h5", ds=ds)):
+            s.load(level="video")
+        with pytest.raises(CorruptFeatureFile, match=ds):
+            s.feature_rows(0, 3, level="video")
+        assert s.verify() == [f"feature file {bad} is corrupt (checksum error in {ds}): "
+                              "re-extract it (vidfeat extract ... --overwrite)"]
+
+
+def test_an_edited_attribute_fails_attrs_sha256(sound, tmp_path):
+    raw = sound.read_bytes()
+    at = raw.find(b"/data/marker-ingest-q7")
+    assert at > 0 and raw.find(b"/data/marker-ingest-q7", at + 1) == -1
+    bad = flipped(sound, tmp_path / "attr.h5", at + 6, 0)  # "marker" -> "larker"
+    with h5py.File(bad, "r") as f:
+        assert f.attrs["ingest_dir"] == "/data/larker-ingest-q7"  # h5py itself sees no damage
+    with pytest.raises(CorruptFeatureFile, match=r"attr.h5 is corrupt \(attributes do not match "
+                                                 r"attrs_sha256\): re-extract it"):
+        FeatureStore(bad)
+
+
+def test_attrs_sha256_and_features_fingerprint_are_the_documented_hashes(sound, tmp_path):
+    def sha(data):
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    with h5py.File(sound, "r") as f:
+        attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else
+                     v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    settings = ["manifest_fingerprint", "backbone", "weights", "weights_sha256", "resize_size",
+                "input_size", "interpolation", "mean", "std", "precision", "dtype",
+                "feature_dim"]
+    expected = sha({k: attrs.get(k) for k in settings})
+    assert attrs.pop("attrs_sha256") == sha(attrs)
+    with FeatureStore(sound) as s:
+        assert s.features_fingerprint == attrs["features_fingerprint"] == expected
+    data = make_features({"a": 3, "b": 2}, dim=16, frames=2, seed=3)
+    other = write_features(tmp_path / "other.h5", data)  # other frames, same settings
+    with FeatureStore(other) as s:
+        assert s.features_fingerprint == expected
+    shard = write_features(tmp_path / "shard.h5", data, attrs={"shard_index": 1, "shard_count": 2})
+    with FeatureStore(shard) as s:
+        assert s.features_fingerprint == sha({**{k: attrs.get(k) for k in settings},
+                                              "shard_index": 1, "shard_count": 2})
+
+
+def test_verify_finds_what_checksums_cannot(sound, tmp_path):
+    bad = shutil.copy(sound, tmp_path / "means.h5")
+    with h5py.File(bad, "r+") as f:  # rewritten by a tool: valid checksums, wrong values
+        means = f["videos/features"][...]
+        means[3, 2] += 0.5
+        f["videos/features"][...] = means
+    with FeatureStore(bad) as s:
+        assert s.verify() == [f"{bad}: /videos/features of 1 video(s) (first 'a/v0003.mp4') "
+                              "are not the mean of their frames' /features"]
+    old = shutil.copy(sound, tmp_path / "old.h5")
+    with h5py.File(old, "r+") as f:  # as vidfeat wrote files before checksums
+        del f.attrs["attrs_sha256"]
+        del f.attrs["features_fingerprint"]
+    with FeatureStore(old) as s:
+        assert s.features_fingerprint == s.fingerprint == "f" * 16
+        assert s.load().X.shape == (280, 16)
+        assert [p.split(": ")[1] for p in s.verify()] == ["no attrs_sha256 (written before "
+                                                          "vidfeat checksummed feature files), "
+                                                          "so its attributes and data cannot "
+                                                          "be verified"]
+
+
+def test_train_on_a_corrupt_file_says_one_line(sound, tmp_path):
+    offset, size = chunks_of(sound, "features")[0]
+    bad = flipped(sound, tmp_path / "bad.h5", offset + 100, 3)
+    run = subprocess.run([sys.executable, "-m", "vidfeat", "train", str(bad), "-o",
+                          str(tmp_path / "model"), "--epochs", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode > 0, run.stderr
+    assert "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines() == [
+        f"vidfeat train: error: feature file {bad} is corrupt (checksum error in /features): "
+        "re-extract it (vidfeat extract ... --overwrite)"]
+
+
+# ----------------------------------------------------------------------------------- full disk
+def big(tmp_path, name="shard.h5"):
+    """A 2 MB float32 feature file (2000 frames x 256) on the ordinary disk, mergeable alone."""
+    data = make_features({"a": 300, "b": 200}, dim=256, frames=4)
+    return write_features(tmp_path / name, data, dtype="float32",
+                          attrs={"manifest_frames": 2000})
+
+
+def test_builder_and_merge_on_a_full_disk_raise_storage_error(tmp_path):
+    shard = big(tmp_path)
+    with FeatureStore(shard) as s:
+        meta = pd.DataFrame({c: s.column(c) for c in ("frame_id", "video_id", "split", "label",
+                                                      "repeat", "row")})
+        X = s.load().X
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        b = FeatureFileBuilder(disk / "f.h5", meta, 256, dtype="float32")
+        with pytest.raises(StorageError, match=f"disk full writing {disk / 'f.h5'}: free space "
+                                               "and rerun the same command; nothing was lost"):
+            for start in range(0, 2000, 250):
+                b.write(start, X[start:start + 250])
+            b.finish({"class_names": ["a", "b"], "backbone": "t", "weights": "none",
+                      "feature_dim": 256, "manifest_fingerprint": "0"})
+        b.abort()  # a second abort is harmless
+        assert not list(disk.iterdir())
+        with pytest.raises(StorageError, match=f"disk full writing {disk / 'm.h5'}"):
+            merge([shard], disk / "m.h5")
+        assert not list(disk.iterdir())
+        resize_disk(disk, "8m")  # space freed: the same call completes
+        merge([shard], disk / "m.h5")
+        with FeatureStore(disk / "m.h5") as m:
+            np.testing.assert_array_equal(m.load().X, X)
+            assert m.verify() == []
+
+
+def test_merge_cli_on_a_full_disk_exits_1_with_one_line(tmp_path):
+    shard = big(tmp_path)
+    with small_disk(tmp_path / "disk", "1m") as disk:
+        out = disk / "merged.h5"
+        run = subprocess.run([sys.executable, "-m", "vidfeat", "merge", str(shard), "-o", str(out)],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 1, run.stderr  # not a crash (negative), not bad input (2)
+        assert run.stderr.strip().splitlines() == [
+            f"vidfeat merge: error: disk full writing {out}: free space and rerun the same "
+            "command; nothing was lost"]
+        assert not list(disk.iterdir())

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from featfiles import resize_disk, small_disk
 from PIL import Image
 
 from vidfeat.cli import main
@@ -19,6 +20,7 @@ from vidfeat.extraction.backbones import create_backbone, load_image
 from vidfeat.extraction.cache import FeatureStore, merge, output_lock
 from vidfeat.extraction.defaults import loader_defaults as _defaults
 from vidfeat.extraction.defaults import resolve_decode
+from vidfeat.extraction.integrity import CorruptFeatureFile, attrs_digest
 from vidfeat.extraction.single import parse_shard, shard_rows
 from vidfeat.ingestion.manifest import read_manifest, write_manifest
 
@@ -139,10 +141,14 @@ def test_rerun_of_a_complete_file_does_nothing(reference, ingest_dir):
     assert reference.stat().st_mtime_ns == before
 
 
+def _extract_argv(ingest_dir, out, *extra):
+    return ["extract", str(ingest_dir), "-o", str(out), "--backbone", "resnet18", "--weights",
+            "none", "--batch-size", "2", "--loader-workers", "0", "--device", "cpu", "--dtype",
+            "float32", "--no-progress", *extra]
+
+
 def _cli_extract(ingest_dir, out, *extra):
-    cmd = [sys.executable, "-m", "vidfeat", "extract", str(ingest_dir), "-o", str(out),
-           "--backbone", "resnet18", "--weights", "none", "--batch-size", "2", "--loader-workers", "0",
-           "--device", "cpu", "--dtype", "float32", "--no-progress", *extra]
+    cmd = [sys.executable, "-m", "vidfeat", *_extract_argv(ingest_dir, out, *extra)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -233,6 +239,8 @@ def test_shards_merge_into_the_single_run(reference, ingest_dir, tmp_path):
         assert s.attrs["shard_index"] == 1 and s.column("row").tolist() == list(range(6, 12))
     merged = merge(shards[::-1], tmp_path / "merged.h5")
     assert_same_file(merged, reference)
+    prints = [FeatureStore(p).features_fingerprint for p in (merged, reference, *shards)]
+    assert prints[0] == prints[1] and len(set(prints)) == 3  # shards differ from the whole
 
     with pytest.raises(ValueError, match=r"missing shard\(s\) 1/2"):
         merge(shards[:1], tmp_path / "m1.h5")
@@ -242,6 +250,10 @@ def test_shards_merge_into_the_single_run(reference, ingest_dir, tmp_path):
     shutil.copy(shards[1], odd)
     with h5py.File(odd, "a") as f:
         f.attrs["weights"] = "/elsewhere/w.pt"
+    with pytest.raises(CorruptFeatureFile, match="odd.h5 is corrupt .*attrs_sha256"):
+        merge([shards[0], odd], tmp_path / "m3.h5")  # an edit by hand fails the checksum
+    with h5py.File(odd, "a") as f:
+        f.attrs["attrs_sha256"] = attrs_digest(f.attrs)  # a shard made with other weights
     with pytest.raises(ValueError, match="shards do not match: weights"):
         merge([shards[0], odd], tmp_path / "m3.h5")
     with pytest.raises(FileExistsError, match="overwrite"):
@@ -405,3 +417,48 @@ def test_cuda_decode_in_workers_or_nvjpeg(reference, ingest_dir, tmp_path, no_tf
     assert Xb.dtype == np.float16
     assert ((Xb[:, None, :] - Xc[None, :, :]) ** 2).sum(-1).argmin(axis=1).tolist() == \
         list(range(len(Xc)))
+
+
+# ----------------------------------------------------------------------------------- full disk
+@pytest.mark.parametrize("size, stage", [("16k", "rows"), ("48k", "assembly")])
+def test_full_disk_is_one_line_and_a_plain_rerun_completes(reference, ingest_dir, tmp_path,
+                                                           size, stage):
+    # 16k: features.bin (24 KiB) does not fit; 48k: it does, the HDF5 file beside it does not
+    with small_disk(tmp_path / "disk", size) as disk:
+        out = disk / "f.h5"
+        proc = subprocess.run([sys.executable, "-W", "ignore::UserWarning", "-m", "vidfeat",
+                               *_extract_argv(ingest_dir, out)], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 1, proc.stderr  # not a crash (negative), not bad input (2)
+        named = out.with_name("f.h5.partial") / "features.bin" if stage == "rows" else out
+        # the one line, after the log's warning that resnet18 has random weights
+        assert [line for line in proc.stderr.splitlines() if not line.startswith("WARNING ")] \
+            == [f"vidfeat extract: error: disk full writing {named}: free space and rerun the "
+                "same command; nothing was lost"]
+        assert sorted(p.name for p in disk.iterdir()) == ["f.h5.partial"]  # no temp file
+        rows = (disk / "f.h5.partial" / "features.bin").stat().st_size // (512 * 4)
+        assert (rows == 12) == (stage == "assembly")
+        resize_disk(disk, "1m")
+        result = extract(ingest_dir, out, **OPTS)
+        assert result.resumed_rows == rows - rows % 2
+        assert_same_file(out, reference)
+        assert sorted(p.name for p in disk.iterdir()) == ["f.h5"]
+
+
+def test_a_kill_after_the_rename_leaves_no_partial_run_behind(reference, ingest_dir, tmp_path):
+    out = tmp_path / "f.h5"
+    killed = ("import os, signal, sys\n"
+              "from vidfeat.extraction import partial\n"
+              "from vidfeat.cli import main\n"
+              "partial.discard = lambda output: os.kill(os.getpid(), signal.SIGKILL)\n"
+              "main(sys.argv[1:])")
+    proc = subprocess.run([sys.executable, "-c", killed, *_extract_argv(ingest_dir, out)],
+                          capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    leftover = Path(f"{out}.partial")
+    assert (leftover / "features.bin").stat().st_size == 12 * 512 * 4
+    before = out.stat().st_mtime_ns
+    result = extract(ingest_dir, out, **OPTS)
+    assert result.skipped and out.stat().st_mtime_ns == before
+    assert not leftover.exists()
+    assert_same_file(out, reference)

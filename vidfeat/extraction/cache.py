@@ -7,12 +7,21 @@ Layout (all row datasets in ``frames.parquet`` order)::
     /videos/video_id /videos/split (str)   /videos/label /videos/repeat /videos/n_frames (int64)
 
 ``/row`` is each frame's index in ``frames.parquet`` (shards hold a subset). Root attributes
-describe the backbone, preprocessing, precision, manifest fingerprint and shard; ``complete`` is
-set last. A file is only ever built under a temporary name and renamed into place once complete,
-so a killed writer never leaves a file that looks finished; readers also refuse ``complete=False``.
+describe the backbone, preprocessing, precision, manifest fingerprint and shard; ``complete`` and
+``attrs_sha256`` are set last. A file is only ever built under a temporary name and renamed into
+place once complete, so a killed writer never leaves a file that looks finished; readers also
+refuse ``complete=False``.
+
+Integrity. Every dataset is chunked with the fletcher32 checksum filter and strings are stored
+fixed-length (variable-length strings live in the global heap, which no filter covers), so a
+flipped bit in any stored value fails the read: every reader turns that into one
+``CorruptFeatureFile`` line. Attributes are covered by ``attrs_sha256`` (sha256 of the canonical
+JSON of all other attributes), checked on open. A full disk while building is one
+``StorageError``; the temporary file is closed once and removed.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -23,11 +32,22 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from vidfeat.files import FileLock
+from vidfeat.extraction.integrity import (
+    DERIVED_ATTRS,
+    FRAME_DATASETS,
+    RE_EXTRACT,
+    VIDEO_DATASETS,
+    CorruptFeatureFile,
+    attrs_digest,
+    features_fingerprint,
+    mean_problems,
+    plain_attr,
+    read_error,
+    storage_errno,
+    table_problems,
+)
+from vidfeat.files import FileLock, StorageError
 
-STR = h5py.string_dtype("utf-8")
-FRAME_DATASETS = ("features", "frame_id", "video_id", "label", "split", "repeat", "row")
-VIDEO_DATASETS = ("features", "video_id", "label", "split", "repeat", "n_frames")
 REQUIRED_ATTRS = ("class_names", "backbone", "weights", "feature_dim", "manifest_fingerprint",
                   "complete")
 JSON_ATTRS = ("class_names", "sampling")
@@ -36,6 +56,7 @@ SHARD_INVARIANTS = ("backbone", "weights", "weights_sha256", "feature_dim", "inp
                     "resize_size", "mean", "std", "interpolation", "precision", "dtype",
                     "manifest_fingerprint", "class_names", "shard_count", "manifest_frames")
 LEVELS = ("frame", "video")
+
 
 
 @dataclass
@@ -59,8 +80,13 @@ def output_lock(output: str | os.PathLike) -> FileLock:
 
 
 # ----------------------------------------------------------------------------------- writing
-def _strings(values) -> np.ndarray:
-    return np.asarray([str(v) for v in values], dtype=object)
+def _strings(values, checksums: bool = True) -> np.ndarray:
+    """UTF-8 strings, fixed length (so fletcher32 covers their bytes) unless ``checksums`` is off."""
+    if not checksums:
+        return np.asarray([str(v) for v in values], dtype=object)
+    encoded = [str(v).encode() for v in values]
+    length = max(map(len, encoded), default=1) or 1
+    return np.asarray(encoded, dtype=h5py.string_dtype("utf-8", length))
 
 
 def _attr_value(value):
@@ -89,30 +115,76 @@ def _add_by_group(sums: np.ndarray, codes: np.ndarray, block: np.ndarray) -> Non
     sums[c[starts]] += np.add.reduceat(block[order], starts, axis=0)
 
 
+def _close_discarding(f: h5py.File) -> None:
+    """Close ``f``, whose contents are being thrown away, without touching its disk again.
+
+    After a failed write (disk full) HDF5's close flushes into the same full disk, fails, and
+    the library's exit handler later closes it again and crashes. Its file descriptor is first
+    pointed at an anonymous memory file, so the final flush succeeds and goes nowhere.
+    """
+    with contextlib.suppress(Exception):
+        if hasattr(os, "memfd_create") and f.driver == "sec2":
+            mem = os.memfd_create("vidfeat-discarded")
+            os.dup2(mem, f.id.get_vfd_handle())
+            os.close(mem)
+    with contextlib.suppress(Exception):
+        f.close()
+
+
 class FeatureFileBuilder:
     """Writes a feature file under a temporary name; ``finish`` makes it final and visible.
 
     ``meta`` has one row per frame (frame_id, video_id, label, split, repeat, row) in file
     order. Call ``write(start, block)`` until every row has features, then ``finish(attrs)``.
+    ``checksums=False`` writes the older layout (no fletcher32, variable-length strings); only
+    the benchmark that prices the checksums uses it. Environmental OSErrors (disk full...) are
+    raised as ``StorageError`` after the temporary file is closed and removed; any failure
+    leaves nothing behind.
     """
 
     def __init__(self, path: str | os.PathLike, meta: pd.DataFrame, feature_dim: int, *,
-                 dtype: str, chunk_rows: int = 256):
+                 dtype: str, chunk_rows: int = 256, checksums: bool = True):
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
         self.meta = meta.reset_index(drop=True)
-        self.f = h5py.File(self.tmp, "w")
+        self.checksums = checksums
+        self.f: h5py.File | None = None
+        self._datasets: list = []  # held open until close: a dropped one flushes unchecked
         n = len(self.meta)
-        chunk = (max(1, min(n, chunk_rows)), feature_dim)
-        self.features = self.f.create_dataset("features", (n, feature_dim), dtype=dtype,
-                                              chunks=chunk if n else None)
-        for col in ("frame_id", "video_id", "split"):
-            self.f.create_dataset(col, data=_strings(self.meta[col]), dtype=STR)
-        for col in ("label", "repeat", "row"):
-            self.f.create_dataset(col, data=self.meta[col].to_numpy(np.int64))
+        with self._guard():
+            self.f = h5py.File(self.tmp, "w")
+            chunks = (max(1, min(n, chunk_rows)), feature_dim) if n else True
+            self.features = self._dataset(self.f, "features", shape=(n, feature_dim),
+                                          dtype=dtype, chunks=chunks)
+            for col in ("frame_id", "video_id", "split"):
+                self._dataset(self.f, col, data=_strings(self.meta[col], checksums))
+            for col in ("label", "repeat", "row"):
+                self._dataset(self.f, col, data=self.meta[col].to_numpy(np.int64))
+
+    def _dataset(self, group, name: str, **kwargs):
+        if self.checksums:
+            kwargs.setdefault("chunks", True)
+            kwargs["fletcher32"] = True
+        ds = group.create_dataset(name, **kwargs)
+        self._datasets.append(ds)
+        return ds
+
+    @contextlib.contextmanager
+    def _guard(self):
+        """Abort on any failure; an environmental OSError becomes one ``StorageError``."""
+        try:
+            yield
+        except BaseException as exc:
+            self.abort()
+            code = storage_errno(exc)
+            if code is not None and not isinstance(exc, StorageError):
+                raise StorageError(code, self.path) from exc
+            raise
 
     def write(self, start: int, block: np.ndarray) -> None:
-        self.features[start:start + len(block)] = block
+        """Store ``block`` as the feature rows from ``start`` on."""
+        with self._guard():
+            self.features[start:start + len(block)] = block
 
     def _write_videos(self, chunk_rows: int = 65536) -> None:
         videos, codes = video_table(self.meta)
@@ -123,29 +195,45 @@ class FeatureFileBuilder:
             _add_by_group(sums, codes[start:start + chunk_rows], block)
         means = sums / np.maximum(videos["n_frames"].to_numpy(), 1)[:, None]
         g = self.f.create_group("videos")
-        g.create_dataset("features", data=means.astype(self.features.dtype))
+        self._dataset(g, "features", data=means.astype(self.features.dtype))
         for col in ("video_id", "split"):
-            g.create_dataset(col, data=_strings(videos[col]), dtype=STR)
+            self._dataset(g, col, data=_strings(videos[col], self.checksums))
         for col in ("label", "repeat", "n_frames"):
-            g.create_dataset(col, data=videos[col].to_numpy(np.int64))
+            self._dataset(g, col, data=videos[col].to_numpy(np.int64))
+
+    def _write_attrs(self, attrs: dict) -> None:
+        """``attrs``, then the derived ones: features_fingerprint, complete, attrs_sha256 last."""
+        for key, value in attrs.items():
+            if key not in DERIVED_ATTRS:
+                self.f.attrs[key] = _attr_value(value)
+        self.f.attrs["features_fingerprint"] = features_fingerprint(self.f.attrs)
+        self.f.attrs["complete"] = True
+        self.f.attrs["attrs_sha256"] = attrs_digest(self.f.attrs)
 
     def finish(self, attrs: dict) -> Path:
-        """Compute video means, write attributes, set ``complete`` last, fsync and rename."""
-        self._write_videos()
-        for key, value in attrs.items():
-            self.f.attrs[key] = _attr_value(value)
-        self.f.attrs["complete"] = True
-        self.f.flush()
-        self.f.close()
-        with open(self.tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp, self.path)
+        """Compute video means, write attributes, set ``complete`` last, fsync and rename.
+
+        ``attrs``: the root attributes (lists and dicts stored as JSON). Returns the path.
+        """
+        with self._guard():
+            self._write_videos()
+            self._write_attrs(attrs)
+            self.f.flush()  # every write error surfaces here, not in a silent close
+            self.f.close()
+            self.f = None
+            with open(self.tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.replace(self.tmp, self.path)
         return self.path
 
     def abort(self) -> None:
-        if self.f.id.valid:
-            self.f.close()
-        self.tmp.unlink(missing_ok=True)
+        """Close (once) and remove the temporary file; safe to call again."""
+        f, self.f = self.f, None
+        if f is not None:
+            _close_discarding(f)
+        self._datasets.clear()
+        with contextlib.suppress(OSError):
+            self.tmp.unlink()
 
 
 # ----------------------------------------------------------------------------------- reading
@@ -163,7 +251,9 @@ class FeatureStore:
     """Read-only view of a complete feature file; a context manager.
 
     Raises FileNotFoundError for a missing path and ValueError naming what is wrong for a file
-    that is not HDF5, not a vidfeat feature file, lacks a dataset, or is incomplete.
+    that is not HDF5, not a vidfeat feature file, lacks a dataset, or is incomplete;
+    ``CorruptFeatureFile`` (a ValueError) when its attributes or, on any read, its data fail
+    their checksums.
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -173,19 +263,31 @@ class FeatureStore:
         try:
             self._f = h5py.File(self.path, "r")
         except OSError as exc:
+            if storage_errno(exc) is not None:
+                raise read_error(self.path, "", exc) from exc
             raise ValueError(f"{self.path} is not a readable HDF5 file: {exc}") from None
         try:
             self._check()
-        except ValueError:
+            self.attrs = {k: _decode_attr(k, v) for k, v in self._f.attrs.items()}
+        except BaseException:
             self._f.close()
             raise
-        self.attrs = {k: _decode_attr(k, v) for k, v in self._f.attrs.items()}
         self.class_names: list[str] = list(self.attrs["class_names"])
         self.feature_dim = int(self.attrs["feature_dim"])
         self.backbone = str(self.attrs["backbone"])
         self.fingerprint = str(self.attrs["manifest_fingerprint"])
 
     def _check(self) -> None:
+        try:
+            self._check_layout()
+            raw = dict(self._f.attrs)
+        except (OSError, RuntimeError, KeyError) as exc:  # damaged metadata
+            raise read_error(self.path, "the file's metadata", exc) from exc
+        stored = raw.get("attrs_sha256")  # files of older versions have none
+        if stored is not None and plain_attr(stored) != attrs_digest(raw):
+            raise CorruptFeatureFile(self.path, "attributes do not match attrs_sha256")
+
+    def _check_layout(self) -> None:
         f = self._f
         missing = [a for a in REQUIRED_ATTRS if a not in f.attrs]
         if missing:
@@ -225,10 +327,32 @@ class FeatureStore:
         return (f"FeatureStore({str(self.path)!r}, frames={len(self)}, videos={self.n_videos}, "
                 f"backbone={self.backbone!r}, dim={self.feature_dim})")
 
+    @property
+    def features_fingerprint(self) -> str:
+        """What decided the features (see ``features_fingerprint``); equal values, equal
+        features. Files written before it existed give their ``manifest_fingerprint``."""
+        return str(self.attrs.get("features_fingerprint") or self.fingerprint)
+
+    def _read(self, ds, sel=...) -> np.ndarray:
+        """``ds[sel]`` (strings as str); a failed read is ``CorruptFeatureFile``."""
+        try:
+            return ds.asstr()[sel] if h5py.check_string_dtype(ds.dtype) else ds[sel]
+        except (OSError, RuntimeError) as exc:  # h5py: "filter returned failure during read"
+            raise read_error(self.path, ds.name, exc) from exc
+
     def column(self, name: str, *, level: str = "frame") -> np.ndarray:
-        """A whole per-row dataset (``split``, ``video_id``, ``row``…) as numpy."""
-        ds = self._group(level)[name]
-        return ds.asstr()[...] if h5py.check_string_dtype(ds.dtype) else ds[...]
+        """A whole per-row dataset (``split``, ``video_id``, ``row``…) as numpy.
+
+        ``name``: the dataset. ``level``: "frame" (root datasets) or "video" (``/videos``).
+        """
+        return self._read(self._group(level)[name])
+
+    def feature_rows(self, start: int, stop: int, *, level: str = "frame") -> np.ndarray:
+        """Feature rows ``start:stop`` in their stored dtype (a contiguous, bounded read).
+
+        ``start``/``stop``: row range, as a slice. ``level``: "frame" or "video".
+        """
+        return self._read(self._group(level)["features"], slice(start, stop))
 
     def _group(self, level: str):
         from vidfeat.options import check_choice
@@ -245,13 +369,14 @@ class FeatureStore:
         n = g["features"].shape[0]
         for start in range(0, n, rows):
             sl = slice(start, min(n, start + rows))
-            keep = (g["split"].asstr()[sl] == split) if split is not None else slice(None)
+            keep = (self._read(g["split"], sl) == split) if split is not None else slice(None)
             yield FeatureSet(
-                X=g["features"][sl].astype(np.float32)[keep],
-                y=g["label"][sl][keep],
-                video_id=g["video_id"].asstr()[sl].astype(str)[keep],
-                frame_id=g["frame_id"].asstr()[sl].astype(str)[keep] if level == "frame" else None,
-                repeat=g["repeat"][sl][keep])
+                X=self._read(g["features"], sl).astype(np.float32)[keep],
+                y=self._read(g["label"], sl)[keep],
+                video_id=self._read(g["video_id"], sl).astype(str)[keep],
+                frame_id=(self._read(g["frame_id"], sl).astype(str)[keep] if level == "frame"
+                          else None),
+                repeat=self._read(g["repeat"], sl)[keep])
 
     def load(self, split: str | None = None, *, level: str = "frame") -> FeatureSet:
         """All rows of ``split`` (None: every split) at ``level`` ("frame" or "video")."""
@@ -271,6 +396,60 @@ class FeatureStore:
                           video_id=cat([p.video_id for p in parts]),
                           frame_id=cat([p.frame_id for p in parts]) if level == "frame" else None,
                           repeat=cat([p.repeat for p in parts]))
+
+    # ------------------------------------------------------------------------------- verify
+    def verify(self, *, rows: int = 65536) -> list[str]:
+        """Read every dataset in full and check the file; the problems found (empty: sound).
+
+        Checks every chunk's checksum, ``attrs_sha256``, the row counts of the frame and video
+        tables, and that ``/videos/features`` are the means of each video's frame features
+        (within the stored dtype's rounding). ``rows``: rows read at once (bounds memory).
+        """
+        problems = self._attr_problems()
+        cols = self._verify_columns(problems)
+        sums = self._verify_features(cols.get("video_id"), rows, problems)
+        problems += table_problems(self.path, cols, len(self), len(self.class_names))
+        if sums is not None and "videos/features" in cols and not problems:
+            problems += mean_problems(self.path, cols, *sums)
+        return problems
+
+    def _attr_problems(self) -> list[str]:
+        stored = plain_attr(self._f.attrs.get("attrs_sha256"))
+        if stored is None:
+            return [f"{self.path}: no attrs_sha256 (written before vidfeat checksummed feature "
+                    f"files), so its attributes and data cannot be verified: {RE_EXTRACT}"]
+        if stored != attrs_digest(self._f.attrs):
+            return [str(CorruptFeatureFile(self.path, "attributes do not match attrs_sha256"))]
+        return []
+
+    def _verify_columns(self, problems: list[str]) -> dict[str, np.ndarray]:
+        """Every dataset but /features, read whole; failed reads go to ``problems``."""
+        names: list[str] = []
+        self._f.visititems(lambda name, obj: names.append(name)
+                           if isinstance(obj, h5py.Dataset) and name != "features" else None)
+        cols = {}
+        for name in names:
+            try:
+                cols[name] = self._read(self._f[name])
+            except (CorruptFeatureFile, StorageError) as exc:
+                problems.append(str(exc))
+        return cols
+
+    def _verify_features(self, video_id, rows: int, problems: list[str]):
+        """Read /features in blocks; (per-video sums, frame counts) when the ids were read."""
+        ds = self._f["features"]
+        codes = pd.factorize(video_id, sort=False)[0] if video_id is not None else None
+        n_videos = int(codes.max()) + 1 if codes is not None and len(codes) else 0
+        sums = np.zeros((n_videos, ds.shape[1]), np.float64)
+        for start in range(0, len(ds), rows):
+            try:
+                block = self._read(ds, slice(start, start + rows)).astype(np.float64)
+            except (CorruptFeatureFile, StorageError) as exc:
+                problems.append(str(exc))
+                return None
+            if codes is not None:
+                _add_by_group(sums, codes[start:start + rows], block)
+        return None if codes is None else (sums, np.bincount(codes, minlength=n_videos))
 
 
 # ----------------------------------------------------------------------------------- merging
@@ -344,8 +523,8 @@ def _merge_into(stores: Sequence[FeatureStore], output: Path, chunk_rows: int) -
             local = meta.loc[dest, "_local"].to_numpy()
             for start in range(0, len(dest), chunk_rows):
                 _scatter(builder, dest[start:start + chunk_rows],
-                         _gather(s._f["features"], local[start:start + chunk_rows]))
-        attrs = {k: v for k, v in first.attrs.items() if k != "complete"}
+                         _gather(s, local[start:start + chunk_rows]))
+        attrs = {k: v for k, v in first.attrs.items() if k not in DERIVED_ATTRS}
         attrs.update(shard="0/1", shard_index=0, shard_count=1)
         return builder.finish(attrs)
     except BaseException:
@@ -357,12 +536,13 @@ def _is_run(idx: np.ndarray) -> bool:
     return len(idx) > 0 and idx[-1] - idx[0] == len(idx) - 1 and bool(np.all(np.diff(idx) == 1))
 
 
-def _gather(dataset, idx: np.ndarray) -> np.ndarray:
+def _gather(store: FeatureStore, idx: np.ndarray) -> np.ndarray:
     if _is_run(idx):
-        return dataset[int(idx[0]):int(idx[-1]) + 1]
+        return store.feature_rows(int(idx[0]), int(idx[-1]) + 1)
+    dataset = store._f["features"]
     order = np.argsort(idx, kind="stable")  # h5py fancy reads need increasing indices
     out = np.empty((len(idx), *dataset.shape[1:]), dataset.dtype)
-    out[order] = dataset[idx[order]]
+    out[order] = store._read(dataset, idx[order])
     return out
 
 

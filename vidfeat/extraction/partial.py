@@ -101,6 +101,29 @@ def read_rows(output: str | os.PathLike, rows: int, dim: int, dtype) -> np.ndarr
     return np.memmap(rows_file(output), dtype=dtype, mode="r", shape=(rows, dim))
 
 
+def discard_leftover(output: str | os.PathLike, settings: dict, must_match) -> bool:
+    """Remove the partial folder a finished run of these settings left behind; True if it did.
+
+    A kill between the final rename of ``output`` and the removal of its partial folder leaves
+    a full-size folder that nothing would ever resume. ``settings``/``must_match`` as for
+    :func:`load_state`: a folder of other settings (or unreadable) is left alone.
+    """
+    partial = partial_dir(output)
+    try:
+        state = json.loads((partial / _STATE).read_text())
+    except FileNotFoundError:
+        if partial.is_dir() and not any(partial.iterdir()):
+            partial.rmdir()
+        return False
+    except (OSError, ValueError):
+        return False
+    if any(state.get(key) != settings.get(key) for key in must_match):
+        return False
+    log.info("removing %s: a leftover of the run that completed %s", partial, output)
+    discard(output)
+    return True
+
+
 def discard(output: str | os.PathLike) -> None:
     """Remove ``output``'s partial folder, if any (its rows are lost)."""
     shutil.rmtree(partial_dir(output), ignore_errors=True)

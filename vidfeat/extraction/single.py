@@ -267,6 +267,8 @@ def _compute(m: Manifest, meta: pd.DataFrame, output: Path, settings: dict, *, b
 
 
 def _skipped(output: Path, settings: dict, dev) -> ExtractResult:
+    # killed after the final rename but before the partial folder went: finish that cleanup
+    partial.discard_leftover(output, settings, SETTING_ATTRS)
     with FeatureStore(output) as s:
         return ExtractResult(output=output, n_frames=len(s), n_videos=s.n_videos, resumed_rows=len(s),
                              skipped=True, backbone=s.backbone, weights=settings["weights"],

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from vidfeat.extraction.defaults import DTYPES
+from vidfeat.files import StorageError, environment_errors, is_environmental
 
 TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
@@ -24,14 +25,18 @@ class RowWriter:
     ``put`` takes a device tensor; it is cast to the stored dtype on the device (half the bytes
     to copy for float16; the same round-to-nearest-even as numpy) and copied ``non_blocking``
     into pinned host memory; the thread waits on that copy's event, never the model loop. Only
-    whole rows count on resume; the writer's errors surface on ``put``/``close``.
+    whole rows count on resume; the writer's errors surface on ``put``/``close``: a full disk
+    (or another environmental OSError) as one ``StorageError`` naming the file, after which the
+    rows already written stay for a rerun to resume from.
 
     ``path``: the raw rows file, appended to. ``dtype``: float16|float32, the stored dtype.
     ``depth``: batches in flight before ``put`` blocks.
     """
 
     def __init__(self, path: Path, dtype: str, depth: int = 8):
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.path = Path(path)
+        with environment_errors(self.path):
+            self.fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.dtype, self.torch_dtype = DTYPES[dtype], TORCH_DTYPES[dtype]
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
@@ -65,12 +70,23 @@ class RowWriter:
                 self.error = exc
 
     def _check(self) -> None:
-        if self.error is not None:
-            raise RuntimeError(f"writing features failed: {self.error}") from self.error
+        error = self.error
+        if error is None:
+            return
+        if is_environmental(error):
+            raise StorageError(error.errno, self.path) from error
+        raise RuntimeError(f"writing features failed: {error}") from error
 
     def close(self) -> None:
+        """Write what is queued, fsync and close the file (once; later calls do nothing)."""
+        if self.fd is None:
+            return
         self.q.put(None)
         self.thread.join()
-        os.fsync(self.fd)
-        os.close(self.fd)
+        fd, self.fd = self.fd, None
+        try:
+            with environment_errors(self.path):
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         self._check()

@@ -65,12 +65,6 @@ def auto_memory(device: torch.device) -> int:
         return 2 << 30
 
 
-def _read_rows(store, start: int, stop: int) -> np.ndarray:
-    # FeatureStore has no public row-range read of /features yet; this is the one place that
-    # reaches into its h5py file, so that a public method can replace it in one line
-    return store._f["features"][start:stop]
-
-
 class H5Source:
     """One split's rows streamed from a FeatureStore in blocks; memory bounded by ``buffer_rows``.
 
@@ -101,7 +95,7 @@ class H5Source:
     def _read(self, start: int) -> np.ndarray:
         rows = self.rows[start:start + self.block]
         # one contiguous read, then keep this split's rows (other splits may sit in between)
-        block = _read_rows(self.store, int(rows[0]), int(rows[-1]) + 1)
+        block = self.store.feature_rows(int(rows[0]), int(rows[-1]) + 1)  # checksummed read
         return np.asarray(block[rows - rows[0]], dtype=np.float32)
 
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
