@@ -22,6 +22,7 @@ from vidfeat.extraction.defaults import loader_defaults as _defaults
 from vidfeat.extraction.defaults import resolve_decode
 from vidfeat.extraction.integrity import CorruptFeatureFile, attrs_digest
 from vidfeat.extraction.single import parse_shard, shard_rows
+from vidfeat.files import StorageError
 from vidfeat.ingestion.manifest import read_manifest, write_manifest
 
 pytestmark = pytest.mark.filterwarnings("ignore:backbone .* RANDOM", "ignore::DeprecationWarning")
@@ -191,7 +192,7 @@ def test_second_writer_fails_at_once(ingest_dir, tmp_path):
         pass
 
 
-def test_corrupt_frame_fails_clearly_then_changed_manifest_is_refused(ingest_dir, tmp_path):
+def test_corrupt_frame_fails_clearly_then_a_changed_manifest_rebuilds(ingest_dir, tmp_path):
     src = tmp_path / "ingest"
     shutil.copytree(ingest_dir, src)
     m = read_manifest(src)
@@ -204,15 +205,17 @@ def test_corrupt_frame_fails_clearly_then_changed_manifest_is_refused(ingest_dir
     partial = Path(f"{out}.partial")
     assert (partial / "features.bin").stat().st_size == 8 * 512 * 4  # the batches before it
     write_manifest(src, m.videos, m.frames.drop(index=9), m.info)
-    with pytest.raises(ValueError, match="manifest changed.*overwrite"):
-        extract(src, out, **OPTS)
-    result = extract(src, out, **{**OPTS, "batch_size": 4}, overwrite=True)
-    assert result.n_frames == 11 and result.resumed_rows == 0
+    # the unfinished run was over other frames: dropped without a flag, the file built anew
+    result = extract(src, out, **OPTS)
+    assert result.n_frames == 11 and result.resumed_rows == 0 and not partial.exists()
     with FeatureStore(out) as s:
         assert bad.replace("frames/", "") not in " ".join(s.column("frame_id"))
     write_manifest(src, m.videos, m.frames.drop(index=[8, 9]), m.info)
-    with pytest.raises(FileExistsError, match="manifest_fingerprint"):
-        extract(src, out, **{**OPTS, "batch_size": 4})
+    result = extract(src, out, **OPTS)  # a changed manifest is never "already complete"
+    # these hand-made manifests record no frame hashes: no row is provably unchanged
+    assert not result.skipped and result.n_frames == 10 and "kept 0 rows" in result.update
+    with pytest.raises(FileExistsError, match="backbone='resnet18', this run has 'resnet34'"):
+        extract(src, out, **{**OPTS, "backbone": "resnet34"})
 
 
 def test_shard_rows_split_whole_videos_deterministically(ingest_dir):
@@ -420,21 +423,34 @@ def test_cuda_decode_in_workers_or_nvjpeg(reference, ingest_dir, tmp_path, no_tf
 
 
 # ----------------------------------------------------------------------------------- full disk
+def test_too_little_space_is_refused_before_any_work(reference, ingest_dir, tmp_path):
+    with small_disk(tmp_path / "disk", "16k") as disk:  # the raw rows alone need 24 KiB
+        out = disk / "f.h5"
+        proc = subprocess.run([sys.executable, "-m", "vidfeat", *_extract_argv(ingest_dir, out)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1, proc.stderr
+        errors = [x for x in proc.stderr.splitlines() if not x.startswith("vidfeat: warning:")]
+        assert len(errors) == 1 and errors[0].startswith(
+            f"vidfeat extract: error: not enough free space for {out}: about 49 kB needed"), errors
+        assert list(disk.iterdir()) == []
+        resize_disk(disk, "1m")
+        extract(ingest_dir, out, **OPTS)
+        assert_same_file(out, reference)
+
+
 @pytest.mark.parametrize("size, stage", [("16k", "rows"), ("48k", "assembly")])
 def test_full_disk_is_one_line_and_a_plain_rerun_completes(reference, ingest_dir, tmp_path,
-                                                           size, stage):
-    # 16k: features.bin (24 KiB) does not fit; 48k: it does, the HDF5 file beside it does not
+                                                           monkeypatch, size, stage):
+    # 16k: features.bin (24 KiB) does not fit; 48k: it does, the HDF5 file beside it does not.
+    # The space check before the work would refuse both: switched off to reach the writers.
+    monkeypatch.setattr("vidfeat.extraction.single.check_output", lambda path, **kw: path)
     with small_disk(tmp_path / "disk", size) as disk:
         out = disk / "f.h5"
-        proc = subprocess.run([sys.executable, "-W", "ignore::UserWarning", "-m", "vidfeat",
-                               *_extract_argv(ingest_dir, out)], capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 1, proc.stderr  # not a crash (negative), not bad input (2)
         named = out.with_name("f.h5.partial") / "features.bin" if stage == "rows" else out
-        # the one line, after the log's warning that resnet18 has random weights
-        assert [line for line in proc.stderr.splitlines() if not line.startswith("WARNING ")] \
-            == [f"vidfeat extract: error: disk full writing {named}: free space and rerun the "
-                "same command; nothing was lost"]
+        with pytest.raises(StorageError) as caught:
+            extract(ingest_dir, out, **OPTS)
+        assert str(caught.value) == (f"disk full writing {named}: free space and rerun the "
+                                     "same command; nothing was lost")
         assert sorted(p.name for p in disk.iterdir()) == ["f.h5.partial"]  # no temp file
         rows = (disk / "f.h5.partial" / "features.bin").stat().st_size // (512 * 4)
         assert (rows == 12) == (stage == "assembly")
@@ -462,3 +478,65 @@ def test_a_kill_after_the_rename_leaves_no_partial_run_behind(reference, ingest_
     assert result.skipped and out.stat().st_mtime_ns == before
     assert not leftover.exists()
     assert_same_file(out, reference)
+
+
+# ----------------------------------------------------------------------------------- provenance
+@pytest.fixture
+def real_ingest(tmp_path):
+    """Three real videos ingested (2 frames each); returns (source folder, ingest folder)."""
+    from videos import make_video
+
+    from vidfeat.ingestion._ingest import ingest
+
+    src = tmp_path / "src"
+    for name, source in (("a", "testsrc2"), ("b", "smptebars"), ("c", "mandelbrot")):
+        make_video(src / "x" / f"{name}.mp4", duration=1, fps=10, source=source)
+    ing = tmp_path / "ingest"
+    ingest(src, ing, frames_per_video=2, split=(1, 0, 0), progress=False)
+    return src, ing
+
+
+def _features(path):
+    with FeatureStore(path) as s:
+        return dict(zip(s.column("frame_id"), s.load().X))
+
+
+def test_reingest_brings_the_features_up_to_date(real_ingest, tmp_path):
+    from videos import make_video
+
+    from vidfeat.ingestion._ingest import ingest
+
+    src, ing = real_ingest
+    out = tmp_path / "f.h5"
+    extract(ing, out, **OPTS)
+    before = _features(out)
+    time.sleep(0.01)  # a new mtime even on coarse clocks
+    make_video(src / "x" / "b.mp4", duration=1, fps=10, source="rgbtestsrc")  # same name
+    ingest(src, ing, frames_per_video=2, split=(1, 0, 0), progress=False)
+    result = extract(ing, out, **OPTS)
+    assert not result.skipped
+    assert result.update == "kept 4 rows of unchanged frames, computing 2 new or changed, dropping 2"
+    after, fresh = _features(out), _features(extract(ing, tmp_path / "fresh.h5", **OPTS).output)
+    assert list(after) == list(fresh)
+    for frame_id, x in after.items():
+        assert np.allclose(x, fresh[frame_id], rtol=1e-5, atol=1e-6), frame_id
+        if not frame_id.startswith("x/b.mp4"):
+            assert np.array_equal(x, before[frame_id])  # kept, bit for bit
+    b_rows = [k for k in after if k.startswith("x/b.mp4")]
+    assert b_rows and all(not np.allclose(after[k], before[k]) for k in b_rows if k in before)
+    assert extract(ing, out, **OPTS).skipped
+    # every JPEG rewritten at another size: nothing is kept
+    ingest(src, ing, frames_per_video=2, split=(1, 0, 0), size=128, progress=False)
+    result = extract(ing, out, **OPTS)
+    assert result.update.startswith("kept 0 rows") and "computing 6" in result.update
+
+
+def test_a_frame_rewritten_during_extraction_is_an_error_not_a_mix(real_ingest, tmp_path):
+    _, ing = real_ingest
+    m = read_manifest(ing)
+    last = ing / m.frames["path"].iloc[-1]
+    other = ing / m.frames["path"].iloc[0]
+    last.write_bytes(other.read_bytes())  # what a concurrent re-ingest's rename leaves
+    with pytest.raises(RuntimeError, match="changed since the manifest was written"):
+        extract(ing, tmp_path / "f.h5", **OPTS)
+    assert not (tmp_path / "f.h5").exists()

@@ -265,3 +265,11 @@ def test_check_output(tmp_path):
         check_output(tmp_path / "f.h5", need_bytes=1 << 62)
     assert check_output(tmp_path / "new" / "deeper", kind="folder") == tmp_path / "new" / "deeper"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder"]  # probe removed
+
+
+def test_check_output_accepts_an_existing_output_of_the_right_kind(tmp_path):
+    from vidfeat.files import check_output
+
+    (tmp_path / "f.h5").write_bytes(b"x")
+    assert check_output(tmp_path / "f.h5", kind="file") == tmp_path / "f.h5"
+    assert check_output(tmp_path, kind="folder") == tmp_path

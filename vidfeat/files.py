@@ -72,7 +72,7 @@ def check_output(path: str | os.PathLike, *, kind: str = "file", need_bytes: int
         other = "a folder" if path.is_dir() else "a file"
         raise StorageError(errno.EEXIST, path, message=f"{path} is {other}, but the output "
                            f"must be a {kind}: choose another output path")
-    base = path
+    base = path if path.is_dir() else path.parent
     while not base.exists():
         base = base.parent
     if not base.is_dir():
@@ -85,9 +85,18 @@ def check_output(path: str | os.PathLike, *, kind: str = "file", need_bytes: int
         free = shutil.disk_usage(base).free
         if free < need_bytes:
             raise StorageError(errno.ENOSPC, base, message=f"not enough free space for {path}: "
-                               f"about {need_bytes / 1e6:.0f} MB needed, {free / 1e6:.0f} MB "
+                               f"about {human_bytes(need_bytes)} needed, {human_bytes(free)} "
                                f"free in {base}; free space or choose another output")
     return path
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes as a short text: ``49 kB``, ``1.2 GB``."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if n >= 10 or unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.0f} TB"  # pragma: no cover - the loop returns
 
 
 def _probe_write(base: Path, path: Path) -> None:

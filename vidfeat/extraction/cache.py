@@ -56,6 +56,9 @@ SHARD_INVARIANTS = ("backbone", "weights", "weights_sha256", "feature_dim", "inp
                     "resize_size", "mean", "std", "interpolation", "precision", "dtype",
                     "manifest_fingerprint", "class_names", "shard_count", "manifest_frames")
 LEVELS = ("frame", "video")
+# per-row strings written when the caller has them: file_hash, the hash of the JPEG bytes each
+# row's features were computed from (extract keeps unchanged rows when the manifest changes)
+OPTIONAL_STRINGS = ("file_hash",)
 
 
 
@@ -156,8 +159,9 @@ class FeatureFileBuilder:
             chunks = (max(1, min(n, chunk_rows)), feature_dim) if n else True
             self.features = self._dataset(self.f, "features", shape=(n, feature_dim),
                                           dtype=dtype, chunks=chunks)
-            for col in ("frame_id", "video_id", "split"):
-                self._dataset(self.f, col, data=_strings(self.meta[col], checksums))
+            for col in ("frame_id", "video_id", "split", *OPTIONAL_STRINGS):
+                if col in self.meta.columns:
+                    self._dataset(self.f, col, data=_strings(self.meta[col], checksums))
             for col in ("label", "repeat", "row"):
                 self._dataset(self.f, col, data=self.meta[col].to_numpy(np.int64))
 
@@ -347,6 +351,10 @@ class FeatureStore:
         """
         return self._read(self._group(level)[name])
 
+    def optional_column(self, name: str) -> np.ndarray | None:
+        """A per-frame dataset that older files may lack (``file_hash``), or None."""
+        return self.column(name) if name in self._f else None
+
     def feature_rows(self, start: int, stop: int, *, level: str = "frame") -> np.ndarray:
         """Feature rows ``start:stop`` in their stored dtype (a contiguous, bounded read).
 
@@ -477,6 +485,7 @@ def _check_shards(stores: Sequence[FeatureStore]) -> int:
 
 def _merged_meta(stores: Sequence[FeatureStore], total: int) -> pd.DataFrame:
     cols = ("frame_id", "video_id", "split", "label", "repeat", "row")
+    cols += tuple(c for c in OPTIONAL_STRINGS if all(c in s._f for s in stores))
     parts = [pd.DataFrame({c: s.column(c) for c in cols}).assign(_shard=i, _local=np.arange(len(s)))
              for i, s in enumerate(stores)]
     meta = pd.concat(parts, ignore_index=True).sort_values("row", kind="stable")

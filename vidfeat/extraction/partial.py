@@ -124,6 +124,23 @@ def discard_leftover(output: str | os.PathLike, settings: dict, must_match) -> b
     return True
 
 
+def discard_unless(output: str | os.PathLike, settings: dict, keys) -> bool:
+    """Remove the partial run of ``output`` unless its ``keys`` equal ``settings``'; True if it
+    did. For settings whose change makes the old rows useless rather than the run wrong (the
+    manifest changed: the rows are of other frames), so starting over needs no flag."""
+    partial = partial_dir(output)
+    try:
+        state = json.loads((partial / _STATE).read_text())
+    except (OSError, ValueError):
+        return False
+    stale = [k for k in keys if state.get(k, "") != settings.get(k, "")]
+    if stale:
+        log.info("dropping the unfinished run in %s: %s changed since it started", partial,
+                 ", ".join(stale))
+        discard(output)
+    return bool(stale)
+
+
 def discard(output: str | os.PathLike) -> None:
     """Remove ``output``'s partial folder, if any (its rows are lost)."""
     shutil.rmtree(partial_dir(output), ignore_errors=True)

@@ -12,6 +12,7 @@ place.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,6 +39,7 @@ from vidfeat.extraction.defaults import (
     resolve_precision,
 )
 from vidfeat.extraction.inputs import input_batches
+from vidfeat.extraction.update import ReusePlan, gather, plan_reuse
 from vidfeat.extraction.writer import RowWriter
 from vidfeat.files import check_output
 from vidfeat.ingestion.manifest import Manifest, read_manifest
@@ -70,12 +72,15 @@ class ExtractResult:
     elapsed_s: float
     frames_per_s: float    # frames computed in this call per second of model pipeline
     decode: str = ""       # where JPEGs were decoded: "cpu" (workers) or "gpu" (nvjpeg)
+    update: str = ""       # brought an older file up to date: what was kept, computed, dropped
 
     def summary(self) -> str:
         if self.skipped:
             return (f"{self.output} is already complete ({self.n_frames} frames, "
                     f"{self.n_videos} videos, {self.backbone}); nothing to do.")
         resumed = f", {self.resumed_rows} resumed from an earlier run" if self.resumed_rows else ""
+        if self.update:
+            resumed += f"; the manifest changed since the last extraction: {self.update}"
         decode = f", {self.decode} decode" if self.decode else ""
         return (f"Extracted {self.n_frames} frames of {self.n_videos} videos (shard {self.shard}"
                 f"{resumed}) with {self.backbone} [{self.weights}] on {self.device} at "
@@ -155,21 +160,28 @@ def prepare_model(backbone: Backbone, device: torch.device) -> torch.nn.Module:
 
 
 # ----------------------------------------------------------------------------------- state
-def _same_file(output: Path, settings: dict) -> bool:
-    """True if ``output`` is a complete file of these settings; error if it is another's."""
+def _existing(output: Path, settings: dict, meta: pd.DataFrame) -> ReusePlan | None:
+    """None when ``output`` is complete for these settings; when only the manifest changed
+    since it was built, the plan that brings it up to date; else FileExistsError naming what
+    differs and the flag that starts over."""
     try:
         with FeatureStore(output) as s:
             found = {k: s.attrs.get(k) for k in settings if k in SETTING_ATTRS}
+            changed = [k for k in found if found[k] != settings[k]]
+            if changed and changed != ["manifest_fingerprint"]:
+                key = next(k for k in changed if k != "manifest_fingerprint")
+                raise FileExistsError(f"{output} exists with {key}={found[key]!r}, this run has "
+                                      f"{settings[key]!r}; pass overwrite=True (--overwrite) to "
+                                      "start over")
+            if not changed:
+                return None
+            return plan_reuse(s.column("frame_id"), s.optional_column("file_hash"),
+                              meta["frame_id"], meta["file_hash"])
     except (ValueError, OSError) as exc:
+        if isinstance(exc, FileExistsError):
+            raise
         raise FileExistsError(f"{output} exists and is not a usable feature file ({exc}); "
                               "pass overwrite=True (--overwrite) to replace it") from None
-    wanted = {k: settings[k] for k in found}
-    if found != wanted:
-        key = next(k for k in found if found[k] != wanted[k])
-        raise FileExistsError(f"{output} exists with {key}={found[key]!r}, this run has "
-                              f"{wanted[key]!r}; pass overwrite=True (--overwrite) to start over")
-    return True
-
 
 
 def discard_output(output: str | os.PathLike) -> None:
@@ -206,8 +218,10 @@ def extract_single(ingest_dir: str | os.PathLike, output: str | os.PathLike, *,
     """Cache ``backbone`` features of the stored frames of ``ingest_dir`` in ``output`` on one
     device; ``vidfeat.extract`` documents every parameter (all but ``gpus`` are the same here).
 
-    A rerun resumes an interrupted run, returns at once if ``output`` is complete, and refuses
-    a changed manifest or settings unless ``overwrite``.
+    A rerun resumes an interrupted run and returns at once if ``output`` is complete. When the
+    ingest folder changed since ``output`` was built, the file is brought up to date: rows of
+    unchanged frames (same id, same bytes) are kept, new or changed frames computed, removed
+    ones dropped. Other changed settings are refused unless ``overwrite``.
     """
     t0 = time.perf_counter()
     check_choice("dtype", dtype, DTYPES)
@@ -229,10 +243,11 @@ def extract_single(ingest_dir: str | os.PathLike, output: str | os.PathLike, *,
     with output_lock(output), _torch_threads(threads):
         if overwrite:
             discard_output(output)
-        if output.exists() and _same_file(output, settings):
+        plan = _existing(output, settings, meta) if output.exists() else None
+        if output.exists() and plan is None:
             res = _skipped(output, settings, dev)
         else:
-            res = _compute(m, meta, output, settings, backbone=backbone, weights=weights,
+            res = _compute(m, meta, output, settings, plan, backbone=backbone, weights=weights,
                            dev=dev, workers=workers, progress=progress)
     res.elapsed_s = 0.0 if res.skipped else time.perf_counter() - t0
     if progress:
@@ -240,30 +255,43 @@ def extract_single(ingest_dir: str | os.PathLike, output: str | os.PathLike, *,
     return res
 
 
-def _compute(m: Manifest, meta: pd.DataFrame, output: Path, settings: dict, *, backbone: str,
-             weights, dev, workers: int, progress: bool) -> ExtractResult:
-    """Resume or start the partial run, compute the missing rows, build the file."""
+def _compute(m: Manifest, meta: pd.DataFrame, output: Path, settings: dict,
+             plan: ReusePlan | None, *, backbone: str, weights, dev, workers: int,
+             progress: bool) -> ExtractResult:
+    """Resume or start the partial run, compute the missing rows, build the file.
+
+    ``plan``: rows kept from the existing ``output`` (an update), or None (every row).
+    """
     bb = create_backbone(backbone, weights)
     settings["feature_dim"] = bb.feature_dim
     # the raw rows, then the HDF5 file built from them: both on disk at the end
     row_bytes = bb.feature_dim * np.dtype(DTYPES[settings["dtype"]]).itemsize
     check_output(output, need_bytes=2 * len(meta) * row_bytes)
-    done = partial.load_state(output, settings, SETTING_ATTRS)
+    todo = meta if plan is None else meta.iloc[plan.todo]
+    settings.update(rows=len(todo), update_of=_fingerprint_of(output) if plan else "")
+    # an unfinished run over other frames (the manifest changed since): its rows are of no use
+    partial.discard_unless(output, settings, ("manifest_fingerprint", "update_of"))
+    done = partial.load_state(output, settings, (*SETTING_ATTRS, "update_of"))
     partial.start_state(output, settings)
     t_run = time.perf_counter()
-    _run(m.root, meta, bb, partial.rows_file(output), done, dev=dev,
+    _run(m.root, todo, bb, partial.rows_file(output), done, dev=dev,
          precision=settings["precision"], dtype=settings["dtype"],
          batch_size=settings["batch_size"], workers=workers, progress=progress,
          decode=settings["decode"])
     run_s = time.perf_counter() - t_run
-    _assemble(output, meta, bb, m, settings)
+    _assemble(output, meta, bb, m, settings, plan)
     return ExtractResult(output=output, n_frames=len(meta), n_videos=meta["video_id"].nunique(),
                          resumed_rows=done, skipped=False, backbone=backbone, weights=bb.weights,
                          feature_dim=bb.feature_dim, device=str(dev),
                          precision=settings["precision"], dtype=settings["dtype"],
                          shard=settings["shard"], elapsed_s=0.0,
-                         frames_per_s=(len(meta) - done) / max(run_s, 1e-9),
-                         decode=settings["decode"])
+                         frames_per_s=(len(todo) - done) / max(run_s, 1e-9),
+                         decode=settings["decode"], update=plan.describe() if plan else "")
+
+
+def _fingerprint_of(output: Path) -> str:
+    with FeatureStore(output) as s:
+        return s.fingerprint
 
 
 def _skipped(output: Path, settings: dict, dev) -> ExtractResult:
@@ -306,23 +334,41 @@ def _run(root: Path, meta: pd.DataFrame, bb: Backbone, bin_path: Path, done: int
         writer.close()
 
 
-def _assemble(output: Path, meta: pd.DataFrame, bb: Backbone, m: Manifest,
-              settings: dict) -> None:
-    """Build the final HDF5 from the raw rows (complete set last), then drop the partial."""
+def _assemble(output: Path, meta: pd.DataFrame, bb: Backbone, m: Manifest, settings: dict,
+              plan: ReusePlan | None) -> None:
+    """Build the final HDF5 from the raw rows (and, for an update, the kept rows of the old
+    file), complete set last and renamed over ``output``; then drop the partial run."""
     dim, np_dtype = bb.feature_dim, DTYPES[settings["dtype"]]
-    rows = partial.read_rows(output, len(meta), dim, np_dtype)
-    builder = FeatureFileBuilder(output, meta.drop(columns=["path", "file_hash"]), dim,
-                                 dtype=settings["dtype"],
-                                 chunk_rows=settings["batch_size"])
+    rows = partial.read_rows(output, settings["rows"], dim, np_dtype)
+    builder = FeatureFileBuilder(output, meta.drop(columns=["path"]), dim,
+                                 dtype=settings["dtype"], chunk_rows=settings["batch_size"])
     try:
-        for start in range(0, len(meta), 65536):
-            builder.write(start, np.asarray(rows[start:start + 65536]))
+        with contextlib.ExitStack() as stack:
+            old = stack.enter_context(FeatureStore(output)) if plan is not None else None
+            for start in range(0, len(meta), 65536):
+                stop = min(len(meta), start + 65536)
+                builder.write(start, _block(rows, old, plan, start, stop, dim, np_dtype))
         builder.finish(_attrs(bb, m, settings))
     except BaseException:
         builder.abort()
         raise
     del rows  # the memory map must close before its file goes
     partial.discard(output)
+
+
+def _block(rows, old, plan: ReusePlan | None, start: int, stop: int, dim: int, dtype):
+    """Feature rows ``start:stop`` of the new file: computed rows from ``rows`` (the partial
+    run, in ``plan.todo`` order), kept ones read from the ``old`` file."""
+    if plan is None:
+        return np.asarray(rows[start:stop])
+    source = plan.old_row[start:stop]
+    kept = source >= 0
+    computed_before = int((plan.old_row[:start] < 0).sum())
+    block = np.empty((stop - start, dim), dtype)
+    n_new = int((~kept).sum())
+    block[~kept] = rows[computed_before:computed_before + n_new]
+    block[kept] = gather(old.feature_rows, source[kept], dim, dtype)
+    return block
 
 
 def _attrs(bb: Backbone, m: Manifest, settings: dict) -> dict:
