@@ -33,7 +33,7 @@ from vidfeat.files import FileLock
 from vidfeat.ingestion.decode import decode_frames
 from vidfeat.ingestion.probe import ProbeResult, probe_video
 from vidfeat.ingestion.sample import SamplingSpec, max_distinct_frames
-from vidfeat.ingestion.scan import scan_source
+from vidfeat.ingestion.scan import mark_duplicates, scan_source
 from vidfeat.ingestion.stats import (
     failure_counts,
     jsonable,
@@ -224,6 +224,7 @@ class _Run:
         videos = videos.set_index(videos["video_id"].rename(None))
         self._phase("probe", [self._probe_task(r) for r in videos.itertuples() if r.status == "ok"])
         videos = _with_outcomes(videos, self.entries, "probe")
+        videos = mark_duplicates(videos)  # byte-identical copies under two names: one video
         videos = assign_splits(videos, split, seed=seed)
         if balance == "frames":
             videos["capacity"] = [self._capacity(r) for r in videos.itertuples()]
@@ -367,7 +368,7 @@ def _finish_videos(videos, entries: dict):
     out.loc[~ok, ["repeat", "n_frames"]] = 0
     out.loc[~ok, "split"] = ""
     columns = [c for c in (*VIDEO_COLUMNS, *VIDEO_OPTIONAL) if c in out.columns]
-    columns += [c for c in ("size_bytes", "mtime_ns") if c in out.columns]
+    columns += [c for c in ("size_bytes", "mtime_ns", "device", "inode") if c in out.columns]
     return out[columns].sort_values("video_id", kind="stable").reset_index(drop=True)
 
 

@@ -44,6 +44,9 @@ VIDEO_OPTIONAL: dict[str, str] = {
     "rotation": "Int64",
     "codec": "string",
     "has_audio": "boolean",
+    "source_hash": "string",          # vidfeat.files.source_hash of the source file
+    "duration_header_s": "float64",   # the header's duration when the stream contradicted it
+    "warning": "string",              # e.g. why duration_s is not the header's
     "elapsed_s": "float64",
 }
 FRAME_COLUMNS: dict[str, str] = {
