@@ -289,3 +289,15 @@ def test_ingest_stores_frames_over_the_real_duration(video, tmp_path, capfd):
         assert stored == pytest.approx(_shown_frames(src / path.name, 4))
     err = capfd.readouterr().err  # the probe's warning, from the sandbox child, once per video
     assert [err.count(f"{p.name}: header duration") for p, _ in lies.values()] == [1, 1]
+
+
+def test_cut_download_keeps_the_header_duration_with_a_warning(video, caplog):
+    """moov up front, data cut at half: the sample table backs the header (100 frames = 4 s),
+    so the header is no lie; the duration stays and the warning says the data stops early."""
+    full = video("fs.mp4", duration=4, fps=25, gop=10, extra=("-movflags", "+faststart"))
+    cut = full.with_name("cut.mp4")
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with caplog.at_level("WARNING", logger="vidfeat.ingestion.probe"):
+        r = probe_video(cut)
+    assert (r.duration_s, r.frame_count, r.duration_header_s, r.vfr) == (4.0, 100, None, False)
+    assert "truncated file?" in r.warning and len(caplog.records) == 1

@@ -16,6 +16,8 @@ really ends, cheaply: a seek to the end and a demux (no decode) of the last GOP'
 end being the largest pts + duration. When the two disagree by more than ``duration_tolerance``
 the measured duration is used (sampling spreads over the frames that exist), the header's value
 is kept in ``duration_header_s``, ``warning`` says so, and a logging warning names the file.
+Unless the container's frame count backs the header: then the data stops early (a truncated
+download), the header's duration stays and only the warning says so.
 
 ``codec`` is the codec's own name (``av1``, ``h264``, ``hevc``), not the decoder's that PyAV
 picked (``libdav1d``). ``source_hash`` is ``vidfeat.files.source_hash`` of the file: ingest
@@ -115,7 +117,8 @@ def _describe(container, stream, rotation: int) -> ProbeResult:
     stamps = [e.timestamp for e in list(stream.index_entries or ())[:2000]]  # before any seek
     header = _header_duration(container, stream)
     end = _stream_end(container, stream, fps)
-    duration, warning = _checked_duration(header, None if end is None else end - start, fps)
+    duration, header, warning = _checked_duration(
+        header, None if end is None else end - start, fps, int(stream.frames or 0))
     count = int(stream.frames or 0) or max(1, round(duration * float(stream.average_rate or fps)))
     avg = count / duration if duration > 0 else fps
     w, h = (ctx.height, ctx.width) if rotation in (90, 270) else (ctx.width, ctx.height)
@@ -123,7 +126,7 @@ def _describe(container, stream, rotation: int) -> ProbeResult:
         duration_s=duration, fps=fps, avg_fps=avg, vfr=_is_vfr(stamps, fps, avg), frame_count=count,
         width=w, height=h, rotation=rotation, codec=codec_name(ctx),
         has_audio=bool(container.streams.audio), start_s=start,
-        duration_header_s=header if warning else None, warning=warning)
+        duration_header_s=header, warning=warning)
 
 
 def codec_name(ctx) -> str:
@@ -143,18 +146,24 @@ def duration_tolerance(duration_s: float, fps: float) -> float:
     return max(2.0 / fps, min(0.5, 0.05 * duration_s))
 
 
-def _checked_duration(header: float | None, measured: float | None, fps: float):
-    """``(duration, warning)``: the header's duration unless the stream contradicts it."""
+def _checked_duration(header: float | None, measured: float | None, fps: float, frames: int):
+    """``(duration, header duration if overruled else None, warning)``: the header's duration
+    unless the stream contradicts it. ``frames``: the container's frame count (0: unknown)."""
     if measured is None or measured <= 0:
         if header is None:
             raise VideoError("video duration is unknown")
-        return header, ""
+        return header, None, ""
     if header is None:
-        return measured, ""
+        return measured, None, ""
     if abs(header - measured) <= duration_tolerance(measured, fps):
-        return header, ""
-    return measured, (f"header duration {header:.6g} s but the stream ends after "
-                      f"{measured:.6g} s: frames sampled over the stream")
+        return header, None, ""
+    if frames and abs(frames / fps - header) <= duration_tolerance(header, fps):
+        # the sample table backs the header: the data stops early (a cut download), no lie;
+        # decoding shows the last good frame from there on, as a player does
+        return header, None, (f"the stream's data ends after {measured:.6g} s, before the "
+                              f"header's {header:.6g} s (truncated file?)")
+    return measured, header, (f"header duration {header:.6g} s but the stream ends after "
+                              f"{measured:.6g} s: frames sampled over the stream")
 
 
 def _stream_end(container, stream, fps: float) -> float | None:
