@@ -194,7 +194,8 @@ def _scale_mdhd_duration(path, factor: float):
                 walk(i + 8, i + size)
             elif kind == b"mdhd":
                 fmt = ">Q" if data[i + 8] else ">I"  # version 1: 64-bit times
-                at = i + 12 + 2 * struct.calcsize(fmt) + 4  # after creation/modification time, timescale
+                # after version/flags, creation and modification times, timescale
+                at = i + 12 + 2 * struct.calcsize(fmt) + 4
                 n = struct.calcsize(fmt)
                 value = struct.unpack(fmt, data[at:at + n])[0]
                 data[at:at + n] = struct.pack(fmt, round(value * factor))
