@@ -241,3 +241,27 @@ def test_predict_agrees_with_cached_features_end_to_end(tiny_dataset, tmp_path):
     expected = torch.softmax(cached.double(), 0).numpy()
     for t in entry["top_k"]:
         assert t["probability"] == pytest.approx(expected[names.index(t["label"])], abs=2e-3)
+
+
+def test_hung_or_crashing_decode_is_that_videos_error(model_dir, clips, tmp_path, monkeypatch):
+    """Each video's probe and decode run in a child killed after ``timeout``: a decoder that
+    hangs or crashes gives that video an error entry and the next videos are still predicted."""
+    import time
+
+    from sandboxed import decode_or_misbehave
+
+    red = clips[0]
+    expected = next(predict(model_dir, red, device="cpu"))
+    hang, crash = (shutil.copyfile(red, tmp_path / name) for name in ("hang.mp4", "crash.mp4"))
+    monkeypatch.setattr("vidfeat.ingestion.decode.decode_frames", decode_or_misbehave)
+    start = time.monotonic()
+    out = list(predict(model_dir, [hang, red, crash, red], device="cpu", timeout=4))
+    assert time.monotonic() - start < 60
+    assert out[0] == {"video": str(hang), "error": "VideoError: timed out after 4s (work killed)"}
+    assert out[2]["error"].startswith("VideoError: worker process died (killed by SIGSEGV")
+    assert out[1] == out[3] == expected
+
+
+def test_timeout_must_be_positive(model_dir):
+    with pytest.raises(ValueError, match="timeout must be > 0"):
+        predict(model_dir, ["a.mp4"], timeout=0)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from vidfeat.ingestion.scan import scan_source
+from vidfeat.ingestion.scan import mark_duplicates, scan_source
 
 
 def touch(path, data=b"x"):
@@ -70,3 +70,97 @@ def test_labels_file_errors(tmp_path):
     (tmp_path / "l.json").write_text("{}")
     with pytest.raises(ValueError, match="must be .csv or .parquet"):
         scan_source(None, labels=tmp_path / "l.json")
+
+
+# --- one video, one row: the same file under two names ----------------------------------------
+
+def test_symlink_and_hard_link_fail_as_duplicates_at_scan_time(tmp_path):
+    real = touch(tmp_path / "cat/a.mp4", b"video bytes")
+    other = touch(tmp_path / "cat/b.mp4", b"other bytes")
+    os.link(real, tmp_path / "cat/hard.mp4")
+    (tmp_path / "dog").mkdir()
+    os.symlink(real, tmp_path / "dog/link.mp4")
+    os.symlink("../cat/b.mp4", tmp_path / "dog/a-rel-link.mp4")  # a relative link
+    os.symlink(other, tmp_path / "ant-link.mp4")  # no class folder: ignored, never a row
+    (tmp_path / "bee").mkdir()
+    os.symlink(other, tmp_path / "bee/first.mp4")  # 'bee/...' sorts first: it is the one kept
+    df = scan_source(tmp_path).set_index("video_id")
+    assert df["status"].to_dict() == {
+        "bee/first.mp4": "ok", "cat/a.mp4": "ok", "cat/b.mp4": "failed", "cat/hard.mp4": "failed",
+        "dog/a-rel-link.mp4": "failed", "dog/link.mp4": "failed"}
+    assert df.loc["cat/b.mp4", "error"] == "duplicate of bee/first.mp4"
+    assert df.loc["dog/a-rel-link.mp4", "error"] == "duplicate of bee/first.mp4"
+    assert df.loc["cat/hard.mp4", "error"] == "duplicate of cat/a.mp4"
+    assert df.loc["dog/link.mp4", "error"] == "duplicate of cat/a.mp4"
+    st = os.stat(real)  # os.stat follows the symlink: the target's device and inode
+    link = df.loc["dog/link.mp4"]
+    assert (link["device"], link["inode"]) == (st.st_dev, st.st_ino)
+    assert df.loc["cat/hard.mp4", "inode"] == st.st_ino
+
+
+def test_labels_file_rows_naming_one_file_twice(tmp_path):
+    real = touch(tmp_path / "v/a.mp4", b"video bytes")
+    os.link(real, tmp_path / "v/hard.mp4")
+    (tmp_path / "w").mkdir()
+    os.symlink(real, tmp_path / "w/link.mp4")
+    pd.DataFrame({"path": ["w/link.mp4", "v/hard.mp4", "v/a.mp4"], "label": ["x", "y", "x"],
+                  "split": ["test", "train", "val"]}).to_csv(tmp_path / "l.csv", index=False)
+    df = scan_source(None, labels=tmp_path / "l.csv").set_index("video_id")
+    assert df["status"].to_dict() == {"v/a.mp4": "ok", "v/hard.mp4": "failed",
+                                      "w/link.mp4": "failed"}
+    assert (df.loc[["v/hard.mp4", "w/link.mp4"], "error"] == "duplicate of v/a.mp4").all()
+    assert (df.loc[["v/hard.mp4", "w/link.mp4"], "split"] == "").all()  # in no split
+    assert df.loc["v/a.mp4", "split"] == "val"
+
+
+def test_mark_duplicates_fails_later_identical_bytes():
+    videos = pd.DataFrame({
+        "video_id": ["b", "a", "c", "d", "e", "f"],
+        "status": ["ok", "ok", "ok", "failed", "ok", "ok"],
+        "error": ["", "", "", "truncated", "", ""],
+        "split": ["train", "val", "test", "", "train", "train"],
+        "source_hash": ["h1", "h1", "h2", "h2", "h2", None]})
+    out = mark_duplicates(videos)
+    assert out["video_id"].tolist() == ["b", "a", "c", "d", "e", "f"]  # same order
+    assert out["status"].tolist() == ["failed", "ok", "ok", "failed", "failed", "ok"]
+    assert out["error"].tolist() == ["duplicate of a", "", "", "truncated", "duplicate of c", ""]
+    assert out["split"].tolist() == ["", "val", "test", "", "", "train"]
+    assert videos["status"].tolist()[0] == "ok"  # the input is left alone
+
+
+def test_ingest_keeps_one_video_per_file(tmp_path):
+    """Symlink, hard link and byte-identical copy under other class folders: one ok video each,
+    the others failed 'duplicate of', and no content in two splits or stored twice."""
+    import shutil
+
+    from videos import make_video
+
+    from vidfeat.ingestion._ingest import ingest
+
+    src = tmp_path / "src"
+    a = make_video(src / "cat" / "a.mp4", duration=1, fps=5)
+    b = make_video(src / "cat" / "b.mp4", duration=1, fps=5, source="smptebars")
+    make_video(src / "dog" / "own.mp4", duration=1, fps=5, source="mandelbrot")
+    shutil.copyfile(a, src / "dog" / "copy.mp4")
+    os.link(b, src / "dog" / "hard.mp4")
+    os.symlink(a, src / "dog" / "link.mp4")
+    result = ingest(src, tmp_path / "out", frames_per_video=2, size=32, split=(0.4, 0.3, 0.3),
+                    progress=False)
+    v = result.manifest.videos.set_index("video_id")
+    assert v["status"].to_dict() == {"cat/a.mp4": "ok", "cat/b.mp4": "ok", "dog/copy.mp4": "failed",
+                                     "dog/hard.mp4": "failed", "dog/link.mp4": "failed",
+                                     "dog/own.mp4": "ok"}
+    copies = v.loc[["dog/copy.mp4", "dog/link.mp4"], "error"].tolist()
+    assert copies == ["duplicate of cat/a.mp4"] * 2
+    assert v.loc["dog/hard.mp4", "error"] == "duplicate of cat/b.mp4"
+    assert (v.loc[v["status"] == "failed", ["split", "n_frames"]] == ["", 0]).all().all()
+    frames = result.manifest.frames
+    assert set(frames["video_id"]) == {"cat/a.mp4", "cat/b.mp4", "dog/own.mp4"}
+    # content (independent of vidfeat: sha256 of the source bytes) -> splits it was stored in
+    import hashlib
+    content = {vid: hashlib.sha256((src / vid).read_bytes()).hexdigest() for vid in v.index}
+    splits = frames.assign(content=frames["video_id"].map(content)).groupby("content")["split"]
+    assert splits.nunique().max() == 1 and splits.ngroups == 3
+    probed = ["cat/a.mp4", "cat/b.mp4", "dog/copy.mp4", "dog/own.mp4"]  # links: failed at scan
+    assert v.loc[probed, "source_hash"].str.len().gt(0).all()
+    assert (v["inode"] == [os.stat(src / vid).st_ino for vid in v.index]).all()

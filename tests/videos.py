@@ -4,9 +4,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from vidfeat.synth import ffmpeg, make_audio, make_video  # noqa: F401  (re-exported for tests)
+from vidfeat import synth
+from vidfeat.synth import ffmpeg, make_audio  # noqa: F401  (re-exported for tests)
 
 SOURCES = ("testsrc2", "testsrc", "smptebars", "mandelbrot", "rgbtestsrc", "color", "life", "cellauto")
+
+
+def make_video(path: str | os.PathLike, **options) -> Path:
+    """``vidfeat.synth.make_video`` with the file's folder and name in its ``title`` tag.
+
+    Ingest takes byte-identical files as one video; the tag keeps two test videos made with the
+    same options two videos (same frames, different bytes). ``options``: as synth's.
+    """
+    tag = "/".join(Path(path).parts[-2:])
+    extra = (*options.pop("extra", ()), "-metadata", f"title={tag}")
+    return synth.make_video(path, extra=extra, **options)
 
 
 def make_dataset(root: str | os.PathLike, counts: dict[str, int], *, duration: float = 1.0,

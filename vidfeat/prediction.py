@@ -7,7 +7,10 @@ unfrozen) and the head; the video's score is the mean of its frame logits, as in
 video-level metrics.
 
 Bad input: a missing, unreadable, hostile (URL, playlist) or undecodable video gives an entry with
-``error`` set and no ``top_k``; the other videos go on. A missing or malformed MODEL_DIR raises.
+``error`` set and no ``top_k``; the other videos go on. As in ingest, each video's probe and
+decode run in a sandbox child process killed after ``timeout`` seconds or when it crashes, so a
+hung decoder or one that eats the machine's memory ends as that video's error entry. A missing
+or malformed MODEL_DIR raises; so does a full disk (``StorageError``).
 """
 from __future__ import annotations
 
@@ -49,38 +52,51 @@ def load_model(model_dir, device: torch.device):
 
 
 def predict(model_dir, videos: Iterable[str | os.PathLike] | str | os.PathLike, *, top_k: int = 3,
-            device: str = "auto", batch_size: int = 64) -> Iterator[dict]:
+            device: str = "auto", batch_size: int = 64, timeout: float = 600.0) -> Iterator[dict]:
     """Yield one dict per video, in order: ``{"video", "top_k": [{"label", "probability"}],
     "n_frames"}``, or ``{"video", "error"}`` for a video that cannot be used.
 
     ``model_dir``: a trained MODEL_DIR. ``videos``: one video path or several. ``top_k``: how
     many labels per video (capped at the number of classes). ``device``: "auto", "cpu",
-    "cuda", ... ``batch_size``: frames per backbone pass. The model is loaded before this
-    returns (a bad MODEL_DIR raises at once).
+    "cuda", ... ``batch_size``: frames per backbone pass. ``timeout``: seconds each video's
+    probe and each decode may take before its child process is killed (ingest's default). The
+    model is loaded before this returns (a bad MODEL_DIR raises at once).
     """
     check_positive("top_k", top_k)
     check_positive("batch_size", batch_size)
+    check_positive("timeout", timeout)
     dev = resolve_device(device)
     model = load_model(model_dir, dev)
     if isinstance(videos, (str, os.PathLike)):
         videos = [videos]
-    return _predict_all(model, list(videos), top_k=top_k, batch_size=batch_size, dev=dev)
+    return _predict_all(model, list(videos), top_k=top_k, batch_size=batch_size, dev=dev,
+                        timeout=float(timeout))
 
 
-def _predict_all(model, videos: list, *, top_k: int, batch_size: int, dev) -> Iterator[dict]:
+def _predict_all(model, videos: list, *, top_k: int, batch_size: int, dev,
+                 timeout: float) -> Iterator[dict]:
+    from vidfeat.files import StorageError
     from vidfeat.ingestion.probe import VideoError
+    from vidfeat.sandbox import Sandbox
 
     config = model[0]
     names = config["class_names"]
-    for video in videos:
-        try:
-            logits = _video_logits(model, video, batch_size=batch_size, dev=dev)
-        except (VideoError, ValueError, OSError, RuntimeError) as exc:
-            log.debug("predict failed for %s", video, exc_info=True)
-            yield {"video": str(video), "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
-            continue
-        yield {"video": str(video), "n_frames": int(len(logits)),
-               "top_k": _top_k(logits.mean(0), names, top_k)}
+    sandbox = Sandbox()  # one child for this call's videos, killed when the call ends
+    try:
+        for video in videos:
+            try:
+                logits = _video_logits(model, video, batch_size=batch_size, dev=dev,
+                                       sandbox=sandbox, timeout=timeout)
+            except StorageError:
+                raise  # the disk, not the video: stop
+            except (VideoError, ValueError, OSError, RuntimeError) as exc:
+                log.debug("predict failed for %s", video, exc_info=True)
+                yield {"video": str(video), "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+                continue
+            yield {"video": str(video), "n_frames": int(len(logits)),
+                   "top_k": _top_k(logits.mean(0), names, top_k)}
+    finally:
+        sandbox.close()
 
 
 def _top_k(logits: np.ndarray, names: list[str], k: int) -> list[dict]:
@@ -89,23 +105,34 @@ def _top_k(logits: np.ndarray, names: list[str], k: int) -> list[dict]:
     return [{"label": names[i], "probability": float(prob[i])} for i in order]
 
 
-def _video_logits(model, video, *, batch_size: int, dev) -> np.ndarray:
+def _video_logits(model, video, *, batch_size: int, dev, sandbox, timeout: float) -> np.ndarray:
+    # looked up at call time (not imported at the top): tests swap in slow or crashing versions
     from vidfeat.extraction.backbones import load_image
     from vidfeat.ingestion.decode import decode_frames
     from vidfeat.ingestion.probe import VideoError, probe_video
     from vidfeat.media import check_local_path
 
     _, backbone, head, preprocess, spec = model
-    path = check_local_path(video)
-    probe = probe_video(path)
+    path = str(check_local_path(video))
+    probe = _in_child(sandbox, timeout, probe_video, path)
     with tempfile.TemporaryDirectory(prefix="vidfeat-predict-") as tmp:
-        records = decode_frames(path, probe, spec, tmp)
+        records = _in_child(sandbox, timeout, decode_frames, path, probe, spec, tmp)
         if not records:
             raise VideoError("no frames decoded")
         # same route as training: stored JPEG -> load_image -> recorded preprocessing
         images = [preprocess.resize_crop(load_image(Path(tmp) / r.filename)[None])[0]
                   for r in records]
     return _run(backbone, head, preprocess, torch.stack(images), batch_size, dev)
+
+
+def _in_child(sandbox, timeout: float, fn, *args):
+    """``fn(*args)`` in the sandbox child; its failure (error, timeout, crash) as a VideoError."""
+    from vidfeat.ingestion.probe import VideoError
+
+    ok, value = sandbox.call(fn, args, timeout=timeout)
+    if not ok:
+        raise VideoError(value)
+    return value
 
 
 def _run(backbone, head: StackedHead, preprocess, images: torch.Tensor, batch_size: int,

@@ -17,6 +17,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=d["device"], choices=choices("vidfeat.system", "DEVICES"))
     p.add_argument("--batch-size", type=int, default=d["batch_size"],
                    help="frames per backbone batch")
+    p.add_argument("--timeout", type=float, default=d["timeout"],
+                   help="seconds a video's probe or decode may take before it is killed "
+                        "(that video gets an error line)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     failed = 0
     for entry in predict(args.model_dir, args.videos, top_k=args.top_k, device=args.device,
-                         batch_size=args.batch_size):
+                         batch_size=args.batch_size, timeout=args.timeout):
         failed += "error" in entry
         print(json.dumps(entry), flush=True)
     return 1 if failed else 0

@@ -33,7 +33,7 @@ from vidfeat.files import FileLock, check_output
 from vidfeat.ingestion.decode import decode_frames
 from vidfeat.ingestion.probe import ProbeResult, probe_video
 from vidfeat.ingestion.sample import SamplingSpec, max_distinct_frames
-from vidfeat.ingestion.scan import scan_source
+from vidfeat.ingestion.scan import mark_duplicates, scan_source
 from vidfeat.ingestion.stats import (
     failure_counts,
     jsonable,
@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 # The stage: scan -> probe (all) -> split -> balance -> decode -> manifests.
 # --------------------------------------------------------------------------------------------
+
+# in the probe's journal key: probes of an older vidfeat (no source hash, no check of the
+# header's duration against the stream) are done again, not reused
+PROBE_VERSION = "probe-2"
 
 BACKENDS = {
     "threading": "threads in this process, each driving its own sandbox child (default)",
@@ -228,6 +232,7 @@ class _Run:
         videos = videos.set_index(videos["video_id"].rename(None))
         self._phase("probe", [self._probe_task(r) for r in videos.itertuples() if r.status == "ok"])
         videos = _with_outcomes(videos, self.entries, "probe")
+        videos = mark_duplicates(videos)  # byte-identical copies under two names: one video
         videos = assign_splits(videos, split, seed=seed)
         if balance == "frames":
             videos["capacity"] = [self._capacity(r) for r in videos.itertuples()]
@@ -250,8 +255,8 @@ class _Run:
 
     def _probe_task(self, row) -> VideoTask:
         # the file's identity: a replaced video (same name, new inode/size/mtime) is probed anew
-        key = ":".join(str(getattr(row, c, "")) for c in ("size_bytes", "mtime_ns", "device",
-                                                          "inode"))
+        key = ":".join([PROBE_VERSION, *(str(getattr(row, c, "")) for c in (
+            "size_bytes", "mtime_ns", "device", "inode"))])
         return VideoTask("probe", row.video_id, row.path, str(self.outdir), self.timeout, key,
                          probe_video)
 

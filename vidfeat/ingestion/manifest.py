@@ -59,12 +59,14 @@ VIDEO_OPTIONAL: dict[str, str] = {
     "rotation": "Int64",
     "codec": "string",
     "has_audio": "boolean",
+    "source_hash": "string",          # vidfeat.files.source_hash of the source file
+    "duration_header_s": "float64",   # the header's duration when the stream contradicted it
+    "warning": "string",              # e.g. why duration_s is not the header's
     "elapsed_s": "float64",
     "size_bytes": "Int64",   # the source file's identity when it was ingested
     "mtime_ns": "Int64",
     "device": "Int64",
     "inode": "Int64",
-    "source_hash": "string",  # vidfeat.files.source_hash of the source file
 }
 FRAME_COLUMNS: dict[str, str] = {
     "frame_id": "string",     # f"{video_id}#{frame_index}"; unique

@@ -1,7 +1,9 @@
 """Scanning the source: a folder of class folders or a labels file -> one row per input video.
 
 Rows that cannot be used (URL or ``protocol:`` path, missing/empty/non-regular file, bad split,
-the same file listed twice) are ``failed`` rows with a reason; nothing is opened here.
+the same file listed twice or reached under two names) are ``failed`` rows with a reason; nothing
+is opened here. One video, one row: a symlink or hard link to a file already scanned fails as
+"duplicate of <video_id>" here, a byte-identical copy after probing (``mark_duplicates``).
 """
 from __future__ import annotations
 
@@ -15,13 +17,17 @@ from vidfeat.media import VIDEO_EXTENSIONS, UnsafeMediaPath, check_local_path
 log = logging.getLogger(__name__)
 
 
-SCAN_COLUMNS = ("video_id", "path", "label", "split", "status", "error", "size_bytes", "mtime_ns")
+SCAN_COLUMNS = ("video_id", "path", "label", "split", "status", "error", "size_bytes", "mtime_ns",
+                "device", "inode")
+# os.stat fields kept per row (Int64 for sizes and times; device and inode are unsigned 64-bit)
+_STAT_DTYPES = {"size_bytes": "Int64", "mtime_ns": "Int64", "device": "UInt64", "inode": "UInt64"}
 # video_id prefix for labels-file rows outside the labels file's folder (absolute path follows)
 EXTERNAL_PREFIX = "_external"
 
 
 def scan_source(src, *, labels: str | os.PathLike | None = None):
-    """One row per input video: ``video_id, path, label, split, status, error`` (+ file stats).
+    """One row per input video: ``video_id, path, label, split, status, error`` (+ file stats:
+    ``size_bytes, mtime_ns, device, inode``).
 
     ``src`` is a folder of class folders (``src/<label>/**/<video>``), or, with ``labels``, a
     CSV/Parquet file with ``path,label`` and optionally ``split`` whose relative paths resolve
@@ -29,24 +35,67 @@ def scan_source(src, *, labels: str | os.PathLike | None = None):
     the POSIX path relative to that root: unique, and safe as a relative folder (no '..', never
     absolute). Rows that cannot be used (URL or ``protocol:`` path, missing/empty/non-regular
     file, bad split value, same file listed twice) get ``status='failed'`` and a reason; nothing
-    is opened here. Rows are sorted by ``video_id``.
+    is opened here. Rows are sorted by ``video_id``; a row whose file (``device, inode``, after
+    symlinks) an earlier row already has fails as ``duplicate of <that video_id>``.
     """
     import pandas as pd  # lazily: the sandbox child imports this module and must start fast
 
     rows = _scan_labels(Path(labels)) if labels is not None else _scan_folders(src)
-    df = pd.DataFrame(rows, columns=list(SCAN_COLUMNS))
-    for column in ("size_bytes", "mtime_ns"):  # built directly: via float64, ns would round
-        df[column] = pd.array([r[column] for r in rows], dtype="Int64")
-    if df.empty:
+    if not rows:
         where = labels if labels is not None else src
         raise ValueError(f"no videos found in {where}")
-    return df.sort_values("video_id", kind="stable").reset_index(drop=True)
+    rows = _fail_same_files(sorted(rows, key=lambda r: r["video_id"]))
+    df = pd.DataFrame(rows, columns=list(SCAN_COLUMNS))
+    for column, dtype in _STAT_DTYPES.items():  # built directly: via float64, ns would round
+        df[column] = pd.array([r[column] for r in rows], dtype=dtype)
+    return df
+
+
+def _fail_same_files(rows: list[dict]) -> list[dict]:
+    """Fail every ok row whose file (device, inode) an earlier ok row has: one video, one row."""
+    first: dict[tuple[int, int], str] = {}
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        vid = first.setdefault((row["device"], row["inode"]), row["video_id"])
+        if vid != row["video_id"]:
+            row.update(status="failed", error=f"duplicate of {vid}", split="")
+    return rows
+
+
+def mark_duplicates(videos):
+    """``videos`` with every ok row whose ``source_hash`` an earlier ok row has (in ``video_id``
+    order) failed as ``duplicate of <that video_id>``: byte-identical copies are one video.
+
+    ``videos``: a table with ``video_id, status, error, split`` and the probe's ``source_hash``
+    (rows without one are left alone). Returns a copy, rows in the same order.
+    """
+    out = videos.copy()
+    if "source_hash" not in out.columns:
+        return out
+    ids, status, digests = (out[c].to_numpy() for c in ("video_id", "status", "source_hash"))
+    first: dict[str, str] = {}
+    dups: dict[int, str] = {}  # row position -> the video it duplicates
+    for pos in ids.argsort(kind="stable"):
+        digest = digests[pos]
+        if status[pos] != "ok" or not isinstance(digest, str) or not digest:
+            continue
+        vid = first.setdefault(digest, ids[pos])
+        if vid != ids[pos]:
+            dups[int(pos)] = vid
+    if dups:
+        rows = list(dups)
+        out.iloc[rows, out.columns.get_loc("status")] = "failed"
+        out.iloc[rows, out.columns.get_loc("split")] = ""
+        out.iloc[rows, out.columns.get_loc("error")] = [f"duplicate of {v}" for v in dups.values()]
+    return out
 
 
 def _row(video_id, path, label, split="", error="", st=None) -> dict:
     return {"video_id": video_id, "path": str(path), "label": label, "split": split,
             "status": "failed" if error else "ok", "error": error,
-            "size_bytes": st.st_size if st else None, "mtime_ns": st.st_mtime_ns if st else None}
+            "size_bytes": st.st_size if st else None, "mtime_ns": st.st_mtime_ns if st else None,
+            "device": st.st_dev if st else None, "inode": st.st_ino if st else None}
 
 
 def _scan_folders(src) -> list[dict]:
