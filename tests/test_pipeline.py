@@ -249,7 +249,8 @@ def test_run_refuses_more_bad_types(tmp_path, capsys, section, key, raw, expecte
 
 def test_bad_choices_and_ranges_of_later_stages_fail_before_ingest(small_videos, tmp_path):
     work = tmp_path / "work"
-    cases = [("extract", {"backbone": "resnet5"}, r'\[extract\] backbone = "resnet5": not one of'),
+    cases = [("train", {"epoch": 5}, r"^\[train\] has unknown option 'epoch'; allowed: "),
+             ("extract", {"backbone": "resnet5"}, r'\[extract\] backbone = "resnet5": not one of'),
              ("extract", {"precision": "fp8"}, r'\[extract\] precision = "fp8": not one of'),
              ("train", {"epochs": 0}, r"^\[train\] epochs = 0: must be > 0$"),
              ("train", {"sweep": "lr=1e-3,-1"}, r'^\[train\] sweep = "lr=1e-3,-1": lr must be > 0'),
