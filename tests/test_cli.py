@@ -95,6 +95,65 @@ def test_every_option_default_and_choices_are_the_librarys():
         subparser(build_parser(), "pipeline").get_default("device")
 
 
+def _number_type(annotation):
+    """int or float when an annotation's text is that type (or that or None), else None."""
+    parts = {part.strip() for part in str(annotation).split("|")} - {"None"}
+    return {"int": int, "float": float}.get(parts.pop()) if len(parts) == 1 else None
+
+
+def test_every_numeric_option_converts_as_its_annotation_says():
+    checked = set()
+    for command in library():
+        for action in options(command):
+            where = library_param(command, action.dest)
+            if where is None:
+                continue
+            func, param = where
+            annotation = inspect.signature(func).parameters[param].annotation
+            if "bool" == annotation:  # an on/off flag, never a value to parse
+                assert action.nargs == 0, (command, action.dest)
+            want = _number_type(annotation)
+            if want is None or action.nargs == 0:
+                continue
+            got = action.type("3")
+            assert type(got) is want, (command, action.dest, annotation)
+            if want is float:
+                assert action.type("2.5") == 2.5
+            else:
+                with pytest.raises(ValueError):
+                    action.type("2.5")  # argparse refuses it: one line, exit 2
+            checked.add((command, action.dest))
+    assert {("pipeline", "frames_per_video"), ("pipeline", "jobs"), ("ingest", "fps"),
+            ("train", "epochs")} <= checked
+
+
+def test_pipeline_set_values_read_as_in_a_config_file():
+    from vidfeat.cli.pipeline import config_from_args
+
+    args = build_parser().parse_args([
+        "pipeline", "videos", "-o", "w", "--set", "ingest.keyframes=true",
+        "--set", "ingest.strict=false", "--set", "train.epochs=20", "--set", "train.lr=1e-3",
+        "--set", "ingest.split=[0.6, 0.2, 0.2]", "--set", "extract.weights=none",
+        "--set", "train.sweep=lr=1e-3,1e-2", "--set", "train.unfreeze=True",
+        "--set", 'report.labels="a b.csv"', "--set", "train.head=mlp"])
+    config = config_from_args(args)
+    assert config["ingest"]["keyframes"] is True and config["ingest"]["strict"] is False
+    assert config["train"]["epochs"] == 20 and config["train"]["lr"] == 0.001
+    assert config["ingest"]["split"] == [0.6, 0.2, 0.2] and config["extract"]["weights"] == "none"
+    assert config["train"]["sweep"] == "lr=1e-3,1e-2" and config["train"]["unfreeze"] is True
+    assert config["report"]["labels"] == "a b.csv" and config["train"]["head"] == "mlp"
+
+
+def test_pipeline_bad_set_value_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "vidfeat", "pipeline", str(tmp_path), "-o",
+                           str(tmp_path / "work"), "--set", 'train.epochs="30"'],
+                          check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        'vidfeat pipeline: error: [train] epochs = "30": expected an integer']
+    assert not (tmp_path / "work").exists()
+
+
 def test_one_dialect():
     for command in WRITERS:
         flags = {s: a for a in options(command) for s in a.option_strings}

@@ -1,9 +1,12 @@
 import hashlib
 import json
+import subprocess
+import sys
 
 import pytest
 
 from vidfeat.cli import main
+from vidfeat.options import OptionError
 from vidfeat.pipeline import demo, effective_options, load_config, run_pipeline, to_toml
 from vidfeat.synth import make_demo_dataset
 
@@ -39,6 +42,14 @@ def test_pipeline_runs_skips_and_reruns_changed_stages(small_videos, tmp_path):
         assert first.paths[key].exists(), key
     assert json.loads((work / "report" / "report.json").read_text())["model"]
     features_mtime = (work / "features.h5").stat().st_mtime_ns
+    head_mtime = (work / "model" / "head.pt").stat().st_mtime_ns
+
+    # a bad value in a changed stage is refused before that stage's outputs are discarded
+    with pytest.raises(OptionError, match=r'^\[train\] epochs = "5": expected an integer$'):
+        run_pipeline(config_for(small_videos, epochs="5"), work, progress=False)
+    with pytest.raises(OptionError, match=r'^\[train\] head = "svm": not one of linear, mlp$'):
+        run_pipeline(config_for(small_videos, head="svm"), work, progress=False)
+    assert (work / "model" / "head.pt").stat().st_mtime_ns == head_mtime
 
     again = run_pipeline(config_for(small_videos), work, progress=False)
     assert set(statuses(again).values()) == {"skipped"}
@@ -173,3 +184,111 @@ def test_demo_small_is_clearly_above_chance(tmp_path):
     for split in ("val", "test"):  # a random-init backbone still separates the demo classes
         assert result.metrics[split]["frame"]["balanced_accuracy"] >= 2.5 * chance, split
     assert result.paths["report"].is_file()
+
+
+# TOML text -> (table, key, value as written, what the one-line error says is expected)
+BAD_TYPES = [("ingest", "keyframes", '"false"', "expected true or false"),
+             ("train", "unfreeze", '"no"', "expected true or false"),
+             ("ingest", "frames_per_video", "true", "expected an integer"),
+             ("ingest", "strict", '"no"', "expected true or false"),
+             ("ingest", "frames_per_video", '"8"', "expected an integer"),
+             ("ingest", "frames_per_video", "2.5", "expected an integer"),
+             ("ingest", "fps", '"30"', "expected a number"),
+             ("train", "epochs", '"30"', "expected an integer")]
+MORE_BAD_TYPES = [("train", "lr", "true", "expected a number"),
+                  ("extract", "batch_size", "2.5", "expected an integer"),
+                  ("report", "min_videos", "1.0", "expected an integer"),
+                  ("train", "hidden", '["512"]', "expected a list of integers"),
+                  ("ingest", "split", "[0.5, 0.5]", "expected a string or a list of 3 numbers"),
+                  ("ingest", "src", "5", "expected a path (a string)"),
+                  ("extract", "gpus", "[0, true]", "expected a string or a list of integers")]
+
+
+def toml_config(src, work, section=None, key=None, raw=None) -> str:
+    """A config written as a user would, with ``[section] key = raw`` set (raw is TOML text)."""
+    tables = {"ingest": {"src": json.dumps(str(src)), "frames_per_video": "3", "size": "96",
+                         "jobs": "2"},
+              "extract": {"backbone": '"mobilenet_v3_small"', "weights": '"none"',
+                          "device": '"cpu"', "workers": "0"},
+              "train": {"epochs": "5", "device": '"cpu"'}, "report": {}}
+    if section:
+        tables[section][key] = raw
+    text = f"workdir = {json.dumps(str(work))}\n"
+    for name, options in tables.items():
+        text += f"\n[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in options.items())
+    return text
+
+
+def vidfeat_run(*args):
+    return subprocess.run([sys.executable, "-m", "vidfeat", "run", *map(str, args)],
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize("section,key,raw,expected", BAD_TYPES)
+def test_run_refuses_a_bad_type_before_any_stage(small_videos, tmp_path, section, key, raw,
+                                                 expected):
+    work = tmp_path / "work"
+    config = tmp_path / "config.toml"
+    config.write_text(toml_config(small_videos, work, section, key, raw))
+    proc = vidfeat_run(config, "--no-progress")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [f"vidfeat run: error: [{section}] {key} = {raw}: {expected}"]
+    assert not (work / "ingest").exists() and not work.exists()
+
+
+@pytest.mark.parametrize("section,key,raw,expected", MORE_BAD_TYPES)
+def test_run_refuses_more_bad_types(tmp_path, capsys, section, key, raw, expected):
+    work = tmp_path / "work"
+    config = tmp_path / "config.toml"
+    config.write_text(toml_config(tmp_path, work, section, key, raw))
+    assert main(["run", str(config), "--no-progress"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"vidfeat run: error: [{section}] {key} = {raw}: {expected}"]
+    assert not work.exists()
+
+
+def test_bad_choices_and_ranges_of_later_stages_fail_before_ingest(small_videos, tmp_path):
+    work = tmp_path / "work"
+    cases = [("train", {"epoch": 5}, r"^\[train\] has unknown option 'epoch'; allowed: "),
+             ("extract", {"backbone": "resnet5"}, r'\[extract\] backbone = "resnet5": not one of'),
+             ("extract", {"precision": "fp8"}, r'\[extract\] precision = "fp8": not one of'),
+             ("train", {"epochs": 0}, r"^\[train\] epochs = 0: must be > 0$"),
+             ("train", {"sweep": "lr=1e-3,-1"}, r'^\[train\] sweep = "lr=1e-3,-1": lr must be > 0'),
+             ("train", {"class_weight": "effective:2"}, r"^\[train\] class_weight='effective:2'"),
+             ("report", {"max_drift": 1.5}, r"^\[report\] max_drift = 1.5: must be in \(0, 1\]$"),
+             ("ingest", {"split": [0.5, 0.6, 0.1]}, r"^\[ingest\] split=\[0.5, 0.6, 0.1\] must sum")]
+    for section, options, message in cases:
+        config = config_for(small_videos)
+        config[section].update(options)
+        with pytest.raises(ValueError, match=message):
+            run_pipeline(config, work, progress=False)
+        assert not work.exists(), options
+
+
+def test_output_folder_must_be_a_writable_folder(small_videos, tmp_path):
+    config = tmp_path / "config.toml"
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    for work in (taken, taken / "work"):
+        config.write_text(toml_config(small_videos, work))
+        proc = vidfeat_run(config, "--no-progress")
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.splitlines() == [
+            f"vidfeat run: error: output folder {work}: {taken} is a file, not a folder; give "
+            "another output folder"]
+    assert taken.read_text() == "not a folder"
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)],
+                             capture_output=True, check=False)
+    if mounted.returncode:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        config.write_text(toml_config(small_videos, readonly / "work"))
+        proc = vidfeat_run(config, "--no-progress")
+    finally:
+        subprocess.run(["umount", str(readonly)], check=True)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"vidfeat run: error: read-only filesystem writing {readonly / 'work'}: write to a "
+        "writable location and rerun the same command; nothing was lost"]

@@ -18,6 +18,12 @@ skipped; a changed option (or changed source files) clears that stage's outputs 
 every stage after it, so stale outputs are never reused. A stage interrupted half-way keeps its
 outputs, and the rerun lets the stage resume (ingest and extract both resume). The effective
 config is written back to ``WORKDIR/config.toml``.
+
+Nothing runs before every table is checked: unknown tables and keys, each value's type against
+the stage function's annotation (``vidfeat.options``: ``keyframes = "false"`` is an error, not
+true), its choices and cheap ranges against the tables the stage checks them with; and WORKDIR
+must be a writable folder. A bad train value fails before ingest starts, one line naming the
+table and key (``[train] epochs = "30": expected an integer``).
 """
 from __future__ import annotations
 
@@ -32,7 +38,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vidfeat.files import atomic_write, write_json
+from vidfeat.files import atomic_write, environment_errors, write_json
+from vidfeat.options import Kind, OptionError, check_choice, check_options, check_positive, \
+    checked, toml_value
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +131,7 @@ def resolve_paths(config: dict, base: Path) -> dict:
     config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     ingest = config.get("ingest", {})
     for key in ("src", "labels"):
-        if ingest.get(key):
+        if ingest.get(key) and isinstance(ingest[key], (str, os.PathLike)):  # others: refused later
             ingest[key] = str((base / ingest[key]).resolve())
     return config
 
@@ -135,15 +143,27 @@ def _stage_function(section: str):
 
 
 def effective_options(config: dict) -> dict[str, dict]:
-    """Each section's options with the library defaults filled in; unknown keys are refused."""
+    """Each section's options with the library defaults filled in; unknown tables and keys and
+    values of the wrong type (against the stage function's annotations) are refused."""
     unknown = sorted(set(config) - set(SECTIONS) - {"workdir"})
     if unknown:
         raise ValueError(f"unknown config table {unknown[0]!r}; allowed: {', '.join(SECTIONS)}")
+    workdir = config.get("workdir")
+    if workdir is not None and not Kind("path").accepts(workdir):
+        raise OptionError("workdir", workdir, Kind("path"),
+                          f"workdir = {toml_value(workdir)}: expected a path (a string)")
     out = {}
     for section in SECTIONS:
-        out[section] = _section_options(section, dict(config.get(section) or {}))
+        table = config.get(section) or {}
+        if not isinstance(table, dict):
+            raise ValueError(f"{section} = {toml_value(table)}: expected a table [{section}]")
+        out[section] = _section_options(section, dict(table))
     if not (out["ingest"].get("src") or out["ingest"].get("labels")):
         raise ValueError("config [ingest] needs 'src' (a folder of class folders) or 'labels'")
+    src = out["ingest"].get("src")
+    if src is not None and not Kind("path").accepts(src):  # the stage's positional argument
+        error = OptionError("src", src, Kind("path"))
+        raise OptionError("src", src, Kind("path"), error.in_config("ingest"))
     return out
 
 
@@ -154,6 +174,7 @@ def _section_options(section: str, given: dict) -> dict:
     if bad:
         raise ValueError(f"[{section}] has unknown option {bad[0]!r}; allowed: "
                          f"{', '.join(sorted(allowed))}")
+    check_options(_stage_function(section), given, table=section)
     defaults = {n: p.default for n, p in params.items()
                 if n in allowed and p.default is not inspect.Parameter.empty}
     return {**defaults, **given}
@@ -164,21 +185,119 @@ def to_toml(config: dict) -> str:
     lines = ["# vidfeat pipeline config (effective options, defaults filled in)"]
     for section, options in config.items():
         if not isinstance(options, dict):
-            lines.insert(1, f"{section} = {_toml_value(options)}")
+            lines.insert(1, f"{section} = {toml_value(options)}")
             continue
         lines += ["", f"[{section}]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in options.items() if v is not None]
+        lines += [f"{k} = {toml_value(v)}" for k, v in options.items() if v is not None]
     return "\n".join(lines) + "\n"
 
 
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))  # a JSON string literal is a valid TOML basic string
+# ----------------------------------------------------------------------------------- checks
+def check_values(opts: dict[str, dict]) -> None:
+    """Every stage's choices and cheap ranges (``effective_options`` checked the types), against
+    the tables and parsers the stage itself checks with: a bad train value fails before ingest
+    starts, and before a changed fingerprint discards any stage's outputs."""
+    for section, check in (("ingest", _ingest_values), ("extract", _extract_values),
+                           ("train", _train_values), ("report", _report_values)):
+        try:
+            check(opts[section])
+        except OptionError as exc:
+            text = exc.in_config(section) if exc.name in opts[section] else f"[{section}] {exc}"
+            raise OptionError(exc.name, exc.value, exc.allowed, text) from None
+        except ValueError as exc:
+            raise ValueError(f"[{section}] {exc}") from None
+
+
+def _ingest_values(o: dict) -> None:
+    from vidfeat.ingestion._ingest import BACKENDS, sampling_spec
+    from vidfeat.ingestion.balance import MODES
+    from vidfeat.ingestion.manifest import FORMATS
+    from vidfeat.ingestion.split import parse_ratios
+
+    spec = sampling_spec(**{k: o[k] for k in ("frames_per_video", "fps", "keyframes", "size",
+                                               "jpeg_quality")})
+    check_choice("fmt", o["fmt"], FORMATS)
+    check_choice("balance", o["balance"], MODES)
+    check_choice("backend", o["backend"], BACKENDS)
+    check_positive("jobs", o["jobs"])
+    check_positive("timeout", o["timeout"])
+    parse_ratios(o["split"])
+    if o["scheduler"] is not None and o["backend"] != "dask":
+        raise ValueError(f"scheduler needs backend = \"dask\" (backend is {o['backend']!r})")
+    if o["balance"] == "frames" and spec.mode != "uniform":
+        raise ValueError("balance = \"frames\" needs uniform sampling (frames_per_video), "
+                         "not fps or keyframes")
+
+
+def _extract_values(o: dict) -> None:
+    from vidfeat.extraction.backbones import list_backbones
+    from vidfeat.extraction.defaults import DECODES, DTYPES, PRECISIONS
+    from vidfeat.system import DEVICES
+
+    check_choice("backbone", o["backbone"], list_backbones())
+    check_choice("device", o["device"], DEVICES)
+    check_choice("precision", o["precision"], ["auto", *PRECISIONS])
+    check_choice("dtype", o["dtype"], DTYPES)
+    check_choice("decode", o["decode"], DECODES)
+    check_positive("batch_size", o["batch_size"])
+    check_positive("workers", o["workers"], allow_zero=True)
+    check_positive("threads", o["threads"])
+    if o["gpus"] is not None and o["device"] != "auto":
+        raise ValueError("gpus chooses the devices itself; leave device = \"auto\"")
+
+
+def _train_values(o: dict) -> None:
+    from vidfeat.system import DEVICES
+    from vidfeat.training._train import (
+        HEADS, SELECT_METRICS, expand_configs, parse_size, parse_sweep)
+    from vidfeat.training.stacked import DEFAULT_LR, HeadConfig, TrainSpec
+
+    head = o["head"]
+    check_choice("head", head, HEADS)
+    check_choice("select_metric", o["select_metric"], SELECT_METRICS)
+    check_choice("device", o["device"], DEVICES)
+    base = HeadConfig(lr=o["lr"] or DEFAULT_LR[head], weight_decay=o["weight_decay"],
+                      class_weight=o["class_weight"], logit_adjust=o["logit_adjust"] or 0.0,
+                      dropout=o["dropout"] if head == "mlp" else 0.0)
+    try:
+        expand_configs(base, parse_sweep(o["sweep"], head=head))  # every swept value in range
+    except ValueError as exc:  # said as the sweep's, not as the plain option's
+        raise ValueError(f"sweep = {toml_value(o['sweep'])}: {exc}") from None
+    TrainSpec(hidden=tuple(o["hidden"]), epochs=o["epochs"], batch_size=o["batch_size"],
+              seed=o["seed"], sampler=o["sampler"], patience=o["patience"])
+    parse_size(o["max_memory"])
+    for name in ("unfreeze_epochs", "unfreeze_batch_size", "unfreeze_lr", "backbone_lr_scale"):
+        check_positive(name, o[name])
+
+
+def _report_values(o: dict) -> None:
+    for name in ("jobs", "timeout", "min_videos"):
+        check_positive(name, o[name])
+    if not 0 < o["max_drift"] <= 1:
+        raise OptionError("max_drift", o["max_drift"], "in (0, 1]")
+
+
+def prepare_workdir(workdir: str | os.PathLike) -> Path:
+    """Create WORKDIR and prove it writable before any work. A file in its place (or in place
+    of a folder above it) is a usage error; a read-only, full or forbidden disk a StorageError."""
+    workdir = Path(workdir).expanduser().resolve()
+    for folder in (workdir, *workdir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise FileExistsError(f"output folder {workdir}: {folder} is a file, not a "
+                                      "folder; give another output folder")
+            break
+    with environment_errors(workdir, "writing"):
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write-test-{os.getpid()}"
+        try:
+            with open(probe, "wb") as f:  # a few bytes: an empty file needs no free block
+                f.write(b"\0" * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
+    return workdir
 
 
 # ----------------------------------------------------------------------------------- stages
@@ -275,6 +394,7 @@ def _check_exit(stage: str, result) -> None:
 
 
 # ----------------------------------------------------------------------------------- run
+@checked
 def run_pipeline(config: dict | str | os.PathLike, workdir: str | os.PathLike | None = None, *,
                  overwrite: bool = False, progress: bool = True) -> PipelineResult:
     """Run (or resume) every stage of ``config`` into ``workdir``; see the module docstring.
@@ -282,12 +402,13 @@ def run_pipeline(config: dict | str | os.PathLike, workdir: str | os.PathLike | 
     ``config``: a dict or a TOML path. ``workdir``: the output folder (default: the config's
     ``workdir`` key, else ``vidfeat_out``). ``overwrite``: discard every stage's outputs and
     rerun them all. ``progress``: each stage's progress output (stage options cannot override).
+    Every option is checked (module docstring) before WORKDIR is created or any stage runs.
     """
     if not isinstance(config, dict):
         config = load_config(config)
-    workdir = Path(workdir or config.get("workdir") or "vidfeat_out").resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     opts = effective_options(config)
+    check_values(opts)
+    workdir = prepare_workdir(workdir or config.get("workdir") or "vidfeat_out")
     for section in SECTIONS:
         if "progress" in opts[section]:
             opts[section]["progress"] = progress
@@ -365,6 +486,7 @@ def pretrained_cached(backbone: str) -> bool:
     return (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)).is_file()
 
 
+@checked
 def demo(output: str | os.PathLike = "demo_out", *, weights: str | None = None,
          backbone: str = "resnet18", counts: dict[str, int] | None = None, seed: int = 0,
          device: str = "auto", jobs: int = 2, overwrite: bool = False,

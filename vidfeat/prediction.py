@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from vidfeat.options import check_positive
+from vidfeat.options import check_positive, checked
 from vidfeat.system import resolve_device
 from vidfeat.training.stacked import StackedHead
 
@@ -51,6 +51,7 @@ def load_model(model_dir, device: torch.device):
     return config, backbone, head.to(device).eval(), preprocess, spec
 
 
+@checked
 def predict(model_dir, videos: Iterable[str | os.PathLike] | str | os.PathLike, *, top_k: int = 3,
             device: str = "auto", batch_size: int = 64, timeout: float = 600.0) -> Iterator[dict]:
     """Yield one dict per video, in order: ``{"video", "top_k": [{"label", "probability"}],

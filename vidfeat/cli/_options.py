@@ -1,8 +1,10 @@
 """Library defaults and option tables for the CLI, read from the library's source, not imported.
 
-The CLI restates no default and no list of choices: each subcommand asks ``defaults(module, func)``
-for the keyword defaults of the library function it calls and ``choices(module, NAME)`` for the
-option table that function checks against. Both read the module's source with :mod:`ast`
+The CLI restates no default, no list of choices and no type: each subcommand asks
+``defaults(module, func)`` for the keyword defaults of the library function it calls,
+``choices(module, NAME)`` for the option table that function checks against, and
+``arg_type(module, func, param)`` for the ``type=`` its annotation implies (``int``, ``float``;
+the same annotations ``vidfeat.options.checked`` checks library calls against). Both read the module's source with :mod:`ast`
 (literal defaults, and the keys of a table whose values need not be literals, such as
 ``PRECISIONS = {"fp32": torch.float32, ...}``), so building a parser imports neither torch nor
 pandas, whatever module defines the option. ``tests/test_cli.py`` checks every option against
@@ -14,6 +16,8 @@ import argparse
 import ast
 import functools
 from pathlib import Path
+
+from vidfeat.options import Kind, kind_of
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # the vidfeat package folder
 
@@ -91,6 +95,25 @@ def choices(module: str, name: str) -> tuple:
     else:
         raise ValueError(f"{module}.{name} is not a literal option table")
     return tuple(i for i in items if isinstance(i, str))  # SAMPLERS' None key is no flag value
+
+
+@functools.cache
+def kinds(module: str, func: str) -> dict[str, Kind]:
+    """Parameter -> Kind of each annotated parameter of ``func`` (as its source says)."""
+    _, node = _resolve(module, func)
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        raise ValueError(f"{module}.{func} is not a function")
+    a = node.args
+    return {arg.arg: kind_of(arg.annotation) for arg in a.posonlyargs + a.args + a.kwonlyargs
+            if arg.annotation is not None}
+
+
+def arg_type(module: str, func: str, param: str):
+    """argparse ``type=`` for ``param`` of ``func``: ``int`` or ``float`` when its annotation is
+    that (or that or None), else None (the flag's text is passed as is)."""
+    kind = kinds(module, func).get(param, Kind("any"))
+    names = {k.name for k in (kind.items if kind.name == "union" else (kind,))} - {"none"}
+    return {"int": int, "float": float}.get(names.pop()) if len(names) == 1 else None
 
 
 def auto_or_int(text: str) -> int | None:

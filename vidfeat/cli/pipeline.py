@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import sys
 
-from vidfeat.cli._options import choices, defaults
+from vidfeat.cli._options import arg_type, choices, defaults
 
 HELP = "run every stage on SRC with flags instead of a config file (--set section.key=value)"
 LIBRARY = ("vidfeat.pipeline", "run_pipeline")
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder")
     parser.add_argument("--labels", default=stage["ingest"]["labels"],
                         help="labels CSV/Parquet instead of SRC")
-    parser.add_argument("--frames-per-video", type=int,
+    parser.add_argument("--frames-per-video", type=arg_type(*STAGES["ingest"], "frames_per_video"),
                         default=stage["ingest"]["frames_per_video"])
     parser.add_argument("--backbone", default=stage["extract"]["backbone"],
                         help="see vidfeat.list_backbones()")
@@ -36,11 +37,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=stage["extract"]["device"],
                         choices=choices("vidfeat.system", "DEVICES"),
                         help="extract's and train's device")
-    parser.add_argument("--jobs", type=int, default=stage["ingest"]["jobs"],
+    parser.add_argument("--jobs", type=arg_type(*STAGES["ingest"], "jobs"),
+                        default=stage["ingest"]["jobs"],
                         help="ingest videos in parallel")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE",
-                        help="any stage option, e.g. --set train.epochs=20 --set ingest.size=160")
+                        help="any stage option as a TOML value, e.g. --set train.epochs=20 "
+                             "--set ingest.keyframes=true --set extract.backbone=resnet18")
     parser.add_argument("--overwrite", action="store_true", default=d["overwrite"],
                         help="rerun every stage, replacing its outputs")
     parser.add_argument("--no-progress", dest="progress", action="store_false",
@@ -70,11 +73,24 @@ def _parse_override(item: str) -> tuple[str, str, object]:
     section, dot, key = target.partition(".")
     if not sep or not dot or not key:
         raise ValueError(f"--set {item!r} is not SECTION.KEY=VALUE (e.g. train.epochs=20)")
+    return section, key.replace("-", "_"), _value(raw)
+
+
+def _value(raw: str):
+    """A --set value as in a config file (``8``, ``2.5``, ``true``, ``[0.8, 0.1, 0.1]``,
+    ``"text"``); else a Python literal (``True``, ``0.8,0.1,0.1``); else a bare word's text."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
     try:
-        value = ast.literal_eval(raw)  # numbers, lists, booleans (True/False), quoted strings
+        return tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        pass
+    try:
+        return ast.literal_eval(raw)
     except (ValueError, SyntaxError):
-        value = raw  # a bare word is a string
-    return section, key.replace("-", "_"), value
+        return raw
 
 
 def run(args: argparse.Namespace) -> int:

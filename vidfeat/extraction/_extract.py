@@ -14,13 +14,16 @@ from vidfeat.extraction.single import (
     ExtractResult,
     extract_single,
 )
+from vidfeat.options import checked
 
 
+@checked
 def extract(ingest_dir: str | os.PathLike, output: str | os.PathLike, *, backbone: str = "resnet50",
             weights: str | None = "DEFAULT", batch_size: int | None = None, device: str = "auto",
             precision: str = "auto", workers: int | None = None, dtype: str = "float16",
-            shard=None, overwrite: bool = False, progress: bool = True,
-            gpus=None, decode: str = "auto", threads: int | None = None) -> ExtractResult:
+            shard: str | tuple[int, int] | None = None, overwrite: bool = False,
+            progress: bool = True, gpus: str | list[int] | None = None, decode: str = "auto",
+            threads: int | None = None) -> ExtractResult:
     """Cache ``backbone`` features of every stored frame of ``ingest_dir`` in ``output`` (HDF5).
 
     ``ingest_dir``: an ingest OUTDIR. ``output``: the feature file. ``backbone``/``weights``:

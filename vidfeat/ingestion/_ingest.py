@@ -52,7 +52,7 @@ from vidfeat.ingestion.tasks import (
     run_video_task,
 )
 from vidfeat.media import check_local_path
-from vidfeat.options import check_choice, check_positive
+from vidfeat.options import check_choice, check_positive, checked
 from vidfeat.sandbox import close_sandboxes
 from vidfeat.system import decode_threads
 
@@ -111,9 +111,11 @@ class IngestResult:
                 f"Outputs: {self.outdir}/ (videos/frames manifests, ingest.json, {FRAMES}/).")
 
 
-def ingest(src, outdir, *, labels=None, frames_per_video: int = 16, fps: float | None = None,
-           keyframes: bool = False, size: int = 256, jpeg_quality: int = 90,
-           split=(0.8, 0.1, 0.1), seed: int = 0, balance: str = "none",
+@checked
+def ingest(src, outdir, *, labels: str | Path | None = None, frames_per_video: int = 16,
+           fps: float | None = None, keyframes: bool = False, size: int = 256,
+           jpeg_quality: int = 90, split: str | tuple[float, float, float] = (0.8, 0.1, 0.1),
+           seed: int = 0, balance: str = "none",
            max_frames_per_video: int | None = None, max_per_class: int | None = None,
            fmt: str = "parquet", jobs: int = 1, timeout: float = 600.0, strict: bool = False,
            retry_failed: bool = False, backend: str = "threading", scheduler=None,

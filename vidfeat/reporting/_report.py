@@ -84,7 +84,7 @@ import pandas as pd
 
 from vidfeat.files import atomic_write, write_json
 from vidfeat.ingestion.manifest import ManifestError, manifest_path, read_manifest
-from vidfeat.options import check_positive
+from vidfeat.options import check_positive, checked
 from vidfeat.reporting.data import BETAS, build_report, usable_classes, video_table
 from vidfeat.reporting.evaluation import add_model
 from vidfeat.reporting.render import _fmt, _safe, document, render_html, render_markdown
@@ -107,7 +107,9 @@ class ReportResult:
         return self.data["warnings"]
 
 
-def report(source, output=None, *, model=None, labels: str | None = None, jobs: int = 1,
+@checked
+def report(source, output: str | Path | None = None, *,
+           model: str | Path | None = None, labels: str | Path | None = None, jobs: int = 1,
            timeout: float = 600.0, min_videos: int = 10, max_drift: float = 0.2,
            progress: bool = True) -> ReportResult:
     """Write report.json/.md/.html and PNG plots for ``source``; -> ReportResult.

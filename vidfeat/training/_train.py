@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vidfeat.options import check_choice, check_positive
+from vidfeat.options import check_choice, check_positive, checked
 from vidfeat.system import resolve_device
 from vidfeat.training import model_dir as md
 from vidfeat.training.finetune import (
@@ -169,12 +169,15 @@ def model_config(store, *, head: str, spec: dict, hyper: dict, selected: dict,
 
 
 # ----------------------------------------------------------------------------------- train
+@checked
 def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = (512,),
           dropout: float = 0.2, epochs: int = 50, lr: float | None = None, weight_decay: float = 1e-4,
           batch_size: int = 256, seed: int = 0, device: str = "auto", class_weight: str = "none",
-          sampler: str | None = None, logit_adjust: float | None = None, sweep=None,
+          sampler: str | None = None, logit_adjust: float | None = None,
+          sweep: Mapping | Sequence[str] | str | None = None,
           select_metric: str = "balanced_accuracy", max_memory: int | str | None = None,
-          patience: int = 5, unfreeze: bool = False, frames=None, unfreeze_epochs: int = 3,
+          patience: int = 5, unfreeze: bool = False,
+          frames: str | Path | None = None, unfreeze_epochs: int = 3,
           unfreeze_batch_size: int = 32, unfreeze_lr: float = 1e-3, backbone_lr_scale: float = 0.1,
           progress: bool = True, overwrite: bool = False) -> TrainResult:
     """Train a head on FEATURES' train split, early-stop on val, write MODEL_DIR (module doc).
@@ -339,8 +342,9 @@ def _evaluate_split(model, store, split, names, dev, budget, stream_rows) -> dic
 
 
 # ----------------------------------------------------------------------------------- evaluate
+@checked
 def evaluate(model_dir, features, *, split: str = "test", device: str = "auto",
-             output=None, max_memory: int | str | None = None) -> dict:
+             output: str | Path | None = None, max_memory: int | str | None = None) -> dict:
     """Metrics of MODEL_DIR's head on FEATURES' ``split``: ``{"frame": M, "video": M}``.
 
     Written to ``output`` (default ``MODEL_DIR/evaluate_<split>.json``). The feature file must come
