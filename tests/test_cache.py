@@ -226,17 +226,23 @@ def test_verify_finds_what_checksums_cannot(sound, tmp_path):
     with FeatureStore(bad) as s:
         assert s.verify() == [f"{bad}: /videos/features of 1 video(s) (first 'a/v0003.mp4') "
                               "are not the mean of their frames' /features"]
-    old = shutil.copy(sound, tmp_path / "old.h5")
+    counts = shutil.copy(sound, tmp_path / "counts.h5")
+    with h5py.File(counts, "r+") as f:
+        f["videos/n_frames"][0] = 5  # 4 frames in /video_id
+    with FeatureStore(counts) as s:
+        assert s.verify() == [f"{counts}: /videos/n_frames sum to 281, /features has 280 rows"]
+    old = shutil.copy(bad, tmp_path / "old.h5")
     with h5py.File(old, "r+") as f:  # as vidfeat wrote files before checksums
         del f.attrs["attrs_sha256"]
         del f.attrs["features_fingerprint"]
     with FeatureStore(old) as s:
         assert s.features_fingerprint == s.fingerprint == "f" * 16
         assert s.load().X.shape == (280, 16)
-        assert [p.split(": ")[1] for p in s.verify()] == ["no attrs_sha256 (written before "
-                                                          "vidfeat checksummed feature files), "
-                                                          "so its attributes and data cannot "
-                                                          "be verified"]
+        assert [p.split(": ")[1] for p in s.verify()] == [
+            "no attrs_sha256 (written before vidfeat checksummed feature files), so its "
+            "attributes and data cannot be verified",
+            "/videos/features of 1 video(s) (first 'a/v0003.mp4') are not the mean of their "
+            "frames' /features"]
 
 
 def test_train_on_a_corrupt_file_says_one_line(sound, tmp_path):

@@ -540,3 +540,20 @@ def test_a_frame_rewritten_during_extraction_is_an_error_not_a_mix(real_ingest, 
     with pytest.raises(RuntimeError, match="changed since the manifest was written"):
         extract(ing, tmp_path / "f.h5", **OPTS)
     assert not (tmp_path / "f.h5").exists()
+
+
+def test_shards_left_by_a_kill_after_the_merge_are_removed_on_rerun(reference, ingest_dir,
+                                                                    tmp_path):
+    from vidfeat.extraction.multigpu import shard_path
+
+    out = tmp_path / "multi.h5"
+    shards = [shard_path(out, i, 2) for i in range(2)]
+    for i, path in enumerate(shards):
+        extract(ingest_dir, path, **OPTS, shard=f"{i}/2")
+    merge(shards, out)  # killed here, before extract_multi removed the shards
+    unrelated = shard_path(tmp_path / "other.h5", 0, 2)
+    shutil.copy(shards[0], unrelated)
+    multi = {k: v for k, v in OPTS.items() if k != "device"}
+    result = extract(ingest_dir, out, **multi, gpus="cpu:2")
+    assert result.skipped and not any(p.exists() for p in shards) and unrelated.exists()
+    assert_same_file(out, reference)

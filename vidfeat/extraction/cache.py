@@ -61,7 +61,6 @@ LEVELS = ("frame", "video")
 OPTIONAL_STRINGS = ("file_hash",)
 
 
-
 @dataclass
 class FeatureSet:
     """Features and labels of one split at one level, as numpy arrays."""
@@ -416,10 +415,11 @@ class FeatureStore:
         problems = self._attr_problems()
         cols = self._verify_columns(problems)
         sums = self._verify_features(cols.get("video_id"), rows, problems)
-        problems += table_problems(self.path, cols, len(self), len(self.class_names))
-        if sums is not None and "videos/features" in cols and not problems:
-            problems += mean_problems(self.path, cols, *sums)
-        return problems
+        table = table_problems(self.path, cols, len(self), len(self.class_names))
+        readable = all(f"videos/{d}" in cols for d in ("features", "video_id", "n_frames"))
+        if sums is not None and readable and not table:  # else the means cannot be matched up
+            table += mean_problems(self.path, cols, *sums)
+        return problems + table
 
     def _attr_problems(self) -> list[str]:
         stored = plain_attr(self._f.attrs.get("attrs_sha256"))

@@ -12,6 +12,8 @@ processes, files and merge, so machines without a GPU exercise the whole path.
 Failures: a child that fails (bad frame, out of memory, killed) is reported with its shard,
 device and last log line, after the others have finished; shard files and partial shards stay,
 so a rerun with the same options skips finished shards, resumes interrupted ones and merges.
+A kill after the merge but before the shards were removed leaves them beside the complete
+output: the rerun (which finds the output complete) removes those of the same extraction.
 Across machines, run ``vidfeat extract --shard i/n`` per node and ``vidfeat merge`` once.
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 
 from vidfeat.extraction import partial
-from vidfeat.extraction.cache import FeatureStore, merge
+from vidfeat.extraction.cache import SHARD_INVARIANTS, FeatureStore, merge, output_lock
 from vidfeat.extraction.defaults import loader_defaults, resolve_decode
 from vidfeat.extraction.single import ExtractResult, discard_output, extract_single
 from vidfeat.files import write_json
@@ -120,8 +122,10 @@ def extract_multi(ingest_dir, output, *, gpus="all", overwrite: bool = False,
     output = Path(output).expanduser().absolute()
     start = time.perf_counter()
     if output.exists() and not overwrite:  # done already (or another run's file: refused)
-        return extract_single(ingest_dir, output, device=slots[0].device, progress=progress,
-                              **options)
+        result = extract_single(ingest_dir, output, device=slots[0].device, progress=progress,
+                                **options)
+        _discard_merged_shards(output, len(slots))
+        return result
     options = _per_shard_defaults(options, slots)
     n = len(slots)
     paths = [output] if n == 1 else [shard_path(output, i, n) for i in range(n)]
@@ -255,6 +259,27 @@ def _merge_shards(paths: list[Path], output: Path) -> None:
     for path in paths:
         # the shard's lock file stays: unlinking a lock another process may open races (files.py)
         discard_output(path)
+
+
+def _discard_merged_shards(output: Path, count: int) -> None:
+    """Remove the shards of ``count`` that a kill between the merge's rename and their removal
+    left beside the complete ``output``: complete shards of the same extraction only."""
+    if count < 2:
+        return
+    with FeatureStore(output) as merged:
+        wanted = {k: merged.attrs.get(k) for k in SHARD_INVARIANTS if k != "shard_count"}
+    for i in range(count):
+        path = shard_path(output, i, count)
+        if not path.exists():
+            continue
+        with output_lock(path):
+            try:
+                with FeatureStore(path) as shard:
+                    same = all(shard.attrs.get(k) == v for k, v in wanted.items())
+            except (ValueError, OSError):
+                same = False  # not ours to judge: left for --overwrite
+            if same:
+                discard_output(path)
 
 
 def _combined(output: Path, results: list[dict], slots: list[Slot], elapsed: float, *,
