@@ -1,4 +1,4 @@
-"""Extraction throughput, measured side by side in one run; prints ratios and writes JSON.
+"""Extraction throughput, measured side by side in one run; prints ratios (JSON with --json).
 
 CPU: ``vidfeat.extract`` (end to end: manifest, model, DataLoader, HDF5 file) vs the classic
 transfer-learning loop (PIL open, torchvision transforms, fp32 eager resnet50, batch 64, one
@@ -200,16 +200,19 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu-batch", type=int, default=256)
     ap.add_argument("--gpu-workers", type=int, default=None,
                     help="DataLoader workers for both decodes (default: extract's own)")
-    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "bench_extract.json"))
+    ap.add_argument("--json", help="write the results here too (e.g. "
+                    "benchmarks/results/bench_extract.json); nothing is written without it")
     args = ap.parse_args(argv)
     result = {"host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
               "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.json) if args.json else None
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
 
     def save(gpu: dict) -> None:
         result["gpu"] = gpu
-        out.write_text(json.dumps(result, indent=2) + "\n")
+        if out:
+            out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(gpu), flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,8 +222,9 @@ def main(argv=None) -> int:
         if args.cpu_frames:
             result["cpu"] = bench_cpu(args.cpu_frames, Path(tmp))
     print_table(result)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.json}")
+    if out:
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
     return 0
 
 
