@@ -507,7 +507,7 @@ def test_a_class_without_test_examples_is_na_and_not_plotted(outdir, tmp_path, m
     page = r.files["html"].read_text()
     assert ('<tr><td>gamma</td><td class="n">n/a</td><td class="n">n/a</td><td class="n">n/a</td>'
             '<td class="n">0</td>') in page
-    assert "Not plotted for test frame: gamma (no test frames, so no recall)." in page
+    assert "Not plotted for test frame: gamma (no examples there, so no recall)." in page
     (fig,) = figures
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
     # x = training frames (alpha 20, beta 9, gamma 12): gamma only where it has examples

@@ -184,7 +184,8 @@ def recall_figure(series: dict[str, tuple[list[str], list[float], list[float]]])
     ``series``: {"split level": (classes, train counts, recalls)}. Points with a training count
     of 0 or less have no place on the log axis and are left out (the caller says so in its note).
     Each series has its own colour, marker, line style and marker size; each class is labelled
-    once, where its label overlaps no other label, point or the axes' edge.
+    once (at its first point; classes whose points coincide share a label), where the label
+    overlaps no other label, point or the axes' edge.
     """
     fig = _figure(8.0, 5.0)
     ax = fig.subplots()
@@ -207,7 +208,12 @@ def recall_figure(series: dict[str, tuple[list[str], list[float], list[float]]])
     ax.set_title("recall against training frequency")
     fig.legend(loc="outside right upper", fontsize="small")
     if len(points) <= MAX_ANNOTATED:
-        _label_points(fig, ax, points)
+        # classes whose points coincide share one label: two labels at one point would not say
+        # which is which
+        shared: dict[tuple[float, float], list[str]] = {}
+        for c, xy in points.items():
+            shared.setdefault(xy, []).append(c)
+        _label_points(fig, ax, {", ".join(map(_tick_text, cs)): xy for xy, cs in shared.items()})
     return fig
 
 
@@ -226,7 +232,7 @@ def _label_points(fig, ax, points: dict[str, tuple[float, float]]) -> None:
         for dx, dy in LABEL_OFFSETS:
             far = abs(dx) > 9 or abs(dy) > 9
             text = ax.annotate(
-                _tick_text(name), xy, xytext=(dx, dy), textcoords="offset points",
+                name, xy, xytext=(dx, dy), textcoords="offset points",
                 fontsize="small", ha="left" if dx > 0 else "right" if dx < 0 else "center",
                 va="bottom" if dy > 0 else "top" if dy < 0 else "center",
                 arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6} if far else None)

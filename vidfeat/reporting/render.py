@@ -201,13 +201,15 @@ def _left_out_of_plot(model: dict) -> list[str]:
     """What the recall plot leaves out and why: classes without examples in a split have no
     recall (plotting them at 0 would read as a failure), and a class without training frames
     has no place on the log axis."""
-    notes = []
+    notes, absent = [], {}
     for split, levels in model["results"].items():
         for level, m in levels.items():
-            absent = [p["class"] for p in m["recall_vs_train_frequency"] if not p["support"]]
-            if absent:
-                notes.append(f"Not plotted for {split} {level}: {_names(absent)} (no {split} "
-                             f"{level}s, so no recall).")
+            names = tuple(p["class"] for p in m["recall_vs_train_frequency"] if not p["support"])
+            if names:
+                absent.setdefault(names, []).append(f"{split} {level}")
+    for names, where in absent.items():
+        notes.append(f"Not plotted for {' and '.join(where)}: {_names(list(names))} (no "
+                     "examples there, so no recall).")
     untrained = [c for c, n in model["train_frequency"]["counts"].items() if not n]
     if untrained:
         notes.append(f"Not plotted: {_names(untrained)} (no training frames).")
