@@ -1,4 +1,4 @@
-"""Extraction throughput, measured side by side in one run; prints ratios and writes JSON.
+"""Extraction throughput, measured side by side in one run; prints ratios (JSON with --json).
 
 CPU: ``vidfeat.extract`` (end to end: manifest, model, DataLoader, HDF5 file) vs the classic
 transfer-learning loop (PIL open, torchvision transforms, fp32 eager resnet50, batch 64, one

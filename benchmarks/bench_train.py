@@ -1,7 +1,7 @@
 """Benchmark: heads on cached features vs scikit-learn, batched sweeps, and the cost of unfreezing.
 
-Measured side by side in one run (same machine, same data), printed as a table of ratios and
-written as JSON (``--json``, default ``benchmarks/results/bench_train.json``):
+Measured side by side in one run (same machine, same data), printed as a table of ratios and,
+only when asked (``--json PATH``, e.g. ``benchmarks/results/bench_train.json``), written as JSON:
 
 1. vidfeat ``LinearHead`` vs scikit-learn ``LogisticRegression(max_iter=1000)`` on N x D features
    (default 50,000 x 2,048, 20 imbalanced classes): test accuracy (goal: within 1 point) and fit
@@ -178,7 +178,8 @@ def main(argv=None) -> int:
     p.add_argument("--sweep-rows", type=int, default=20_000)
     p.add_argument("--sweep-epochs", type=int, default=5)
     p.add_argument("--frames", type=int, default=64)
-    p.add_argument("--json", default=str(Path(__file__).parent / "results" / "bench_train.json"))
+    p.add_argument("--json", help="write the results here too (e.g. "
+                   "benchmarks/results/bench_train.json); nothing is written without it")
     args = p.parse_args(argv)
     results = {"machine": {"python": platform.python_version(), "torch": torch.__version__,
                            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -203,9 +204,10 @@ def main(argv=None) -> int:
     print(f"{'comparison':48} {'times':>22} {'ratio':>8}  detail")
     for name, times, ratio, detail, ok in rows:
         print(f"{name:48} {times:>22} {ratio:>8}  {detail} [{'ok' if ok else 'MISSED'}]")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written to {args.json}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"wrote {args.json}")
     return 0
 
 

@@ -481,3 +481,165 @@ def test_preflight_probe_timeout_fails_the_video_not_the_report(messy_folder, tm
     assert any(x.startswith("timed out after") for x in reasons)
     assert "no usable video: all 6 videos failed" in r.files["html"].read_text()
     strict_json(r.files["json"])
+
+
+# -- readable, never misleading: n/a for support 0, plots that do not overprint or clip ---------
+
+def test_a_class_without_test_examples_is_na_and_not_plotted(outdir, tmp_path, monkeypatch):
+    from vidfeat.reporting import plots
+
+    figures = []
+    real = plots.recall_figure
+    monkeypatch.setattr(plots, "recall_figure", lambda s: figures.append(real(s)) or figures[-1])
+    y_val = np.array([0, 1, 2, 2, 1, 0, 2])
+    y_test = np.array([0, 1, 1, 0, 0])  # no gamma in test: its recall is 0/0
+    model = write_model(tmp_path / "m", ["alpha", "beta", "gamma"],
+                        {"val": {"frame": (y_val, y_val)}, "test": {"frame": (y_test, y_test[::-1])}})
+    r = report(outdir, tmp_path / "rep", model=model, progress=False)
+    data = strict_json(r.files["json"])
+    gamma = data["model"]["results"]["test"]["frame"]["per_class"]["gamma"]
+    assert gamma == {"precision": None, "recall": None, "f1": None, "support": 0}
+    assert data["model"]["results"]["val"]["frame"]["per_class"]["gamma"]["recall"] == 1.0
+    curve = {p["class"]: p["recall"] for p in
+             data["model"]["results"]["test"]["frame"]["recall_vs_train_frequency"]}
+    assert curve["gamma"] is None and curve["alpha"] == pytest.approx(2 / 3)
+    assert "| gamma | n/a | n/a | n/a | 0 | 12 |" in r.files["md"].read_text()
+    page = r.files["html"].read_text()
+    assert ('<tr><td>gamma</td><td class="n">n/a</td><td class="n">n/a</td><td class="n">n/a</td>'
+            '<td class="n">0</td>') in page
+    assert "Not plotted for test frame: gamma (no examples there, so no recall)." in page
+    (fig,) = figures
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    # x = training frames (alpha 20, beta 9, gamma 12): gamma only where it has examples
+    assert sorted(lines["test frame"].get_xdata()) == [9, 20]
+    assert sorted(lines["val frame"].get_xdata()) == [9, 12, 20]
+    assert "zero_recall" not in codes(r)  # no examples is not "never recognised"
+
+
+def _boxes(fig, texts):
+    renderer = fig.canvas.get_renderer()
+    return [t.get_window_extent(renderer) for t in texts if t.get_visible() and t.get_text()]
+
+
+def _overlapping(boxes) -> list:
+    return [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+
+
+def test_recall_plot_labels_each_class_once_without_overlap_and_series_differ():
+    from matplotlib.text import Text
+
+    from vidfeat.reporting import plots
+
+    # 8 classes, 4 series, several classes at the same frequency and recall: every label
+    # would sit on its neighbours if written beside its points
+    classes = [f"class_{c}" for c in "abcdefgh"]
+    freqs = [10, 10, 11, 12, 40, 40, 41, 300]
+    rng = np.random.default_rng(0)
+    series = {name: (classes, freqs, list(np.clip(0.8 + rng.normal(0, 0.02, 8), 0, 1)))
+              for name in ("val frame", "val video", "test frame", "test video")}
+    fig = plots.recall_figure(series)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts if t.get_text()]
+    assert sorted(t.get_text() for t in labels) == classes  # each class once
+    renderer = fig.canvas.get_renderer()
+    boxes = [Text.get_window_extent(t, renderer) for t in labels]
+    assert _overlapping(boxes) == []
+    inside = ax.get_window_extent(renderer)
+    assert all(inside.x0 <= b.x0 and b.x1 <= inside.x1 and inside.y0 <= b.y0 and b.y1 <= inside.y1
+               for b in boxes)
+    lines = ax.get_lines()
+    assert len(lines) == 4
+    for key in (lambda l: l.get_marker(), lambda l: str(l.get_linestyle()),
+                lambda l: l.get_color()):
+        assert len({key(line) for line in lines}) == 4
+    # hollow markers of decreasing size: a point drawn later never covers one drawn before
+    assert all(line.get_markerfacecolor() == "none" for line in lines)
+    sizes = [line.get_markersize() for line in lines]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 4
+
+
+def test_plots_are_not_clipped_and_tick_labels_do_not_overlap(outdir, tmp_path, monkeypatch):
+    from vidfeat.reporting import plots
+
+    figures = []
+    real = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or real(fig, path))
+    long = "a_class_name_long_enough_to_need_room_to_be_shown"
+    spec = [(name, split, 2, 1, 1.0) for name in (long, "b", "c", "d")
+            for split in ("train", "train", "val", "test")]
+    y = np.array([0, 1, 2, 3, 3, 2])
+    model = write_model(tmp_path / "m", [long, "b", "c", "d"], {"test": {"frame": (y, y[::-1])}})
+    r = report(write_outdir(tmp_path / "o", spec), tmp_path / "rep", model=model, progress=False)
+    assert len(figures) == 4  # class counts, split distribution, heatmap, recall
+    for fig in figures:
+        for ax in fig.axes:
+            assert _overlapping(_boxes(fig, ax.get_xticklabels())) == []
+            assert _overlapping(_boxes(fig, ax.get_yticklabels())) == []
+    for png in (tmp_path / "rep").glob("*.png"):
+        pixels = np.asarray(Image.open(png).convert("L"))
+        edges = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+        assert edges.min() == 255, f"{png.name}: something is cut at the image's edge"
+    assert r.files["html"].is_file()
+
+
+def test_report_shows_only_what_it_knows(outdir, tmp_path, messy_folder):
+    from vidfeat.class_weights import class_weights
+
+    r_md = report(outdir, tmp_path / "a", progress=False).files["md"].read_text()
+    assert "| class | videos | videos after | dropped |" in r_md
+    assert "### Class weights (train split, as training applies them)" in r_md
+    # training's counts: train frames times their repeat (alpha 20, beta 9, gamma 12)
+    w = class_weights("balanced", np.array([20, 9, 12]))
+    assert w == pytest.approx(compute_class_weight(
+        "balanced", classes=np.array([0, 1, 2]), y=np.repeat([0, 1, 2], [20, 9, 12])))
+    assert f"| alpha | 20 | {w[0]:.3f} |" in r_md and f"| gamma | 12 | {w[2]:.3f} |" in r_md
+    even = [("a", s, 2, 1, 1.0) for s in ("train", "train", "val", "test")] * 2 + [
+        ("b", s, 3, 1, 1.0) for s in ("train", "val", "test")]
+    md = report(write_outdir(tmp_path / "o", even), tmp_path / "b", progress=False
+                ).files["md"].read_text()
+    assert "after" not in md.replace("after balancing", "") and "dropped" not in md
+    assert "| class | videos | frames | duration s |" in md
+    assert "| measure | videos | frames |" in md
+    assert "Balancing changed no count" in md and "as training applies them" in md
+    pre = report(messy_folder, tmp_path / "c", progress=False)
+    md = pre.files["md"].read_text()
+    assert "after" not in md.replace("after balancing", "") and "| source frames |" in md
+    assert "beta=0.9" not in md and "Not shown: training weighs classes by the train split's " \
+        "stored frames, and a pre-flight has no stored frames yet" in md
+    assert "![class counts](class_counts.png)" in md
+
+
+def test_evaluate_cli_prints_a_per_class_table_and_where_its_json_went(tmp_path):
+    from featfiles import make_features, write_features
+
+    from vidfeat.training._train import train
+
+    # gamma's 2 videos both fall in train: no test examples (support 0)
+    data = make_features({"alpha": 10, "beta": 8, "gamma": 2}, dim=12, frames=3, sep=2.0, seed=1)
+    feats = write_features(tmp_path / "f.h5", data)
+    train(feats, tmp_path / "model", device="cpu", progress=False, epochs=5)
+    proc = subprocess.run([sys.executable, "-m", "vidfeat", "evaluate", str(tmp_path / "model"),
+                           str(feats), "--device", "cpu"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    written = tmp_path / "model" / "evaluate_test.json"
+    assert proc.stdout.strip().splitlines()[-1] == f"wrote {written}"
+    saved = json.loads(written.read_text())
+    lines = proc.stdout.splitlines()
+    for level in ("frame", "video"):
+        m = saved[level]
+        i = lines.index(next(x for x in lines if x.startswith(f"test, {level} level:")))
+        assert lines[i] == (f"test, {level} level: n={m['n']}  accuracy {m['accuracy']:.3f}  "
+                            f"balanced accuracy {m['balanced_accuracy']:.3f}  macro F1 "
+                            f"{m['macro_f1']:.3f}")
+        table = lines[i + 1:i + 5]
+        assert table[0].split() == ["class", "precision", "recall", "F1", "support"]
+        # aligned: every row ends at the same column
+        assert len({len(row) for row in table}) == 1
+        for row, name in zip(table[1:], ["alpha", "beta", "gamma"]):
+            pc = m["per_class"][name]
+            want = (["n/a"] * 3 if name == "gamma" else
+                    [f"{pc[k]:.3f}" for k in ("precision", "recall", "f1")])
+            assert row.split() == [name, *want, str(pc["support"])]
+    assert saved["frame"]["per_class"]["gamma"]["support"] == 0

@@ -17,7 +17,8 @@ from vidfeat.media import ffmpeg_exe
 # task is learnable but not trivial (hue, noise, size, speed and duration vary per video).
 DEMO_CLASSES: dict[str, str] = {
     "bars": "smptebars=s={w}x{h}:r={fps}",
-    "gradient": "gradients=s={w}x{h}:r={fps}:seed={seed}:speed={speed}",
+    # gradients draws its default colours ("random") from the system RNG, not from seed=
+    "gradient": "gradients=s={w}x{h}:r={fps}:seed={seed}:speed={speed}:c0=#{c0}:c1=#{c1}",
     "fractal": "mandelbrot=s={w}x{h}:r={fps}:start_scale={scale}",
     "life": "life=s={w}x{h}:r={fps}:seed={seed}:ratio=0.{ratio}:mold=10:life_color=#{color}",
     "automaton": "cellauto=s={w}x{h}:r={fps}:seed={seed}:rule={rule}",
@@ -28,6 +29,10 @@ DEMO_COUNTS: dict[str, int] = {"bars": 24, "gradient": 12, "fractal": 7, "life":
 
 # -nostdin: a child that reads the terminal could steal a test runner's input or stop on SIGTTIN
 _GLOBAL = ("-hide_banner", "-loglevel", "error", "-nostdin")
+# Same command, same bytes: no version strings or copied metadata in the container or streams
+# (bitexact), and libx264 on one thread (its output depends on the thread count, which the
+# default derives from the machine's cores).
+_BITEXACT = {"fflags": "+bitexact", "flags": "+bitexact", "map_metadata": "-1"}
 
 
 def run_ffmpeg(cmd: list[str], *, timeout: float = 120) -> None:
@@ -126,9 +131,9 @@ def make_video(path: str | os.PathLike, *, duration: float = 2.0, fps: float = 2
         n = int(fps)
         filters.insert(0, f"settb=1/1000,setpts='if(lt(N,{n}),N*1000/{fps},1000+(N-{n})*4000/{fps})'")
         opts |= {"fps_mode": "passthrough", "video_track_timescale": "1000"}
-    opts |= {"vf": ",".join(filters + ["format=yuv420p"]), "c:v": codec}
+    opts |= {"vf": ",".join(filters + ["format=yuv420p"]), "c:v": codec, **_BITEXACT}
     if codec == "libx264":
-        opts["preset"] = "ultrafast"
+        opts |= {"preset": "ultrafast", "threads": "1"}
     if gop:
         opts |= {"g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
     if audio:
@@ -139,7 +144,7 @@ def make_video(path: str | os.PathLike, *, duration: float = 2.0, fps: float = 2
     if rotation is not None:
         # -display_rotation is an input option: it sets the side data the copy writes out
         _run(ffmpeg_lib.input(str(out.absolute()), display_rotation=str(rotation))
-             .output(str(path.absolute()), c="copy"))
+             .output(str(path.absolute()), c="copy", **_BITEXACT))
         out.unlink()
     return path
 
@@ -157,7 +162,8 @@ def _demo_source(cls: str, rng: random.Random, w: int, h: int, fps: int) -> str:
     return DEMO_CLASSES[cls].format(
         w=w, h=h, fps=fps, seed=rng.randrange(1 << 30), speed=round(rng.uniform(0.005, 0.05), 3),
         scale=rng.choice([1, 2, 3, 4]), ratio=rng.randrange(1, 9), rule=rng.choice([18, 30, 90, 110, 150]),
-        color=rng.choice(["30ff30", "ff3030", "3030ff", "ffff30"]))
+        color=rng.choice(["30ff30", "ff3030", "3030ff", "ffff30"]),
+        c0=f"{rng.randrange(1 << 24):06x}", c1=f"{rng.randrange(1 << 24):06x}")
 
 
 def make_demo_dataset(root: str | os.PathLike, *, counts: dict[str, int] | None = None,
@@ -165,7 +171,8 @@ def make_demo_dataset(root: str | os.PathLike, *, counts: dict[str, int] | None 
     """Class folders ``root/<class>/<class>_<i>.mp4`` of randomised lavfi videos (imbalanced).
 
     ``root``: the folder to fill. ``counts``: videos per class (default ``DEMO_COUNTS``; classes
-    from ``DEMO_CLASSES``). ``seed``: makes the dataset reproducible. ``fps``: frame rate.
+    from ``DEMO_CLASSES``). ``seed``: the same seed gives byte-identical files (every random
+    source's seed and colours are drawn from it; see ``_BITEXACT``). ``fps``: frame rate.
     ``duration``: (min, max) seconds, drawn per video.
     """
     root = Path(root)
@@ -174,7 +181,7 @@ def make_demo_dataset(root: str | os.PathLike, *, counts: dict[str, int] | None 
         for i in range(n):
             w, h = rng.choice([(96, 72), (112, 84), (128, 96), (80, 80)])
             vf = (f"hue=h={rng.randint(-40, 40)}:s={rng.uniform(0.6, 1.4):.2f},"
-                  f"noise=alls={rng.randint(0, 25)}:allf=t")
+                  f"noise=alls={rng.randint(0, 25)}:allf=t:all_seed={rng.randrange(1 << 30)}")
             make_video(root / cls / f"{cls}_{i:02d}.mp4", source=_demo_source(cls, rng, w, h, fps),
                        duration=round(rng.uniform(*duration), 2), vf=vf)
     return root

@@ -23,16 +23,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
+    from pathlib import Path
 
     from vidfeat.training import evaluate
+    from vidfeat.training.model_dir import evaluation_path
 
     metrics = evaluate(args.model_dir, args.features, split=args.split, device=args.device,
                        output=args.output, max_memory=args.max_memory)
-    for level in ("frame", "video"):
-        m = metrics[level]
-        print(f"{args.split} {level}: n={m['n']} accuracy={m['accuracy']:.4f} "
-              f"balanced_accuracy={m['balanced_accuracy']:.4f} macro_f1={m['macro_f1']:.4f}")
-        for name, pc in m["per_class"].items():
-            print(f"  {name}: " + json.dumps(pc))
+    print("\n\n".join(summary_table(f"{args.split}, {level} level", metrics[level])
+                      for level in ("frame", "video")))
+    out = Path(args.output) if args.output else evaluation_path(args.model_dir, args.split)
+    print(f"wrote {out.absolute()}")
     return 0
+
+
+def summary_table(title: str, m: dict) -> str:
+    """``title`` and the overall numbers of metrics ``m`` on one line, then its per-class table:
+    aligned columns, 3 decimals, n/a where a class has no examples (support 0: no recall, so
+    no F1, and a precision that says nothing about the class)."""
+    head = (f"{title}: n={m['n']:,}  accuracy {m['accuracy']:.3f}  balanced accuracy "
+            f"{m['balanced_accuracy']:.3f}  macro F1 {m['macro_f1']:.3f}")
+    rows = [["class", "precision", "recall", "F1", "support"]]
+    for name, pc in m["per_class"].items():
+        scores = [f"{pc[k]:.3f}" if pc["support"] else "n/a" for k in ("precision", "recall", "f1")]
+        rows.append([name if name.isprintable() else repr(name), *scores, f"{pc['support']:,}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  " + "  ".join([r[0].ljust(widths[0])] + [c.rjust(w) for c, w in
+                                                         zip(r[1:], widths[1:])]).rstrip()
+             for r in rows]
+    return "\n".join([head, *lines])

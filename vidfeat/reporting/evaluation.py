@@ -88,13 +88,23 @@ def _evaluation(m, class_names: list[str], freq: dict, where: Path, key: str) ->
     rows = cm.sum(axis=1, keepdims=True)
     normalized = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     total = sum(freq.values())
-    per_class = m["per_class"]
+    per_class = {c: _undefined_without_support(v) for c, v in m["per_class"].items()}
     curve = [{"class": c, "train_count": freq.get(c),
               "train_fraction": freq[c] / total if c in freq and total else None,
               "recall": _num(per_class.get(c, {}).get("recall")),
               "support": int(per_class.get(c, {}).get("support", 0))} for c in class_names]
-    return {**m, "confusion_matrix_normalized": normalized.tolist(),
+    return {**m, "per_class": per_class, "confusion_matrix_normalized": normalized.tolist(),
             "recall_vs_train_frequency": curve}
+
+
+def _undefined_without_support(scores) -> dict:
+    """A class without examples in the split has no recall (0/0), so no F1 either, and its
+    precision says nothing about the class: null (n/a), never the 0 metrics.json stores, which
+    would read as a class the model fails."""
+    scores = dict(scores) if isinstance(scores, dict) else {}
+    if int(scores.get("support", 0) or 0) == 0:
+        scores |= {"precision": None, "recall": None, "f1": None}
+    return scores
 
 
 def _model_warnings(data: dict) -> list:

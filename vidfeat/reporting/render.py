@@ -39,8 +39,26 @@ _COUNT_COLUMNS = [("videos", "videos"), ("videos_after", "videos after"),
                   ("mean_duration_s", "mean duration s"), ("frames_per_video", "frames/video")]
 
 
+def _balancing_changed(data: dict) -> bool:
+    """Whether balancing changed any count: if not, "after" would repeat "before" column for
+    column, so the report shows one of each (a pre-flight has no balancing at all)."""
+    return any(c["videos_after"] != c["videos"] or c["frames_after"] != c["frames"]
+               or c["dropped_videos"] for per_split in data["counts"].values()
+               for c in per_split.values())
+
+
+def _count_columns(data: dict, split: str) -> list[tuple[str, str]]:
+    frames = "frames" if data["source"]["frames"] == "stored" else "source frames"
+    keys = [(k, h.replace("frames", frames, 1) if k.startswith("frames") else h)
+            for k, h in _COUNT_COLUMNS]
+    if not _balancing_changed(data):
+        keys = [(k, h) for k, h in keys if k not in ("videos_after", "dropped_videos",
+                                                     "frames_after")]
+    return keys + ([("failed", "failed")] if split == "all" else [])
+
+
 def _count_table(data: dict, split: str) -> tuple:
-    keys = _COUNT_COLUMNS + ([("failed", "failed")] if split == "all" else [])
+    keys = _count_columns(data, split)
     rows = [[c] + [_fmt(data["counts"][c][split][k]) for k, _ in keys] for c in data["classes"]]
     total = {k: sum(data["counts"][c][split][k] for c in data["classes"])
              for k in ("videos", "videos_after", "dropped_videos", "frames", "frames_after",
@@ -72,13 +90,13 @@ def _overview(data: dict) -> list:
 def _count_sections(data: dict) -> list:
     if not data["totals"]["ok"]:
         return []
-    blocks = [("h2", "Classes and splits"),
-              ("p", "Before balancing counts each ok video and stored frame once; after weights "
-                    "them by their oversampling repeat and leaves out undersampled videos.")]
+    changed = _balancing_changed(data)
+    blocks = [("h2", "Classes and splits"), ("p", _counts_note(data, changed))]
     for split in data["splits"]:
         blocks += [("h3", "All splits" if split == "all" else f"Split: {split}"),
                    _count_table(data, split)]
-    blocks.append(("img", "class_counts", "class counts before and after balancing"))
+    blocks.append(("img", "class_counts", "class counts" + (" before and after balancing"
+                                                            if changed else "")))
     dist = data["split_distribution"]
     if len(data["splits"]) > 2:
         shown = [s for s in data["splits"] if s != "all"]
@@ -91,30 +109,60 @@ def _count_sections(data: dict) -> list:
     return blocks
 
 
+def _counts_note(data: dict, changed: bool) -> str:
+    if data["source"]["kind"] != "ingest":
+        return ("A pre-flight counts the source videos as they are: frame sampling and "
+                "balancing happen at ingest, so source frames are the frames the videos hold, "
+                "not the frames training will see.")
+    if not changed:
+        return "Balancing changed no count: each ok video and stored frame counts once."
+    return ("Before balancing counts each ok video and stored frame once; after weights them "
+            "by their oversampling repeat and leaves out undersampled videos.")
+
+
 def _imbalance_section(data: dict) -> list:
     imb = data["imbalance"]
     if not imb["videos"]["before"]["total"]:
         return []
-    cols = [(u, w) for u in ("videos", "frames") for w in ("before", "after")]
+    whens = ("before", "after") if _balancing_changed(data) else ("before",)
+    cols = [(u, w) for u in ("videos", "frames") for w in whens]
+    frames = "frames" if data["source"]["frames"] == "stored" else "source frames"
+    heads = [(frames if u == "frames" else u) + (f" {w}" if len(whens) > 1 else "")
+             for u, w in cols]
     measures = [("imbalance ratio (largest/smallest)", "imbalance_ratio"),
                 ("normalised entropy (1 = even)", "normalized_entropy"),
                 ("Gini coefficient (0 = even)", "gini"), ("largest class", "largest"),
                 ("smallest class", "smallest")]
     rows = [[label] + [_fmt(imb[u][w][key]) for u, w in cols] for label, key in measures]
-    basis = imb["frames"]["after"]
-    weights = basis["weights"]
-    wrows = [[c, _fmt(basis["counts"][c]), _fmt(weights["balanced"][c])]
-             + [_fmt(weights["effective_number"][str(b)][c]) for b in BETAS] for c in basis["counts"]]
     return [("h2", f"Imbalance ({imb['scope']} split)" if imb["scope"] == "train"
              else "Imbalance (all videos)"),
-            ("table", ["measure"] + [f"{u} {w}" for u, w in cols], rows),
-            ("h3", "Class weights"),
-            ("p", f"From {imb['scope']} frames after balancing (what training sees). Balanced = "
-                  "N / (K n_c) as scikit-learn's compute_class_weight('balanced'); effective "
-                  "number = (1 - beta) / (1 - beta^n_c); both scaled as training scales them, "
-                  "so that sum_c w_c n_c = N. report.json also has "
-                  "them for videos and before balancing."),
-            ("table", ["class", "frames", "balanced"] + [f"beta={b}" for b in BETAS], wrows)]
+            ("table", ["measure"] + heads, rows)] + _weights_blocks(data)
+
+
+def _weights_blocks(data: dict) -> list:
+    """Class weights, shown only where they are the ones training applies: the train split's
+    stored frames with their oversampling repeat (``vidfeat.class_weights``, training's own
+    function, on training's counts). A pre-flight has no stored frames, so it shows none."""
+    imb = data["imbalance"]
+    if data["source"]["kind"] != "ingest" or imb["scope"] != "train":
+        why = ("a pre-flight has no stored frames yet" if data["source"]["kind"] != "ingest"
+               else "there is no train split")
+        return [("h3", "Class weights"),
+                ("p", "Not shown: training weighs classes by the train split's stored frames, "
+                      f"and {why}. Run vidfeat report on the ingest output folder to see them.")]
+    basis = imb["frames"]["after"]
+    weights = basis["weights"]
+    rows = [[c, _fmt(basis["counts"][c]), _fmt(weights["balanced"][c])]
+            + [_fmt(weights["effective_number"][str(b)][c]) for b in BETAS]
+            for c in basis["counts"]]
+    return [("h3", "Class weights (train split, as training applies them)"),
+            ("p", "vidfeat.class_weights on the train split's stored frames, each counted "
+                  "with its oversampling repeat: the counts and the function training uses for "
+                  "--class-weight balanced and effective:BETA. Balanced = N / (K n_c), as "
+                  "scikit-learn's compute_class_weight('balanced'); effective number = (1 - beta) "
+                  "/ (1 - beta^n_c), scaled so that sum_c w_c n_c = N. n/a: no train frames."),
+            ("table", ["class", "train frames", "balanced"] + [f"beta={b}" for b in BETAS],
+             rows)]
 
 
 def _failure_section(data: dict) -> list:
@@ -143,8 +191,34 @@ def _model_section(data: dict) -> list:
         for level, m in levels.items():
             blocks += _evaluation_blocks(model, split, level, m)
     if src is not None:
-        blocks.append(("img", "recall_vs_frequency", "recall against training frequency"))
+        blocks += [("h3", "Recall against training frequency"),
+                   ("img", "recall_vs_frequency", "recall against training frequency")]
+        blocks += [("p", note) for note in _left_out_of_plot(model)]
     return blocks
+
+
+def _left_out_of_plot(model: dict) -> list[str]:
+    """What the recall plot leaves out and why: classes without examples in a split have no
+    recall (plotting them at 0 would read as a failure), and a class without training frames
+    has no place on the log axis."""
+    notes, absent = [], {}
+    for split, levels in model["results"].items():
+        for level, m in levels.items():
+            names = tuple(p["class"] for p in m["recall_vs_train_frequency"] if not p["support"])
+            if names:
+                absent.setdefault(names, []).append(f"{split} {level}")
+    for names, where in absent.items():
+        notes.append(f"Not plotted for {' and '.join(where)}: {_names(list(names))} (no "
+                     "examples there, so no recall).")
+    untrained = [c for c, n in model["train_frequency"]["counts"].items() if not n]
+    if untrained:
+        notes.append(f"Not plotted: {_names(untrained)} (no training frames).")
+    return notes
+
+
+def _names(classes: list[str], limit: int = 12) -> str:
+    more = len(classes) - limit
+    return ", ".join(classes[:limit]) + (f" and {more} more" if more > 0 else "")
 
 
 def _evaluation_blocks(model: dict, split: str, level: str, m: dict) -> list:
@@ -156,9 +230,14 @@ def _evaluation_blocks(model: dict, split: str, level: str, m: dict) -> list:
               ("p", f"n = {m.get('n', 'n/a')}; accuracy {_fmt(m['accuracy'])}; balanced accuracy "
                     f"{_fmt(m['balanced_accuracy'])}; macro F1 {_fmt(m['macro_f1'])}."),
               ("table", ["class", "precision", "recall", "F1", "support", "train frames"], rows)]
+    absent = [c for c, v in m["per_class"].items() if not v.get("support")]
+    if absent:
+        blocks.append(("p", f"n/a: no {split} {level}s of {_names(absent)} (support 0), so no "
+                            "recall, precision or F1 to report."))
     if len(names) <= MAX_TABLE_CLASSES:
         cm, norm = m["confusion_matrix"], m["confusion_matrix_normalized"]
-        cells = [[f"{n} ({_pct(norm[i][j])})" for j, n in enumerate(row)]
+        # a row without examples has no shares: its cells are plain zeros, not "0 (0%)"
+        cells = [[f"{n} ({_pct(norm[i][j])})" if sum(row) else str(n) for j, n in enumerate(row)]
                  for i, row in enumerate(cm)]
         blocks.append(("table", ["true \\ predicted"] + names,
                        [[c] + r for c, r in zip(names, cells)]))
@@ -212,6 +291,7 @@ def render_markdown(blocks: list, plots: dict[str, Path]) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;
 color:#222}table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;
 padding:3px 8px;text-align:left}.n{text-align:right}th{background:#f3f3f3}
+th{white-space:nowrap}
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}li{margin:.3em 0}
 h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}"""
 
