@@ -294,7 +294,7 @@ def test_readme_commands_parse():
 
 def test_readme_flags_exist():
     ours = {s for command in library() for a in options(command) for s in a.option_strings}
-    others = {"--shm-size", "--quick", "--array", "--gres", "--scheduler-file", "--nworkers",
-              "--nthreads"}  # docker, benchmarks, SLURM, dask
+    others = {"--shm-size", "--quick", "--json", "--array", "--gres", "--scheduler-file",
+              "--nworkers", "--nthreads"}  # docker, benchmarks, SLURM, dask
     mentioned = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", README.read_text()))
     assert mentioned - others <= ours, sorted(mentioned - others - ours)
