@@ -245,8 +245,13 @@ class FileLock:
                 _HELD.add(self)
             else:  # its holder unlinked it between our open and our lock: lock the new one
                 os.close(fd)
-        os.ftruncate(self._fd, 0)
-        os.write(self._fd, f"{os.getpid()}\n".encode())
+        try:
+            with environment_errors(self.path):
+                os.ftruncate(self._fd, 0)
+                os.write(self._fd, f"{os.getpid()}\n".encode())
+        except BaseException:
+            self.__exit__()  # a full disk must not leave this process holding the lock
+            raise
         return self
 
     def _acquire(self, fd: int) -> None:

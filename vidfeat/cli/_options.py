@@ -139,3 +139,18 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return text
         shown = _show(action).replace("%", "%%")
         return f"{text} (default: {shown})" if text else f"(default: {shown})"
+
+
+def add_quiet(parser, default: bool, *, what: str = "the closing summary is still printed"):
+    """``-q/--quiet`` (also ``--no-progress``): no progress bars; ``what`` says what remains."""
+    parser.add_argument("-q", "--quiet", "--no-progress", dest="progress", action="store_false",
+                        default=default, help=f"no progress bars ({what})")
+
+
+def print_summary(args: argparse.Namespace, result, *, stream=None) -> None:
+    """With ``--quiet`` the library printed nothing: the summary still closes the command."""
+    import sys
+
+    if not args.progress and result is not None:
+        summary = result.summary() if callable(result.summary) else result.summary
+        print(summary, file=stream or sys.stdout)

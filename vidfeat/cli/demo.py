@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from vidfeat.cli._options import choices, defaults
+from vidfeat.cli._options import add_quiet, choices, defaults
 
 HELP = "generate a 5-class imbalanced demo video dataset and run the whole pipeline on it"
 LIBRARY = ("vidfeat.pipeline", "demo")
@@ -22,8 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d["seed"])
     parser.add_argument("--overwrite", action="store_true", default=d["overwrite"],
                         help="regenerate the videos and rerun every stage")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        default=d["progress"], help="no progress lines or summaries")
+    add_quiet(parser, d["progress"], what="the pipeline's closing summary is still printed")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from vidfeat.cli._options import auto_or_int, choices, defaults
+from vidfeat.cli._options import add_quiet, auto_or_int, choices, defaults, print_summary
 
 HELP = "cache pretrained-backbone features of an ingest OUTDIR's frames in one HDF5 file"
 POLICY = "vidfeat.extraction.defaults"  # the option tables extract checks against
@@ -44,15 +44,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "process, merged into OUTPUT; cpu:N for N CPU shards")
     parser.add_argument("--overwrite", action="store_true", default=d["overwrite"],
                         help="discard an existing or unfinished output and start over")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        default=d["progress"], help="no progress bar or summary")
+    add_quiet(parser, d["progress"])
 
 
 def run(args: argparse.Namespace) -> int:
     from vidfeat.extraction import extract
 
-    extract(args.ingest_dir, args.output, backbone=args.backbone, weights=args.weights,
-            batch_size=args.batch_size, device=args.device, precision=args.precision,
-            workers=args.workers, dtype=args.dtype, shard=args.shard, overwrite=args.overwrite,
-            progress=args.progress, gpus=args.gpus, decode=args.decode)
+    result = extract(
+        args.ingest_dir, args.output, backbone=args.backbone, weights=args.weights,
+        batch_size=args.batch_size, device=args.device, precision=args.precision,
+        workers=args.workers, dtype=args.dtype, shard=args.shard, overwrite=args.overwrite,
+        progress=args.progress, gpus=args.gpus, decode=args.decode)
+    print_summary(args, result)
     return 0

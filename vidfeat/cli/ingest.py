@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from vidfeat.cli._options import choices, defaults
+from vidfeat.cli._options import add_quiet, choices, defaults, print_summary
 
 HELP = "probe, sample, split, balance and store frames of labelled videos, with manifests"
 LIBRARY = ("vidfeat.ingestion._ingest", "ingest")
@@ -54,8 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="exit non-zero if any video failed")
     run.add_argument("--retry-failed", action="store_true", default=d["retry_failed"],
                      help="retry videos that failed in an earlier run into OUTDIR")
-    run.add_argument("--no-progress", dest="progress", action="store_false",
-                     default=d["progress"], help="no progress bar or summary")
+    add_quiet(run, d["progress"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,4 +71,5 @@ def run(args: argparse.Namespace) -> int:
                     max_per_class=args.max_per_class, fmt=args.fmt, jobs=args.jobs,
                     timeout=args.timeout, strict=args.strict, retry_failed=args.retry_failed,
                     backend=args.backend, scheduler=args.scheduler, progress=args.progress)
+    print_summary(args, result, stream=sys.stderr)
     return result.exit_code

@@ -5,7 +5,7 @@ import argparse
 import ast
 import sys
 
-from vidfeat.cli._options import arg_type, choices, defaults
+from vidfeat.cli._options import add_quiet, arg_type, choices, defaults
 
 HELP = "run every stage on SRC with flags instead of a config file (--set section.key=value)"
 LIBRARY = ("vidfeat.pipeline", "run_pipeline")
@@ -46,8 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--set ingest.keyframes=true --set extract.backbone=resnet18")
     parser.add_argument("--overwrite", action="store_true", default=d["overwrite"],
                         help="rerun every stage, replacing its outputs")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        default=d["progress"], help="no progress lines or summaries")
+    add_quiet(parser, d["progress"], what="the pipeline's closing summary is still printed")
 
 
 def config_from_args(args: argparse.Namespace) -> dict:

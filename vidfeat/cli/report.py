@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from vidfeat.cli._options import defaults
+from vidfeat.cli._options import add_quiet, defaults, print_summary
 
 HELP = ("class-imbalance report (JSON, Markdown, self-contained HTML, PNG plots) for an ingest "
         "output folder, or a pre-flight on a folder of class folders or a labels file; "
@@ -30,14 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-drift", type=float, default=d["max_drift"],
                         help="warn when a split's class distribution is further than this "
                              "(total variation distance) from train's")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        default=d["progress"], help="no progress bar or summary")
+    add_quiet(parser, d["progress"])
 
 
 def run(args: argparse.Namespace) -> int:
     from vidfeat.reporting import report
 
-    report(args.source, args.output, model=args.model, labels=args.labels, jobs=args.jobs,
-           timeout=args.timeout, min_videos=args.min_videos, max_drift=args.max_drift,
-           progress=args.progress)
+    result = report(
+        args.source, args.output, model=args.model, labels=args.labels, jobs=args.jobs,
+        timeout=args.timeout, min_videos=args.min_videos, max_drift=args.max_drift,
+        progress=args.progress)
+    print_summary(args, result)
     return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from vidfeat.cli._options import defaults
+from vidfeat.cli._options import add_quiet, defaults
 
 HELP = "run ingest, data report, extract, train and evaluation report from one TOML config"
 LIBRARY = ("vidfeat.pipeline", "run_pipeline")
@@ -16,8 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder (default: the config's 'workdir' key)")
     parser.add_argument("--overwrite", action="store_true", default=d["overwrite"],
                         help="rerun every stage, replacing its outputs")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        default=d["progress"], help="no progress lines or summaries")
+    add_quiet(parser, d["progress"], what="the pipeline's closing summary is still printed")
 
 
 def run(args: argparse.Namespace) -> int:

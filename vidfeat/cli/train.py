@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from vidfeat.cli._options import choices, defaults
+from vidfeat.cli._options import add_quiet, choices, defaults, print_summary
 
 HELP = "train a classifier head on cached features (sweeps, imbalance options, unfreezing)"
 LIBRARY = ("vidfeat.training._train", "train")
@@ -58,20 +58,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="head lr when unfreezing")
     p.add_argument("--backbone-lr-scale", type=float, default=d["backbone_lr_scale"],
                    help="backbone lr = unfreeze lr * this")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=d["progress"],
-                   help="no progress bar or summary")
+    add_quiet(p, d["progress"])
 
 
 def run(args: argparse.Namespace) -> int:
     from vidfeat.training import train
 
-    train(args.features, args.model_dir, head=args.head, hidden=args.hidden, dropout=args.dropout,
-          epochs=args.epochs, patience=args.patience, lr=args.lr, weight_decay=args.weight_decay,
-          batch_size=args.batch_size, seed=args.seed, device=args.device,
-          class_weight=args.class_weight, sampler=args.sampler, logit_adjust=args.logit_adjust,
-          sweep=args.sweep, select_metric=args.select_metric, max_memory=args.max_memory,
-          unfreeze=args.unfreeze, frames=args.frames, unfreeze_epochs=args.unfreeze_epochs,
-          unfreeze_batch_size=args.unfreeze_batch_size, unfreeze_lr=args.unfreeze_lr,
-          backbone_lr_scale=args.backbone_lr_scale, overwrite=args.overwrite,
-          progress=args.progress)
+    result = train(
+        args.features, args.model_dir, head=args.head, hidden=args.hidden, dropout=args.dropout,
+        epochs=args.epochs, patience=args.patience, lr=args.lr, weight_decay=args.weight_decay,
+        batch_size=args.batch_size, seed=args.seed, device=args.device,
+        class_weight=args.class_weight, sampler=args.sampler, logit_adjust=args.logit_adjust,
+        sweep=args.sweep, select_metric=args.select_metric, max_memory=args.max_memory,
+        unfreeze=args.unfreeze, frames=args.frames, unfreeze_epochs=args.unfreeze_epochs,
+        unfreeze_batch_size=args.unfreeze_batch_size, unfreeze_lr=args.unfreeze_lr,
+        backbone_lr_scale=args.backbone_lr_scale, overwrite=args.overwrite,
+        progress=args.progress)
+    print_summary(args, result)
     return 0
