@@ -481,3 +481,24 @@ def test_preflight_probe_timeout_fails_the_video_not_the_report(messy_folder, tm
     assert any(x.startswith("timed out after") for x in reasons)
     assert "no usable video: all 6 videos failed" in r.files["html"].read_text()
     strict_json(r.files["json"])
+
+
+def test_model_whose_feature_file_changed_is_flagged_once(outdir, tmp_path, caplog):
+    from featfiles import make_features, write_features
+
+    from vidfeat.training._train import train
+
+    counts = {"alpha": 6, "beta": 4, "gamma": 4}
+    path = write_features(tmp_path / "f.h5", make_features(counts, dim=16, seed=0))
+    train(path, tmp_path / "m", device="cpu", progress=False, epochs=2)
+    r = report(outdir, tmp_path / "rep", model=tmp_path / "m", progress=False)
+    assert "features_changed" not in codes(r)
+    write_features(path, make_features(counts, dim=16, seed=1),
+                   attrs={"manifest_fingerprint": "e" * 16})   # re-extracted to the same path
+    caplog.clear()
+    r = report(outdir, tmp_path / "rep", model=tmp_path / "m", progress=False)
+    flagged = [w["message"] for w in r.warnings if w["code"] == "features_changed"]
+    assert len(flagged) == 1 and flagged[0].startswith(f"the feature file {path} has changed")
+    assert [rec.getMessage() for rec in caplog.records if rec.levelname == "WARNING"] == flagged
+    written = strict_json(tmp_path / "rep" / "report.json")["warnings"]
+    assert [w["message"] for w in written if w["code"] == "features_changed"] == flagged
