@@ -1,5 +1,6 @@
 """train / evaluate on real HDF5 feature files (synthetic learnable clusters), and unfreezing."""
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -532,6 +533,71 @@ def test_kill_at_any_step_leaves_old_or_new_model(feats, tmp_path):
         assert rerun.returncode == 0, rerun.stderr
         assert model_state(d, old, seed=1) == "new"
         assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "pristine"]
+
+
+def test_swap_without_atomic_exchange_restores_a_killed_swap(feats, tmp_path, monkeypatch):
+    """Where the filesystem cannot exchange directories, two renames swap: a kill between them
+    leaves the old model at .NAME.old, and the next train puts it back before anything else."""
+    from vidfeat.training import model_dir as md
+
+    _, path = feats
+    d = tmp_path / "m"
+    old = old_model(path, d)
+    monkeypatch.setattr(md, "_exchange", lambda a, b: False)
+    res = run(path, d, epochs=3, seed=1, overwrite=True)
+    assert model_state(d, old, seed=1) == "new" and res.config["sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    new = files_of(d)
+    d.rename(tmp_path / ".m.old")   # the moment between the two renames
+    with pytest.raises(FileExistsError, match="already holds a model"):
+        run(path, d, epochs=3, seed=2)
+    assert files_of(d) == new and sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs (skipped where mounting is refused)."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(disk) -> Path:
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+def test_disk_full_keeps_the_old_model(feats, small_disk):
+    from vidfeat.files import StorageError
+
+    _, path = feats
+    d = small_disk / "m"
+    old = old_model(path, d)
+    filler = fill(small_disk)
+    # one page free: the lock file's pid (files.FileLock does not yet turn a full disk there
+    # into a StorageError), not the model
+    os.truncate(filler, filler.stat().st_size - 4096)
+    with pytest.raises(StorageError, match="disk full .*rerun the same command"):
+        run(path, d, epochs=3, seed=1, overwrite=True)
+    assert files_of(d) == old
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "m"]
+    filler.unlink()
+    run(path, d, epochs=3, seed=1, overwrite=True)
+    assert model_state(d, old, seed=1) == "new"
 
 
 @pytest.fixture(scope="module")
