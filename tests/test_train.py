@@ -554,6 +554,16 @@ def test_swap_without_atomic_exchange_restores_a_killed_swap(feats, tmp_path, mo
     assert files_of(d) == new and sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
+def test_symlinked_model_dir_keeps_its_link(feats, tmp_path):
+    _, path = feats
+    real = tmp_path / "real"
+    old = old_model(path, real)
+    (tmp_path / "link").symlink_to(real)
+    run(path, tmp_path / "link", epochs=3, seed=1, overwrite=True)
+    assert (tmp_path / "link").is_symlink() and model_state(real, old, seed=1) == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 2 MB tmpfs (skipped where mounting is refused)."""
