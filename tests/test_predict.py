@@ -265,3 +265,42 @@ def test_hung_or_crashing_decode_is_that_videos_error(model_dir, clips, tmp_path
 def test_timeout_must_be_positive(model_dir):
     with pytest.raises(ValueError, match="timeout must be > 0"):
         predict(model_dir, ["a.mp4"], timeout=0)
+# -- provenance: the feature file the model was trained from ------------------------------------
+
+def test_predict_warns_once_when_the_training_features_changed(clips, tmp_path, caplog):
+    import subprocess
+    import sys
+    import warnings
+
+    from vidfeat.training._train import train
+
+    red = clips[0]
+    attrs = {"input_size": 32, "resize_size": 36, "sampling": json.dumps(SAMPLING)}
+    path = write_features(tmp_path / "f.h5", make_features(
+        {"red": 8, "blue": 8, "green": 4}, dim=512, frames=2, seed=2), attrs=attrs)
+    model = tmp_path / "model"
+    train(path, model, device="cpu", progress=False, epochs=3)
+    changed = lambda: [r.getMessage() for r in caplog.records  # noqa: E731
+                       if "has changed since the model" in r.getMessage()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # the backbone's random weights
+        before = list(predict(model, [red, red], device="cpu"))
+        assert changed() == []
+        # re-extracted to the recorded path: one warning for the run, the model still predicts
+        new = make_features({"red": 8, "blue": 8, "green": 4}, dim=512, frames=2, seed=5)
+        write_features(path, new, attrs={**attrs, "manifest_fingerprint": "e" * 16})
+        after = list(predict(model, [red, red], device="cpu"))
+        assert len(changed()) == 1 and str(path) in changed()[0]
+        assert after == before
+        proc = subprocess.run([sys.executable, "-m", "vidfeat", "predict", str(model), str(red),
+                               "--device", "cpu"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parents[1])
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["top_k"] == before[0]["top_k"]
+        lines = [line for line in proc.stderr.splitlines() if "has changed since" in line]
+        assert len(lines) == 1 and lines[0].startswith("WARNING ")
+        # the recorded file is gone: nothing to compare, nothing said
+        caplog.clear()
+        path.unlink()
+        assert list(predict(model, [red], device="cpu")) == before[:1]
+    assert changed() == []

@@ -611,6 +611,7 @@ def test_report_shows_only_what_it_knows(outdir, tmp_path, messy_folder):
 
 
 def test_evaluate_cli_prints_a_per_class_table_and_where_its_json_went(tmp_path):
+def test_model_whose_feature_file_changed_is_flagged_once(outdir, tmp_path, caplog):
     from featfiles import make_features, write_features
 
     from vidfeat.training._train import train
@@ -643,3 +644,17 @@ def test_evaluate_cli_prints_a_per_class_table_and_where_its_json_went(tmp_path)
                     [f"{pc[k]:.3f}" for k in ("precision", "recall", "f1")])
             assert row.split() == [name, *want, str(pc["support"])]
     assert saved["frame"]["per_class"]["gamma"]["support"] == 0
+    counts = {"alpha": 6, "beta": 4, "gamma": 4}
+    path = write_features(tmp_path / "f.h5", make_features(counts, dim=16, seed=0))
+    train(path, tmp_path / "m", device="cpu", progress=False, epochs=2)
+    r = report(outdir, tmp_path / "rep", model=tmp_path / "m", progress=False)
+    assert "features_changed" not in codes(r)
+    write_features(path, make_features(counts, dim=16, seed=1),
+                   attrs={"manifest_fingerprint": "e" * 16})   # re-extracted to the same path
+    caplog.clear()
+    r = report(outdir, tmp_path / "rep", model=tmp_path / "m", progress=False)
+    flagged = [w["message"] for w in r.warnings if w["code"] == "features_changed"]
+    assert len(flagged) == 1 and flagged[0].startswith(f"the feature file {path} has changed")
+    assert [rec.getMessage() for rec in caplog.records if rec.levelname == "WARNING"] == flagged
+    written = strict_json(tmp_path / "rep" / "report.json")["warnings"]
+    assert [w["message"] for w in written if w["code"] == "features_changed"] == flagged

@@ -1,6 +1,9 @@
 """train / evaluate on real HDF5 feature files (synthetic learnable clusters), and unfreezing."""
 import json
+import os
+import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -264,14 +267,16 @@ def test_unfreeze_changes_backbone_and_lowers_loss(frames_and_features, tmp_path
 
     _, path = frames_and_features
     res = unfreeze_run(path, tmp_path / "m")
-    last = torch.load(tmp_path / "m/unfreeze_checkpoint.pt", weights_only=True)["backbone"]
+    # the checkpoint (134 MB for a resnet50) is gone after success, and so is the staging folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == \
+        ["backbone.pt", "config.json", "head.pt", "metrics.json"]
     best = torch.load(tmp_path / "m/backbone.pt", weights_only=True)
     with pytest.warns(UserWarning):
         original = create_backbone("resnet18", "none").model.state_dict()
-    assert best.keys() == last.keys() == original.keys()
-    assert not torch.equal(last["layer1.0.conv1.weight"], original["layer1.0.conv1.weight"])
+    assert best.keys() == original.keys()
     # frozen BatchNorm statistics: the cached features' normalisation is kept
-    torch.testing.assert_close(last["bn1.running_mean"], original["bn1.running_mean"])
+    torch.testing.assert_close(best["bn1.running_mean"], original["bn1.running_mean"])
     history = res.config["unfreeze"]["history"]
     assert [h["epoch"] for h in history] == [0, 1, 2, 3]   # 0: the linear probe it starts from
     assert history[-1]["train_loss"] < history[1]["train_loss"]
@@ -286,33 +291,365 @@ def test_unfreeze_changes_backbone_and_lowers_loss(frames_and_features, tmp_path
         evaluate(tmp_path / "m", path, device="cpu")
 
 
-def test_unfreeze_resumes_from_checkpoint(frames_and_features, tmp_path):
+def test_unfreeze_resumes_from_checkpoint(frames_and_features, tmp_path, monkeypatch):
+    from vidfeat.training import model_dir as md
+
     _, path = frames_and_features
     d = tmp_path / "m"
-    first = unfreeze_run(path, d, unfreeze_epochs=2)
-    assert (d / "unfreeze_checkpoint.pt").is_file()
-    # what a run killed during fine-tuning leaves: weights and checkpoint, no config.json yet
-    for name in ("config.json", "metrics.json"):
-        (d / name).unlink()
+
+    def interrupted(*args, **kwargs):   # stopped (Ctrl-C) just before the model is swapped in
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(md, "publish", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            unfreeze_run(path, d, unfreeze_epochs=2)
+    assert not d.exists()
+    first = torch.load(md.staging_path(d) / "unfreeze_checkpoint.pt", weights_only=True)
     more = unfreeze_run(path, d, unfreeze_epochs=3)   # resumes without overwrite
     done = more.config["unfreeze"]["history"]
-    assert done[:3] == first.config["unfreeze"]["history"]   # epochs 1-2 were not redone
+    assert done[:3] == first["history"]   # epochs 1-2 were not redone
     assert [h["epoch"] for h in done] == [0, 1, 2, 3]
+    assert not md.staging_path(d).exists() and not (d / "unfreeze_checkpoint.pt").exists()
     # a finished model is not silently resumed into
     with pytest.raises(FileExistsError, match="overwrite=True"):
         run(path, d, unfreeze=True, epochs=10)
-    # a different run (other lr) must not resume from that checkpoint
+    # a different run (other lr) must not resume from another run's checkpoint
+    with monkeypatch.context() as m:
+        m.setattr(md, "publish", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            unfreeze_run(path, d, unfreeze_epochs=2, overwrite=True)
+    # best weights that are not the ones the checkpoint records (a kill between writing them
+    # and the checkpoint) are never resumed with
+    from vidfeat.training.finetune import _cannot_resume
+
+    stage = md.staging_path(d)
+    ckpt = torch.load(stage / "unfreeze_checkpoint.pt", weights_only=True)
+    assert _cannot_resume(stage, ckpt, ckpt["run_key"]) is None
+    md.save_head(stage, {k: v * 2 for k, v in ckpt["head"].items()})
+    assert "not the ones it records" in _cannot_resume(stage, ckpt, ckpt["run_key"])
     other = unfreeze_run(path, d, unfreeze_epochs=1, unfreeze_lr=3e-3, overwrite=True)
     assert [h["epoch"] for h in other.config["unfreeze"]["history"]] == [0, 1]
-    # a frozen-backbone run over it leaves no backbone or checkpoint of the fine-tuned one
+    # a frozen-backbone run over it leaves no backbone of the fine-tuned one
     run(path, d, epochs=2, overwrite=True)
-    assert not (d / "backbone.pt").exists() and not (d / "unfreeze_checkpoint.pt").exists()
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "head.pt", "metrics.json"]
 
 
 def test_unfreeze_needs_frames(frames_and_features, tmp_path):
     _, path = frames_and_features
     with pytest.raises(Exception, match="ingest output folder not found"):
         unfreeze_run(path, tmp_path / "m", frames=tmp_path / "nowhere")
+    assert list(tmp_path.iterdir()) == []   # no model, no staging folder, no lock left
+
+
+# ----------------------------------------------------------------------------------- provenance
+def changed_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelname == "WARNING" and "has changed since the model" in r.getMessage()]
+
+
+def test_model_records_what_it_was_trained_from(feats, tmp_path):
+    import hashlib
+
+    from vidfeat.training.model_dir import verify_model_dir
+
+    _, path = feats
+    d = tmp_path / "m"
+    res = run(path, d, epochs=3, sweep=["lr=1e-3,1e-2"])
+    config = json.loads((d / "config.json").read_text())
+    assert config == json.loads(json.dumps(res.config))
+    assert config["features"] == {"path": str(path.resolve()), "fingerprint": "f" * 16,
+                                  "features_fingerprint": "f" * 16}
+    # sha256 of every other file, as sha256sum computes it
+    assert config["sha256"] == {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                                for p in d.iterdir() if p.name != "config.json"}
+    assert set(config["sha256"]) == {"head.pt", "metrics.json", "sweep.csv", "sweep.json"}
+    assert verify_model_dir(d) == []
+
+
+def test_verify_model_dir_names_what_is_wrong(feats, tmp_path):
+    from vidfeat.training.model_dir import verify_model_dir
+
+    _, path = feats
+    d = tmp_path / "m"
+    run(path, d, epochs=3)
+    head = torch.load(d / "head.pt", weights_only=True)
+    torch.save({k: v + 1 for k, v in head.items()}, d / "head.pt")   # loads, but is not train's
+    problems = verify_model_dir(d)
+    assert len(problems) == 1 and problems[0].startswith(f"{d / 'head.pt'}: changed since train")
+    (d / "head.pt").write_bytes(b"\x80\x02garbage")
+    problems = verify_model_dir(d)
+    assert [p.split(":")[0] for p in problems] == [str(d / "head.pt")] * 2
+    assert "does not load as tensors" in problems[1]
+    (d / "head.pt").unlink()
+    (d / "metrics.json").write_text("{")
+    assert verify_model_dir(d) == [f"{d / 'metrics.json'}: not readable JSON "
+                                   "(Expecting property name enclosed in double quotes: "
+                                   "line 1 column 2 (char 1))",
+                                   f"{d / 'head.pt'}: missing (config.json records it)",
+                                   f"{d / 'metrics.json'}: changed since train wrote it (its "
+                                   "sha256 differs from the one config.json records)"]
+    nothing = tmp_path / "nothing"
+    assert verify_model_dir(nothing) == [f"{nothing / 'config.json'}: missing"]
+
+
+def test_evaluate_warns_once_when_its_feature_file_changed(feats, tmp_path, caplog):
+    data, _ = feats
+    path = write_features(tmp_path / "features.h5", data)
+    d = tmp_path / "m"
+    run(path, d, epochs=3)
+    evaluate(d, path, device="cpu")
+    copy = write_features(tmp_path / "other.h5", data, attrs={"manifest_fingerprint": "0" * 16})
+    evaluate(d, copy, device="cpu")   # other data than the model's: evaluating it is the point
+    assert changed_warnings(caplog) == []
+    # re-extracted to the recorded path: a changed manifest, then a changed features fingerprint
+    for attrs in ({"manifest_fingerprint": "e" * 16}, {"features_fingerprint": "1" * 16}):
+        caplog.clear()
+        write_features(path, make_features(COUNTS, dim=24, frames=4, sep=0.35, seed=3),
+                       attrs=attrs)
+        evaluate(d, path, device="cpu")
+        assert changed_warnings(caplog) == [
+            f"the feature file {path.resolve()} has changed since the model in {d} was trained "
+            "from it: the model and its metrics describe the earlier features; retrain with "
+            f"'vidfeat train {path.resolve()} -o {d} --overwrite' to use the new ones"]
+
+
+# ----------------------------------------------------------------------------------- kill -9
+REPO = Path(__file__).resolve().parents[1]
+
+# Runs the real CLI in a child that stops after every file-system call under ROOT (argv[1]) and
+# waits for "go" on stdin: the parent sees the folder exactly as a kill -9 at that moment leaves it.
+STEPPING = r"""
+import os, shutil, sys
+root = sys.argv[1]
+from vidfeat.training import model_dir as md
+
+def hooked(fn, name):
+    def call(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        where = [str(a) for a in args if str(a).startswith(root)]
+        if where:
+            print("STEP", name, where[-1], flush=True)
+            if sys.stdin.readline().strip() != "go":
+                os._exit(3)
+        return out
+    return call
+
+for name in ("replace", "rename", "unlink", "link", "mkdir"):
+    setattr(os, name, hooked(getattr(os, name), name))
+shutil.rmtree = hooked(shutil.rmtree, "rmtree")
+if hasattr(md, "_exchange"):   # the atomic directory exchange, when there is one
+    md._exchange = hooked(md._exchange, "exchange")
+from vidfeat.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def cli_train(path, out, *extra) -> list[str]:
+    return ["train", str(path), "-o", str(out), "--device", "cpu", "--no-progress", *extra]
+
+
+def files_of(d) -> dict:
+    return {p.name: p.read_bytes() for p in Path(d).iterdir() if p.is_file()}
+
+
+def model_state(d, old: dict, *, seed: int) -> str:
+    """'old' when ``d`` is byte for byte the old model, 'new' when it is wholly the new one."""
+    from vidfeat.training.model_dir import load_head, verify_model_dir
+
+    files = files_of(d)
+    if files == old:
+        return "old"
+    config = json.loads(files["config.json"])
+    assert config["hyperparameters"]["seed"] == seed, sorted(files)
+    assert verify_model_dir(d) == []
+    # the new model's files, the user's notes, nothing of the old model (evaluations, sweep)
+    assert set(files) == {*config["sha256"], "config.json", "notes.txt"}
+    load_head(d)
+    return "new"
+
+
+def old_model(path, d) -> dict:
+    """An earlier model (a sweep, an evaluation, a user's notes) in ``d``; its files."""
+    run(path, d, epochs=3, sweep=["lr=1e-3,1e-2"])
+    evaluate(d, path, split="test", device="cpu")
+    (d / "notes.txt").write_text("mine")
+    return files_of(d)
+
+
+def stepped_run(path, d, old: dict, *, kill_at: str | None = None, seed: int = 1):
+    """Run ``train --overwrite`` stepping through its file operations; check ``d`` at each.
+
+    ``kill_at``: SIGKILL the run at the first step whose line contains it. Returns the
+    (step, state) list and the exit status."""
+    import subprocess
+
+    root = str(d.parent.resolve())
+    args = cli_train(path, d, "--epochs", "3", "--seed", str(seed), "--overwrite")
+    proc = subprocess.Popen([sys.executable, "-c", STEPPING, root, *args], cwd=REPO,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    steps = []
+    for line in proc.stdout:
+        if not line.startswith("STEP "):
+            continue
+        steps.append((line.split(maxsplit=1)[1].strip(), model_state(d, old, seed=seed)))
+        if kill_at and kill_at in line:
+            proc.kill()
+            break
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    return steps, proc.wait()
+
+
+def test_kill_at_any_step_leaves_old_or_new_model(feats, tmp_path):
+    import subprocess
+
+    _, path = feats
+    d = tmp_path / "m"
+    old = old_model(path, d)
+    pristine = tmp_path / "pristine"
+    shutil.copytree(d, pristine)
+    steps, rc = stepped_run(path, d, old)
+    assert rc == 0
+    states = [state for _, state in steps]
+    # every moment is one model or the other, and it flips once: old ... old, new ... new
+    assert states[0] == "old" and states[-1] == "new"
+    assert states == sorted(states, key=lambda s: s == "new")
+    assert len(steps) >= 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "pristine"]   # no staging left
+    # really killed at the moments around the swap: the state stays whole, a rerun completes
+    for kill_at, expected in (("staging/head.pt", "old"), ("staging/config.json", "old"),
+                              ("exchange", "new")):
+        shutil.rmtree(d)
+        shutil.copytree(pristine, d)
+        steps, rc = stepped_run(path, d, old, kill_at=kill_at)
+        assert rc == -9 and steps[-1][1] == expected, (kill_at, steps)
+        assert model_state(d, old, seed=1) == expected
+        rerun = subprocess.run([sys.executable, "-m", "vidfeat",
+                                *cli_train(path, d, "--epochs", "3", "--seed", "1",
+                                           "--overwrite")],
+                               cwd=REPO, capture_output=True, text=True)
+        assert rerun.returncode == 0, rerun.stderr
+        assert model_state(d, old, seed=1) == "new"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "pristine"]
+
+
+def test_swap_without_atomic_exchange_restores_a_killed_swap(feats, tmp_path, monkeypatch):
+    """Where the filesystem cannot exchange directories, two renames swap: a kill between them
+    leaves the old model at .NAME.old, and the next train puts it back before anything else."""
+    from vidfeat.training import model_dir as md
+
+    _, path = feats
+    d = tmp_path / "m"
+    old = old_model(path, d)
+    monkeypatch.setattr(md, "_exchange", lambda a, b: False)
+    res = run(path, d, epochs=3, seed=1, overwrite=True)
+    assert model_state(d, old, seed=1) == "new" and res.config["sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    new = files_of(d)
+    d.rename(tmp_path / ".m.old")   # the moment between the two renames
+    with pytest.raises(FileExistsError, match="already holds a model"):
+        run(path, d, epochs=3, seed=2)
+    assert files_of(d) == new and sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_symlinked_model_dir_keeps_its_link(feats, tmp_path):
+    _, path = feats
+    real = tmp_path / "real"
+    old = old_model(path, real)
+    (tmp_path / "link").symlink_to(real)
+    run(path, tmp_path / "link", epochs=3, seed=1, overwrite=True)
+    assert (tmp_path / "link").is_symlink() and model_state(real, old, seed=1) == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs (skipped where mounting is refused)."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(disk) -> Path:
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
+
+
+def test_disk_full_keeps_the_old_model(feats, small_disk):
+    from vidfeat.files import StorageError
+
+    _, path = feats
+    d = small_disk / "m"
+    old = old_model(path, d)
+    filler = fill(small_disk)
+    # one page free: the lock file's pid (files.FileLock does not yet turn a full disk there
+    # into a StorageError), not the model
+    os.truncate(filler, filler.stat().st_size - 4096)
+    with pytest.raises(StorageError, match="disk full .*rerun the same command"):
+        run(path, d, epochs=3, seed=1, overwrite=True)
+    assert files_of(d) == old
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "m"]
+    filler.unlink()
+    run(path, d, epochs=3, seed=1, overwrite=True)
+    assert model_state(d, old, seed=1) == "new"
+
+
+@pytest.fixture(scope="module")
+def tiny_frames(tmp_path_factory):
+    """Stored frames and a mobilenet_v3_small-shaped feature file (a small backbone to tune)."""
+    from featfiles import write_frames
+
+    root = tmp_path_factory.mktemp("tiny_unfreeze")
+    data = make_features({"red": 6, "blue": 4}, dim=1024, frames=3, sep=0.5, seed=1)
+    outdir = write_frames(root / "ingest", data)
+    path = write_features(root / "features.h5", data, backbone="mobilenet_v3_small", attrs={
+        "input_size": 32, "resize_size": 32, "ingest_dir": str(outdir)})
+    return path
+
+
+def test_unfreeze_killed_resumes_and_never_mixes(tiny_frames, tmp_path):
+    import subprocess
+    import time
+
+    from vidfeat.training.model_dir import staging_path
+
+    d = tmp_path / "m"
+    old = old_model(tiny_frames, d)
+    args = [sys.executable, "-m", "vidfeat", *cli_train(
+        tiny_frames, d, "--epochs", "5", "--seed", "1", "--overwrite", "--unfreeze",
+        "--unfreeze-epochs", "2", "--unfreeze-batch-size", "8", "--unfreeze-lr", "1e-2")]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = staging_path(d) / "unfreeze_checkpoint.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    assert checkpoint.exists(), "the run ended before its first checkpoint"
+    assert model_state(d, old, seed=1) == "old"
+    resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming fine-tuning" in resumed.stderr
+    assert model_state(d, old, seed=1) == "new"
+    config = json.loads((d / "config.json").read_text())
+    assert [h["epoch"] for h in config["unfreeze"]["history"]] == [0, 1, 2]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]   # no staging, no checkpoint
 
 
 @pytest.mark.cuda

@@ -37,9 +37,10 @@ def load_model(model_dir, device: torch.device):
     """
     from vidfeat.extraction.backbones import Preprocess, create_backbone
     from vidfeat.ingestion.sample import SamplingSpec
-    from vidfeat.training.model_dir import load_head
+    from vidfeat.training.model_dir import load_head, warn_features_changed
 
     config, head = load_head(model_dir)
+    warn_features_changed(model_dir, config)
     if not config.get("backbone"):
         raise ValueError(f"{model_dir}/config.json names no backbone; cannot run on videos")
     bb_file = config["files"].get("backbone")

@@ -57,7 +57,8 @@ distribution of videos and train's.
      "flags": {"vfr": {class: int}, "rotated": {class: int}},        # ok videos flagged
      "warnings": [{"code": str, "message": str, "classes": [str]}],
          # codes: no_videos, one_class, no_usable_videos, few_videos, single_video, empty_split,
-         #        missing_from_split, split_drift, failures, vfr, rotated, zero_recall, model_classes
+         #        missing_from_split, split_drift, failures, vfr, rotated, zero_recall, model_classes,
+         #        features_changed (the model's training feature file changed since)
      "model": null | {"path": str, "class_names": [str],
                       "train_frequency": {"source": "config" | "manifest" | null,
                                           "counts": {class: int}},

@@ -36,6 +36,7 @@ def add_model(data: dict, model_dir, table: pd.DataFrame) -> None:
                      "train_frequency": {"source": freq_source, "counts": freq},
                      "results": results}
     data["warnings"] += _model_warnings(data)
+    data["warnings"] += _provenance_warnings(model_dir, config)
 
 
 def _read_json(path: Path) -> dict:
@@ -122,3 +123,11 @@ def _model_warnings(data: dict) -> list:
                 out.append(_warn("zero_recall", f"{split} {level} level: the model never recognises "
                                  f"{names} (recall 0)", zero))
     return out
+
+
+def _provenance_warnings(model_dir: Path, config: dict) -> list:
+    """The feature file the model was trained from has changed since (logged once, reported)."""
+    from vidfeat.training.model_dir import warn_features_changed
+
+    message = warn_features_changed(model_dir, config)
+    return [_warn("features_changed", message)] if message else []

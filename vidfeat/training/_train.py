@@ -8,9 +8,10 @@ is ``vidfeat.training.finetune``.
 
 Bad input: a missing file -> FileNotFoundError; not a vidfeat file, an incomplete file, a split with
 no samples, fewer than two classes in train, or an unknown option -> ValueError naming it. A
-MODEL_DIR that already holds a model -> FileExistsError unless ``overwrite=True``. Nothing
-in MODEL_DIR is replaced until head training has succeeded (files are written atomically); fine-
-tuning writes its best weights and a checkpoint each epoch, and a rerun resumes from it.
+MODEL_DIR that already holds a model -> FileExistsError unless ``overwrite=True``. The new model
+is written into a staging folder beside MODEL_DIR and swapped in whole at the end
+(``model_dir.publish``): a run killed at any moment leaves the old model or the new one. Fine-
+tuning keeps its best weights and a checkpoint each epoch there, and a rerun resumes from it.
 """
 from __future__ import annotations
 
@@ -161,7 +162,7 @@ def model_config(store, *, head: str, spec: dict, hyper: dict, selected: dict,
                           ("resize_size", "input_size", "mean", "std", "interpolation")},
         "sampling": attr_json(a.get("sampling"), {}),
         "ingest_dir": attr_json(a.get("ingest_dir")),
-        "features": {"path": str(Path(store.path).resolve()), "fingerprint": store.fingerprint},
+        "features": md.features_record(store),
         "files": {"head": md.HEAD_FILE, "backbone": None},
         "unfreeze": None,
     }
@@ -186,8 +187,8 @@ def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = 
     ----------
     features : path or FeatureStore -- the extract HDF5 file.
     model_dir : path -- output folder. One that already holds a model (config.json or head.pt) is
-        refused before any training unless ``overwrite``; one left by a killed ``unfreeze`` run
-        (checkpoint, no config.json) is accepted by an ``unfreeze`` run (same run: it resumes).
+        refused before any training unless ``overwrite``. A killed ``unfreeze`` run leaves its
+        checkpoint in the staging folder beside it: the same run resumes from it.
     head : 'linear' or 'mlp'; hidden, dropout : the MLP's hidden sizes and dropout.
     epochs, batch_size, seed, patience : head training's maximum epochs, minibatch rows, seed,
         and val checks without improvement before stopping.
@@ -206,7 +207,7 @@ def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = 
         backbone_lr_scale : the backbone's lr is ``unfreeze_lr * backbone_lr_scale``.
     device : 'auto', 'cpu', 'cuda' or 'cuda:N'; progress : progress bars and a summary.
     overwrite : replace a model already in ``model_dir``; its files this run does not rewrite
-        (evaluations, sweep table, backbone, another run's checkpoint) are removed.
+        (evaluations, sweep table, backbone) go with it; other files (a user's) are kept.
     """
     t0 = time.perf_counter()
     check_choice("head", head, HEADS)
@@ -226,8 +227,9 @@ def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = 
             "frames": frames} if unfreeze else None
     dev = resolve_device(device)
     model_dir = Path(model_dir)
-    with open_store(features) as store:   # a bad feature file is the first error to report
-        md.check_target(model_dir, overwrite=overwrite, resume=unfreeze)
+    # a bad feature file is the first error to report; the lock keeps a second run out
+    with open_store(features) as store, md.lock(model_dir):
+        md.check_target(model_dir, overwrite=overwrite)
         result = _train_store(store, model_dir, configs, grid, spec, tune, head=head,
                               select_metric=select_metric, dev=dev, budget=budget,
                               progress=progress)
@@ -254,22 +256,25 @@ def _train_store(store, model_dir: Path, configs: list[HeadConfig], grid: dict, 
     config = model_config(store, head=head, spec=head_spec(model), hyper=hyper,
                           selected=selected, best_epoch=fit.best_epoch)
     sweep_table = fit.table if len(configs) > 1 else None
-    # head training succeeded: only now may files of an earlier model go
-    model_dir.mkdir(parents=True, exist_ok=True)
-    md.delete_stale(model_dir, sweep=bool(sweep_table), unfreeze=tune is not None)
-    if tune is not None:
-        md.delete_model_record(model_dir)
-        model, metrics = unfreeze_stage(store, model, cfg, spec, config, hyper, tune,
-                                        model_dir=model_dir, select_metric=select_metric,
-                                        dev=dev, progress=progress)
-    else:
-        metrics = {s: _evaluate_split(model, store, s, fit.names, dev, budget, stream_rows)
-                   for s in ("val", "test")}
-    md.save_head(model_dir, model.state_dict())
-    if sweep_table:
-        md.write_sweep(model_dir, sweep_table)
-    md.write_config(model_dir, config)
-    md.write_metrics(model_dir, metrics)
+    # head training succeeded: the new model goes into the staging folder, then replaces the old
+    # (a staging folder left by the same fine-tuning run is resumed)
+    stage = md.open_staging(model_dir, resume=tune is not None)
+    try:
+        if tune is not None:
+            model, metrics = unfreeze_stage(store, model, cfg, spec, config, hyper, tune,
+                                            model_dir=stage, select_metric=select_metric,
+                                            dev=dev, progress=progress)
+        else:
+            metrics = {s: _evaluate_split(model, store, s, fit.names, dev, budget, stream_rows)
+                       for s in ("val", "test")}
+        md.save_head(stage, model.state_dict())
+        if sweep_table:
+            md.write_sweep(stage, sweep_table)
+        md.write_metrics(stage, metrics)
+        config = md.publish(model_dir, stage, config)
+    except BaseException:
+        md.discard_staging(model_dir, keep_checkpoint=True)   # a rerun resumes from one
+        raise
     return TrainResult(model_dir, metrics, config, selected, sweep_table, 0.0, fit.streamed)
 
 
@@ -348,7 +353,9 @@ def evaluate(model_dir, features, *, split: str = "test", device: str = "auto",
     """Metrics of MODEL_DIR's head on FEATURES' ``split``: ``{"frame": M, "video": M}``.
 
     Written to ``output`` (default ``MODEL_DIR/evaluate_<split>.json``). The feature file must come
-    from the same backbone, feature size and classes as the model's training features.
+    from the same backbone, feature size and classes as the model's training features. When it
+    is the file the model was trained from and has changed since (re-extracted), a warning
+    says so.
     """
     from vidfeat.ingestion.manifest import SPLITS
 
@@ -357,6 +364,7 @@ def evaluate(model_dir, features, *, split: str = "test", device: str = "auto",
     config, model = load_head(model_dir)
     with open_store(features) as store:
         _check_compatible(config, store)
+        md.warn_features_changed(model_dir, config, store=store)
         budget = parse_size(max_memory) or auto_memory(dev)
         stream_rows = max(1024, budget // 2 // (4 * store.feature_dim))
         src, _ = split_source(store, split, device=dev, budget=budget, stream_rows=stream_rows)

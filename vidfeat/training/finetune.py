@@ -1,7 +1,8 @@
 """``train --unfreeze``: fine-tune backbone and head end to end on the stored frames.
 
-Starts from the selected head (the linear probe), checkpoints after every epoch into MODEL_DIR
-(through ``model_dir``), and a rerun of the same run resumes from that checkpoint.
+Starts from the selected head (the linear probe) and checkpoints after every epoch into the
+staging folder the new model is written in (``model_dir.open_staging``); a rerun of the same run
+resumes from that checkpoint, any other run starts over.
 """
 from __future__ import annotations
 
@@ -190,9 +191,10 @@ def _setup(ft: _FineTune, cfg: HeadConfig, spec: TrainSpec, n_classes: int,
     return _Step(opt, scaler, autocast, cw, offset, weights)
 
 
-def _save_best(model_dir: Path, ft: _FineTune) -> None:
-    md.save_backbone(model_dir, ft.backbone.state_dict())
-    md.save_head(model_dir, ft.head.state_dict())
+def _save_best(model_dir: Path, ft: _FineTune) -> dict:
+    """Write the best weights; their sha256 goes into the checkpoint (see ``_resume``)."""
+    return {md.BACKBONE_FILE: md.save_backbone(model_dir, ft.backbone.state_dict()),
+            md.HEAD_FILE: md.save_head(model_dir, ft.head.state_dict())}
 
 
 def fine_tune(ft: _FineTune, cfg: HeadConfig, spec: TrainSpec, *, epochs: int, backbone_lr_scale: float,
@@ -216,7 +218,7 @@ def fine_tune(ft: _FineTune, cfg: HeadConfig, spec: TrainSpec, *, epochs: int, b
     backbone_lr_scale : float
         The backbone's learning rate is ``cfg.lr * backbone_lr_scale``.
     model_dir : Path
-        Where best weights and the checkpoint go.
+        Where best weights and the checkpoint go (the staging folder).
     names : list of str
         Class names.
     select_metric : str
@@ -233,9 +235,8 @@ def fine_tune(ft: _FineTune, cfg: HeadConfig, spec: TrainSpec, *, epochs: int, b
     val_y = ft.data["val"][0].labels
     if state["epoch"] == 0:   # the linear probe itself is the score to beat
         start = metric(val_y, _ft_logits(ft, "val", spec.batch_size, dev))
-        state.update(best_score=start, best_epoch=0,
+        state.update(best_score=start, best_epoch=0, best_sha256=_save_best(model_dir, ft),
                      history=[{"epoch": 0, "train_loss": None, "val_" + select_metric: start}])
-        _save_best(model_dir, ft)
     bar = tqdm(range(state["epoch"] + 1, epochs + 1), desc="unfreeze", unit="epoch",
                disable=not progress)
     for epoch in bar:
@@ -244,7 +245,7 @@ def fine_tune(ft: _FineTune, cfg: HeadConfig, spec: TrainSpec, *, epochs: int, b
         state["history"].append({"epoch": epoch, "train_loss": loss, "val_" + select_metric: score})
         if score > state["best_score"]:
             state["best_score"], state["best_epoch"] = score, epoch
-            _save_best(model_dir, ft)
+            state["best_sha256"] = _save_best(model_dir, ft)
         state["epoch"] = epoch
         _checkpoint(model_dir, ft, step.opt, step.scaler, state)
         bar.set_postfix(loss=f"{loss:.4f}", val=f"{score:.4f}")
@@ -273,20 +274,18 @@ def _checkpoint(model_dir: Path, ft: _FineTune, opt, scaler, state: dict) -> Non
 
 
 def _resume(model_dir: Path, ft: _FineTune, opt, scaler) -> dict:
-    fresh = {"epoch": 0, "best_score": None, "best_epoch": 0, "history": []}
+    fresh = {"epoch": 0, "best_score": None, "best_epoch": 0, "best_sha256": {}, "history": []}
     path = md.checkpoint_path(model_dir)
     try:
         ckpt = md.load_checkpoint(model_dir)
     except Exception as exc:   # truncated or foreign file: start over rather than fail
-        log.warning("ignoring unreadable checkpoint %s (%s); starting over", path, exc)
-        md.delete_checkpoint(model_dir)
-        return fresh
-    if ckpt is None:
-        return fresh
-    if ckpt.get("run_key") != ft.run_key:
-        log.warning("checkpoint %s is from a different run (features, backbone or "
-                    "hyperparameters differ); starting over", path)
-        md.delete_checkpoint(model_dir)
+        ckpt, why = None, f"ignoring unreadable checkpoint {path} ({exc}); starting over"
+    else:
+        why = _cannot_resume(model_dir, ckpt, ft.run_key)
+    if why or ckpt is None:
+        if why:
+            log.warning("%s", why)
+        md.restart(model_dir)   # nothing of another run may end up in this one's model
         return fresh
     ft.backbone.load_state_dict(ckpt["backbone"])
     ft.head.load_state_dict(ckpt["head"])
@@ -295,6 +294,25 @@ def _resume(model_dir: Path, ft: _FineTune, opt, scaler) -> dict:
         scaler.load_state_dict(ckpt["scaler"])
     log.info("resuming fine-tuning from %s after epoch %d", path, ckpt["epoch"])
     return {k: ckpt[k] for k in fresh}
+
+
+def _cannot_resume(model_dir: Path, ckpt: dict | None, run_key: str) -> str | None:
+    """Why the checkpoint in ``model_dir`` cannot be resumed from (None: it can, or none is)."""
+    if ckpt is None:
+        return None
+    path = md.checkpoint_path(model_dir)
+    if ckpt.get("run_key") != run_key:
+        return (f"checkpoint {path} is from a different run (features, backbone or "
+                "hyperparameters differ); starting over")
+    # the best weights are written just before the checkpoint: a kill between the two leaves
+    # files the checkpoint does not describe (another epoch's, or half of one)
+    best = ckpt.get("best_sha256") or {}
+    files = [md.BACKBONE_FILE, md.HEAD_FILE]
+    if any(not (model_dir / f).is_file() or md.file_sha256(model_dir / f) != best.get(f)
+           for f in files):
+        return (f"the best weights beside checkpoint {path} are not the ones it records; "
+                "starting over")
+    return None
 
 
 def unfreeze_stage(store, model, cfg: HeadConfig, spec: TrainSpec, config: dict, hyper: dict,
