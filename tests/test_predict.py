@@ -265,7 +265,7 @@ def test_hung_or_crashing_decode_is_that_videos_error(model_dir, clips, tmp_path
 def test_timeout_must_be_positive(model_dir):
     with pytest.raises(ValueError, match="timeout must be > 0"):
         predict(model_dir, ["a.mp4"], timeout=0)
-# -- provenance: the feature file the model was trained from ------------------------------------
+
 
 def test_predict_warns_once_when_the_training_features_changed(clips, tmp_path, caplog):
     import subprocess

@@ -611,7 +611,6 @@ def test_report_shows_only_what_it_knows(outdir, tmp_path, messy_folder):
 
 
 def test_evaluate_cli_prints_a_per_class_table_and_where_its_json_went(tmp_path):
-def test_model_whose_feature_file_changed_is_flagged_once(outdir, tmp_path, caplog):
     from featfiles import make_features, write_features
 
     from vidfeat.training._train import train
@@ -644,6 +643,13 @@ def test_model_whose_feature_file_changed_is_flagged_once(outdir, tmp_path, capl
                     [f"{pc[k]:.3f}" for k in ("precision", "recall", "f1")])
             assert row.split() == [name, *want, str(pc["support"])]
     assert saved["frame"]["per_class"]["gamma"]["support"] == 0
+
+
+def test_model_whose_feature_file_changed_is_flagged_once(outdir, tmp_path, caplog):
+    from featfiles import make_features, write_features
+
+    from vidfeat.training._train import train
+
     counts = {"alpha": 6, "beta": 4, "gamma": 4}
     path = write_features(tmp_path / "f.h5", make_features(counts, dim=16, seed=0))
     train(path, tmp_path / "m", device="cpu", progress=False, epochs=2)
