@@ -221,7 +221,7 @@ def test_cli_train_and_evaluate(feats, tmp_path, capsys):
     assert (out / "sweep.csv").is_file()
     assert "selected" in capsys.readouterr().out
     assert main(["evaluate", str(out), str(path), "--split", "val", "--device", "cpu"]) == 0
-    assert "val frame: n=" in capsys.readouterr().out
+    assert "val, frame level: n=" in capsys.readouterr().out
     assert main(["train", str(tmp_path / "nope.h5"), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "feature file not found" in err[0]
