@@ -139,3 +139,44 @@ def test_load_image_gives_rgb_uint8(tmp_path):
     img = load_image(tmp_path / "g.jpg")
     assert img.shape == (3, 20, 30) and img.dtype == torch.uint8
     assert abs(int(img.float().mean()) - 128) <= 1
+
+
+def _offline(monkeypatch, tmp_path):
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_unavailable_weights_are_one_line_and_cached_ones_need_no_network(monkeypatch, tmp_path):
+    from urllib.parse import urlparse
+
+    from torchvision.models import ResNet18_Weights
+
+    from vidfeat.extraction.backbones import WeightsUnavailable, check_weights_available
+
+    _offline(monkeypatch, tmp_path)
+    with pytest.raises(WeightsUnavailable, match="ResNet18_Weights.IMAGENET1K_V1 of resnet18 "
+                                                 "are not in torch hub's cache.*cannot be reached"):
+        check_weights_available("resnet18", "DEFAULT")
+    check_weights_available("resnet18", "none")  # nothing to fetch
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / \
+        urlparse(ResNet18_Weights.IMAGENET1K_V1.url).path.split("/")[-1]
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"x")
+    check_weights_available("resnet18", "DEFAULT")  # in the cache: no connection tried
+
+
+def test_pipeline_checks_weights_before_ingest(tiny_dataset, monkeypatch, tmp_path):
+    from vidfeat.extraction.backbones import WeightsUnavailable
+    from vidfeat.pipeline import run_pipeline
+
+    _offline(monkeypatch, tmp_path)
+    config = {"ingest": {"src": str(tiny_dataset), "frames_per_video": 1},
+              "extract": {"backbone": "resnet18", "weights": "DEFAULT"}}
+    with pytest.raises(WeightsUnavailable, match="cannot be reached"):
+        run_pipeline(config, tmp_path / "w", progress=False)
+    assert not (tmp_path / "w" / "ingest").exists()

@@ -303,3 +303,40 @@ def test_merge_cli_on_a_full_disk_exits_1_with_one_line(tmp_path):
             f"vidfeat merge: error: disk full writing {out}: free space and rerun the same "
             "command; nothing was lost"]
         assert not list(disk.iterdir())
+
+
+def test_the_wrong_kind_of_input_says_which_stage_comes_first(tmp_path):
+    import subprocess
+    import sys
+
+    from vidfeat.ingestion.manifest import write_manifest
+
+    from vidfeat.ingestion.manifest import FRAME_COLUMNS, VIDEO_COLUMNS
+
+    ingest_dir = tmp_path / "ingest"
+    write_manifest(ingest_dir, pd.DataFrame(columns=list(VIDEO_COLUMNS)),
+                   pd.DataFrame(columns=list(FRAME_COLUMNS)))
+    with pytest.raises(ValueError, match="is an ingest folder.*vidfeat extract"):
+        FeatureStore(ingest_dir)
+    (tmp_path / "f.h5.partial").mkdir()
+    with pytest.raises(FileNotFoundError, match="interrupted.*rerun the same `vidfeat extract`"):
+        FeatureStore(tmp_path / "f.h5")
+    proc = subprocess.run([sys.executable, "-m", "vidfeat", "train", str(ingest_dir), "-o",
+                           str(tmp_path / "m")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "vidfeat extract" in proc.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_into_a_file_is_refused_before_any_work(tmp_path):
+    import subprocess
+    import sys
+
+    path = write_features(tmp_path / "f.h5", make_features({"a": 4, "b": 4}, dim=8))
+    (tmp_path / "taken").write_text("not a folder")
+    proc = subprocess.run([sys.executable, "-m", "vidfeat", "train", str(path), "-o",
+                           str(tmp_path / "taken")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is a file, but the output must be a folder" in lines[0]
+    assert "Trained" not in proc.stdout

@@ -664,3 +664,20 @@ def test_model_whose_feature_file_changed_is_flagged_once(outdir, tmp_path, capl
     assert [rec.getMessage() for rec in caplog.records if rec.levelname == "WARNING"] == flagged
     written = strict_json(tmp_path / "rep" / "report.json")["warnings"]
     assert [w["message"] for w in written if w["code"] == "features_changed"] == flagged
+
+
+def test_report_records_what_it_was_made_from(outdir, tmp_path):
+    from featfiles import make_features, write_features
+
+    from vidfeat.training._train import train
+
+    counts = {"alpha": 6, "beta": 4, "gamma": 4}
+    path = write_features(tmp_path / "f.h5", make_features(counts, dim=16, seed=0))
+    train(path, tmp_path / "m", device="cpu", progress=False, epochs=2)
+    report(outdir, tmp_path / "rep", model=tmp_path / "m", progress=False)
+    data = strict_json(tmp_path / "rep" / "report.json")
+    ingest_info = json.loads((outdir / "ingest.json").read_text())
+    assert data["source"]["fingerprint"] == ingest_info["fingerprint"]
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert data["model"]["features"] == config["features"]
+    assert data["model"]["features"]["path"] == str(path.absolute())

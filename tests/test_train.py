@@ -670,3 +670,47 @@ def test_unfreeze_with_amp_on_cuda(frames_and_features, tmp_path):
     history = res.config["unfreeze"]["history"]
     assert history[-1]["train_loss"] < history[1]["train_loss"]
     assert torch.load(tmp_path / "m/backbone.pt", weights_only=True)["conv1.weight"].is_cpu
+
+
+def test_sweep_ties_are_broken_by_the_stated_rule(tmp_path):
+    """Well separated classes: every configuration reaches the same val score; the rule, not
+    grid order, decides, and the selected row's val log loss is the model's own (sklearn)."""
+    from sklearn.metrics import log_loss as sk_log_loss
+
+    from vidfeat.training.model_dir import load_head
+
+    data = make_features({"alpha": 30, "beta": 30, "gamma": 30}, dim=8, frames=2, sep=4.0,
+                         seed=3)
+    path = write_features(tmp_path / "f.h5", data)
+    res = run(path, tmp_path / "m", sweep=["weight_decay=0,1e-2", "lr=3e-2,1e-1"], epochs=30)
+    table = pd.read_csv(tmp_path / "m" / "sweep.csv")
+    assert table["tied"].all() and table["val_balanced_accuracy"].nunique() == 1
+    best = table.loc[table["selected"]].iloc[0]
+    assert best["val_log_loss"] == table["val_log_loss"].min()
+    assert best["config"] != 0 or table["val_log_loss"].idxmin() == 0
+    assert best["selected_by"].startswith("4 configurations tied at val balanced_accuracy")
+    assert best["selected_by"] in res.summary()
+    assert "lowest val log loss" in res.config["hyperparameters"]["selection"]
+    _, head = load_head(tmp_path / "m")
+    val = data["split"] == "val"
+    with torch.no_grad():
+        logits = head(torch.from_numpy(data["features"][val].astype(np.float32)))
+    logits = logits.reshape(-1, logits.shape[-1])  # one head: (1, n, C) or (n, C)
+    probs = torch.softmax(logits, 1).numpy()
+    assert sk_log_loss(data["label"][val], probs, labels=[0, 1, 2]) == \
+        pytest.approx(best["val_log_loss"], rel=1e-3)
+
+
+def test_select_config_rule_on_a_table():
+    from vidfeat.training.scoring import select_config
+
+    rows = [dict(val_accuracy=1.0, val_log_loss=0.2, weight_decay=0.0, dropout=0.0, lr=0.1),
+            dict(val_accuracy=0.9, val_log_loss=0.01, weight_decay=0.0, dropout=0.0, lr=0.1),
+            dict(val_accuracy=1.0, val_log_loss=0.1, weight_decay=0.0, dropout=0.0, lr=0.1),
+            dict(val_accuracy=1.0, val_log_loss=0.1, weight_decay=1e-2, dropout=0.0, lr=0.1)]
+    best, note = select_config(rows, "accuracy")
+    assert best == 3 and note.startswith("3 configurations tied")  # equal loss: more regularised
+    assert [r["tied"] for r in rows] == [True, False, True, True]
+    assert [r["selected"] for r in rows] == [False, False, False, True]
+    best, note = select_config(rows[:2], "accuracy")
+    assert best == 0 and note == "" and rows[0]["selected_by"] == "highest val accuracy"

@@ -65,3 +65,54 @@ def test_not_a_vidfeat_output(tmp_path):
     proc = run_cli(tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _flip_a_feature_bit(path):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        info = f["features"].id.get_chunk_info(0)
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset + info.size // 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0x04]))
+
+
+def test_feature_file_and_model_folder(tmp_path):
+    from featfiles import make_features, write_features
+
+    from vidfeat.training._train import train
+
+    path = write_features(tmp_path / "f.h5", make_features({"a": 6, "b": 6}, dim=8, seed=0))
+    train(path, tmp_path / "m", device="cpu", progress=False, epochs=2)
+    assert verify(path).ok and verify(path).kind == "feature file"
+    model = verify(tmp_path / "m")
+    assert model.ok and model.kind == "model folder", model.problems
+    head = tmp_path / "m" / "head.pt"
+    data = bytearray(head.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    head.write_bytes(bytes(data))
+    model = verify(tmp_path / "m")
+    assert not model.ok and any("head.pt" in p for p in model.problems)
+    _flip_a_feature_bit(path)
+    result = verify(path)
+    assert not result.ok and "checksum" in " ".join(result.problems)
+    proc = run_cli(path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "problem" in proc.stdout
+
+
+def test_a_feature_file_whose_ingest_changed_is_stale(ingest_dir, tiny_dataset, tmp_path):
+    import shutil
+
+    from vidfeat.extraction._extract import extract
+
+    copy = tmp_path / "ingest"
+    shutil.copytree(ingest_dir, copy)
+    out = tmp_path / "f.h5"
+    extract(copy, out, backbone="resnet18", weights="none", device="cpu", batch_size=8,
+            workers=0, progress=False)
+    assert verify(out).ok
+    ingest(tiny_dataset, copy, frames_per_video=2, split=(1, 0, 0), size=64, progress=False)
+    result = verify(out)
+    assert len(result.problems) == 1 and "changed since extraction" in result.problems[0]

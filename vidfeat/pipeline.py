@@ -416,23 +416,42 @@ def run_pipeline(config: dict | str | os.PathLike, workdir: str | os.PathLike | 
     atomic_write(workdir / "config.toml", lambda tmp: Path(tmp).write_text(text))
     state = _read_state(workdir)
     result = PipelineResult(workdir, opts)
-    parent = _source_listing(opts["ingest"])
+    fps = _fingerprints(opts)
+    if _stale("extract", fps["extract"], workdir, state, overwrite):
+        from vidfeat.extraction.backbones import check_weights_available
+
+        # offline without cached weights: one line now, not after ingest has run for hours
+        check_weights_available(opts["extract"]["backbone"], opts["extract"]["weights"])
     for stage in STAGES:
-        section = "report" if stage == "data_report" else stage
-        relevant = {k: v for k, v in opts[section].items() if k not in _NO_EFFECT[section]}
-        fp = _fingerprint(stage, relevant, parent)
-        result.stages.append(_maybe_run(stage, fp, workdir, opts, state, overwrite, progress))
-        parent = fp
+        result.stages.append(_maybe_run(stage, fps[stage], workdir, opts, state, overwrite,
+                                        progress))
     metrics = workdir / "model" / "metrics.json"
     result.metrics = json.loads(metrics.read_text()) if metrics.exists() else {}
     return result
 
 
+def _fingerprints(opts: dict) -> dict[str, str]:
+    """Each stage's fingerprint: its options that change outputs, chained from the source
+    listing through every stage before it."""
+    fps, parent = {}, _source_listing(opts["ingest"])
+    for stage in STAGES:
+        section = "report" if stage == "data_report" else stage
+        relevant = {k: v for k, v in opts[section].items() if k not in _NO_EFFECT[section]}
+        fps[stage] = parent = _fingerprint(stage, relevant, parent)
+    return fps
+
+
+def _stale(stage: str, fp: str, workdir: Path, state: dict, overwrite: bool) -> bool:
+    """True when ``stage`` must run: forced, changed, unfinished or its outputs incomplete."""
+    recorded = state.get(stage, {})
+    return overwrite or recorded.get("fingerprint") != fp or not recorded.get("done") \
+        or not _complete(stage, workdir)
+
+
 def _maybe_run(stage: str, fp: str, workdir: Path, opts: dict, state: dict, overwrite: bool,
                progress: bool) -> StageRun:
     recorded = state.get(stage, {})
-    if not overwrite and recorded.get("fingerprint") == fp and recorded.get("done") \
-            and _complete(stage, workdir):
+    if not _stale(stage, fp, workdir, state, overwrite):
         _say(progress, f"[{stage}] up to date, skipped")
         return StageRun(stage, "skipped", 0.0)
     if overwrite or recorded.get("fingerprint") != fp:
@@ -479,11 +498,9 @@ DEMO_OPTIONS = {
 
 def pretrained_cached(backbone: str) -> bool:
     """Whether torch hub already holds the DEFAULT weights of ``backbone`` (no download)."""
-    import torch
-    from torchvision.models import get_model_weights
+    from vidfeat.extraction.backbones import cached_weights_path
 
-    url = get_model_weights(backbone).DEFAULT.url
-    return (Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)).is_file()
+    return cached_weights_path(backbone).is_file()
 
 
 @checked

@@ -104,7 +104,8 @@ def _predict_all(model, videos: list, *, top_k: int, batch_size: int, dev,
 def _top_k(logits: np.ndarray, names: list[str], k: int) -> list[dict]:
     prob = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), 0).numpy()
     order = np.argsort(-prob, kind="stable")[:k]
-    return [{"label": names[i], "probability": float(prob[i])} for i in order]
+    # 4 decimals: what a reader can use; float32 noise digits are not information
+    return [{"label": names[i], "probability": round(float(prob[i]), 4)} for i in order]
 
 
 def _video_logits(model, video, *, batch_size: int, dev, sandbox, timeout: float) -> np.ndarray:

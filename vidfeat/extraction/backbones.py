@@ -245,6 +245,46 @@ def resolve_weights(name: str, weights: str | None = "DEFAULT") -> tuple[str, st
     return f"{type(wobj).__name__}.{wobj.name}", ""
 
 
+def cached_weights_path(name: str, weights: str = "DEFAULT") -> Path:
+    """Where torch hub keeps the file of torchvision weights ``weights`` of backbone ``name``."""
+    from urllib.parse import urlparse
+
+    url = _resolve_torchvision_weights(name, str(weights)).url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights that cannot be had here: checked before any work, said in one line."""
+
+
+def check_weights_available(name: str, weights: str | None = "DEFAULT", *,
+                            timeout: float = 3.0) -> None:
+    """Raise WeightsUnavailable unless ``weights`` of backbone ``name`` can be loaded here.
+
+    ``name``/``weights``: as for ``create_backbone``. ``timeout``: seconds for the one TCP
+    connect to the weights' host, tried only when torch hub's cache lacks the file. A pipeline
+    calls this before ingest, so an offline machine fails in a second, not after hours.
+    """
+    resolved, _ = resolve_weights(name, weights)  # a missing local file raises here
+    if resolved == "none" or _is_path(str(weights)):
+        return
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(_resolve_torchvision_weights(name, str(weights)).url)
+    cached = cached_weights_path(name, weights)
+    if cached.is_file():
+        return
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+    except OSError as exc:
+        raise WeightsUnavailable(
+            f"weights {resolved} of {name} are not in torch hub's cache ({cached.parent}) and "
+            f"{url.hostname} cannot be reached ({exc.strerror or exc}): download them once on a "
+            "connected machine, or pass a local state dict (weights=PATH) or weights='none' "
+            "(random, tests only)") from None
+
+
 def create_backbone(name: str, weights: str | None = "DEFAULT") -> Backbone:
     """Build backbone ``name`` in eval mode on the CPU, classifier removed.
 

@@ -46,7 +46,7 @@ from vidfeat.extraction.integrity import (
     storage_errno,
     table_problems,
 )
-from vidfeat.files import FileLock, StorageError
+from vidfeat.files import FileLock, StorageError, check_output
 
 REQUIRED_ATTRS = ("class_names", "backbone", "weights", "feature_dim", "manifest_fingerprint",
                   "complete")
@@ -250,6 +250,25 @@ def _decode_attr(key: str, value):
     return value.item() if isinstance(value, np.generic) else value
 
 
+def _not_a_feature_file(path: Path) -> Exception:
+    """What to say when ``path`` is no feature file: what it is instead, and what to run."""
+    from vidfeat.extraction.partial import partial_dir
+
+    if path.is_dir():
+        names = {p.name for p in path.iterdir()}
+        if names & {"ingest.json", "videos.parquet", "videos.csv"}:
+            return ValueError(f"{path} is an ingest folder, not a feature file: run `vidfeat "
+                              f"extract {path} -o FEATURES.h5` first and give FEATURES.h5")
+        if "head.pt" in names:
+            return ValueError(f"{path} is a model folder (from `vidfeat train`), not a feature file")
+        return ValueError(f"{path} is a folder, not a feature file (.h5 from `vidfeat extract`)")
+    if partial_dir(path).is_dir():
+        return FileNotFoundError(f"{path} is not finished: its extraction was interrupted (or "
+                                 "is still running); rerun the same `vidfeat extract` command to "
+                                 "resume it")
+    return FileNotFoundError(f"feature file not found: {path}")
+
+
 class FeatureStore:
     """Read-only view of a complete feature file; a context manager.
 
@@ -262,7 +281,7 @@ class FeatureStore:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"feature file not found: {self.path}")
+            raise _not_a_feature_file(self.path)
         try:
             self._f = h5py.File(self.path, "r")
         except OSError as exc:
@@ -501,7 +520,7 @@ def merge(shards: Sequence[str | os.PathLike], output: str | os.PathLike, *,
     Refuses incomplete, missing, duplicated or mismatched shards (different backbone, weights,
     precision, dtype or manifest). The result equals a single unsharded run's file.
     """
-    output = Path(output)
+    output = check_output(output, kind="file")
     paths = [Path(p) for p in shards]
     if not paths:
         raise ValueError("merge needs at least one shard file")

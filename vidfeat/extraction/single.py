@@ -28,7 +28,12 @@ import torch
 
 from vidfeat import __version__
 from vidfeat.extraction import partial
-from vidfeat.extraction.backbones import Backbone, create_backbone, resolve_weights
+from vidfeat.extraction.backbones import (
+    Backbone,
+    check_weights_available,
+    create_backbone,
+    resolve_weights,
+)
 from vidfeat.extraction.cache import FeatureFileBuilder, FeatureStore, output_lock
 from vidfeat.extraction.defaults import (
     DECODES,
@@ -262,6 +267,7 @@ def _compute(m: Manifest, meta: pd.DataFrame, output: Path, settings: dict,
 
     ``plan``: rows kept from the existing ``output`` (an update), or None (every row).
     """
+    check_weights_available(backbone, weights)  # one line offline, not a download traceback
     bb = create_backbone(backbone, weights)
     settings["feature_dim"] = bb.feature_dim
     # the raw rows, then the HDF5 file built from them: both on disk at the end

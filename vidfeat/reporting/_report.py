@@ -30,7 +30,8 @@ distribution of videos and train's.
 
     {"schema_version": 1, "vidfeat_version": str, "created": ISO-8601 str,
      "source": {"path": str, "kind": "ingest" | "folder" | "labels", "labels": str | null,
-                "frames": "stored" | "source"},
+                "frames": "stored" | "source",
+                "fingerprint": str | null},     # the ingest's content fingerprint (ingest.json)
      "classes": [str],                    # sorted; every label seen, failed videos included
      "splits": [str],                     # "train", "val", "test" present in SOURCE, then "all"
      "totals": {"videos": int, "ok": int, "failed": int, "frames": int, "duration_s": float},
@@ -62,6 +63,8 @@ distribution of videos and train's.
      "model": null | {"path": str, "class_names": [str],
                       "train_frequency": {"source": "config" | "manifest" | null,
                                           "counts": {class: int}},
+                      "features": null | {"path", "fingerprint", "features_fingerprint": str},
+                          # the feature file the model was trained from (its config.json)
                       "results": {split: {"frame" | "video": EVAL}}},
          # EVAL = classification_metrics' dict ("n", "accuracy", "balanced_accuracy", "macro_f1",
          #        "per_class", "confusion_matrix") plus "confusion_matrix_normalized" (rows sum
@@ -83,7 +86,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vidfeat.files import atomic_write, write_json
+from vidfeat.files import atomic_write, check_output, write_json
 from vidfeat.ingestion.manifest import ManifestError, manifest_path, read_manifest
 from vidfeat.options import check_positive, checked
 from vidfeat.reporting.data import BETAS, build_report, usable_classes, video_table
@@ -129,11 +132,14 @@ def report(source, output: str | Path | None = None, *,
     check_positive("min_videos", min_videos)
     if not 0 < max_drift <= 1:
         raise ValueError(f"max_drift must be in (0, 1], got {max_drift!r}")
+    if output is not None:
+        check_output(output, kind="folder")  # before the pre-flight's probing, not after it
     start = time.perf_counter()
     src, kind, table = load_source(source, labels=labels, jobs=jobs, timeout=timeout,
                                    progress=progress)
     data = build_report(table, source={"path": str(src), "kind": kind, "labels": labels and str(labels),
-                                       "frames": "stored" if kind == "ingest" else "source"},
+                                       "frames": "stored" if kind == "ingest" else "source",
+                                       "fingerprint": table.attrs.get("fingerprint")},
                         min_videos=min_videos, max_drift=max_drift)
     if model is not None:
         add_model(data, model, table)
@@ -181,7 +187,9 @@ def _ingest_table(root: Path) -> pd.DataFrame:
     per_video = m.frames.groupby("video_id")
     stored = m.videos["video_id"].map(per_video.size()).fillna(0)
     weighted = m.videos["video_id"].map(per_video["repeat"].sum()).fillna(0)
-    return video_table(m.videos, frames=stored, frames_after=weighted)
+    table = video_table(m.videos, frames=stored, frames_after=weighted)
+    table.attrs["fingerprint"] = m.fingerprint  # what the report was made from
+    return table
 
 
 

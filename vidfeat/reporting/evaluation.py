@@ -34,6 +34,7 @@ def add_model(data: dict, model_dir, table: pd.DataFrame) -> None:
                          "(expected {\"val\": {\"frame\": ..., \"video\": ...}, ...})")
     data["model"] = {"path": str(model_dir), "class_names": class_names,
                      "train_frequency": {"source": freq_source, "counts": freq},
+                     "features": config.get("features"),  # what the model was trained from
                      "results": results}
     data["warnings"] += _model_warnings(data)
     data["warnings"] += _provenance_warnings(model_dir, config)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vidfeat.files import check_output
 from vidfeat.options import check_choice, check_positive, checked
 from vidfeat.system import resolve_device
 from vidfeat.training import model_dir as md
@@ -32,7 +33,14 @@ from vidfeat.training.finetune import (
     unfreeze_stage,
 )
 from vidfeat.training.model_dir import load_head
-from vidfeat.training.scoring import flat, metric_fn, split_metrics
+from vidfeat.training.scoring import (
+    SELECTION_RULE,
+    flat,
+    log_loss,
+    metric_fn,
+    select_config,
+    split_metrics,
+)
 from vidfeat.training.sources import (
     attr_json,
     auto_memory,
@@ -70,6 +78,7 @@ class TrainResult:
     sweep: list[dict] | None = None      # the sweep table (one row per configuration)
     elapsed_s: float = 0.0
     streamed: bool = False               # True when features were streamed from disk
+    note: str = ""                       # how a sweep's tie at the top was broken
 
     def summary(self) -> str:
         def head(split):
@@ -84,9 +93,10 @@ class TrainResult:
         chosen = f"selected {chosen}, " if chosen else ""
         ft = self.config.get("unfreeze")
         tuned = f" then fine-tuned end to end (kept epoch {ft['best_epoch']})" if ft else ""
+        note = f" {self.note}." if self.note else ""
         return (f"Trained {n} head configuration(s) in {self.elapsed_s:.1f} s{tuned}"
                 f"{' (features streamed from disk)' if self.streamed else ''}; {chosen}"
-                f"best epoch {self.selected.get('best_epoch')}. "
+                f"best epoch {self.selected.get('best_epoch')}.{note} "
                 f"{head('val')}; {head('test')}. Model written to {self.model_dir}.")
 
 
@@ -226,7 +236,7 @@ def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = 
             "batch_size": check_positive("unfreeze_batch_size", unfreeze_batch_size),
             "frames": frames} if unfreeze else None
     dev = resolve_device(device)
-    model_dir = Path(model_dir)
+    model_dir = check_output(model_dir, kind="folder")  # before any work, not after it
     # a bad feature file is the first error to report; the lock keeps a second run out
     with open_store(features) as store, md.lock(model_dir):
         md.check_target(model_dir, overwrite=overwrite)
@@ -252,7 +262,8 @@ def _train_store(store, model_dir: Path, configs: list[HeadConfig], grid: dict, 
     hyper = {"head": head, "hidden": list(spec.hidden), "epochs": spec.epochs,
              "batch_size": spec.batch_size, "seed": spec.seed, "sampler": spec.sampler,
              "patience": spec.patience, "select_metric": select_metric, **asdict(cfg),
-             "sweep": grid or None}
+             "sweep": grid or None,
+             "selection": SELECTION_RULE.format(metric=select_metric) if grid else None}
     config = model_config(store, head=head, spec=head_spec(model), hyper=hyper,
                           selected=selected, best_epoch=fit.best_epoch)
     sweep_table = fit.table if len(configs) > 1 else None
@@ -275,7 +286,8 @@ def _train_store(store, model_dir: Path, configs: list[HeadConfig], grid: dict, 
     except BaseException:
         md.discard_staging(model_dir, keep_checkpoint=True)   # a rerun resumes from one
         raise
-    return TrainResult(model_dir, metrics, config, selected, sweep_table, 0.0, fit.streamed)
+    return TrainResult(model_dir, metrics, config, selected, sweep_table, 0.0, fit.streamed,
+                       fit.note)
 
 
 @dataclass
@@ -287,6 +299,7 @@ class _Fit:
     table: list[dict]
     names: list[str]
     streamed: bool
+    note: str = ""      # how a tie at the top was broken, if there was one
 
 
 def _fit_configs(store, configs, spec: TrainSpec, *, select_metric: str, dev, budget: int,
@@ -303,11 +316,9 @@ def _fit_configs(store, configs, spec: TrainSpec, *, select_metric: str, dev, bu
     results = fit_heads(train_src, len(names), configs, spec, device=dev, validate=validate,
                         progress=progress, desc=f"train {len(configs)} head(s)")
     table = _sweep_table(results, configs, val_src, names, dev)
-    # ties go to the first configuration in the grid
-    best = max(range(len(results)), key=lambda i: (table[i][f"val_{select_metric}"], -i))
-    table[best]["selected"] = True
+    best, note = select_config(table, select_metric)
     return _Fit(results[best].model, best, results[best].best_epoch, table, names,
-                bool(train_src.streamed or val_src.streamed))
+                bool(train_src.streamed or val_src.streamed), note)
 
 
 def _check_classes(labels: np.ndarray, names: list[str]) -> None:
@@ -325,16 +336,22 @@ def _check_classes(labels: np.ndarray, names: list[str]) -> None:
 def _sweep_table(results, configs, val_src, names, dev) -> list[dict]:
     rows = []
     for i, (res, cfg) in enumerate(zip(results, configs)):
-        m = _evaluate_source(res.model, val_src, names, dev)
+        logits = _logits(res.model, val_src, dev)
+        m = split_metrics(logits, val_src.labels, val_src.video_id, names)
         rows.append({"config": i, **asdict(cfg), "best_epoch": res.best_epoch,
-                     **flat(m, "val_"), "selected": False})
+                     **flat(m, "val_"), "val_log_loss": log_loss(logits, val_src.labels),
+                     "tied": False, "selected": False, "selected_by": ""})
     return rows
 
 
-def _evaluate_source(model: StackedHead, src, names: list[str], dev) -> dict:
+def _logits(model: StackedHead, src, dev) -> np.ndarray:
     logits = predict_logits(model.to(dev), src.chunks())[0].numpy()
     model.cpu()
-    return split_metrics(logits, src.labels, src.video_id, names)
+    return logits
+
+
+def _evaluate_source(model: StackedHead, src, names: list[str], dev) -> dict:
+    return split_metrics(_logits(model, src, dev), src.labels, src.video_id, names)
 
 
 def _evaluate_split(model, store, split, names, dev, budget, stream_rows) -> dict | None:

@@ -57,3 +57,45 @@ def flat(metrics: dict, prefix: str) -> dict:
     """
     return {f"{prefix}{lvl}_{k}".replace("frame_", ""): metrics[lvl][k]
             for lvl in ("frame", "video") for k in ("accuracy", "balanced_accuracy", "macro_f1")}
+
+
+# How a sweep picks its configuration, said once: here, in sweep.csv (tied, selected) and in the
+# summary. A metric on a small val set ties often (several configs at 1.000); the plain log loss
+# of the val logits (the same objective for every config, unlike each head's weighted training
+# loss) says which one is more confidently right; then the more regularised config generalises
+# better; grid order last.
+SELECTION_RULE = ("highest val {metric}; ties broken by the lowest val log loss, then the more "
+                  "regularised configuration (higher weight_decay, then higher dropout, then "
+                  "lower lr), then grid order")
+TIE_EPS = 1e-9
+
+
+def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
+    """Mean cross-entropy of ``logits`` (n, C) against class indices ``y`` (plain, unweighted)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(y)), y].mean()) if len(y) else float("nan")
+
+
+def select_config(table: list[dict], metric: str) -> tuple[int, str]:
+    """The row of ``table`` that ``SELECTION_RULE`` picks, and a note when a tie was broken.
+
+    ``table``: one dict per configuration with ``val_<metric>``, ``val_log_loss``,
+    ``weight_decay``, ``dropout`` and ``lr``. Marks each row's ``tied`` (in the top group),
+    ``selected`` and ``selected_by`` (the reason, on the selected row), as sweep.csv shows them.
+    """
+    key = f"val_{metric}"
+    top = max(row[key] for row in table)
+    tied = [i for i, row in enumerate(table) if row[key] >= top - TIE_EPS]
+    for i, row in enumerate(table):
+        row["tied"] = i in tied
+    best = min(tied, key=lambda i: (table[i]["val_log_loss"], -table[i]["weight_decay"],
+                                    -table[i]["dropout"], table[i]["lr"], i))
+    note = "" if len(tied) == 1 else (
+        f"{len(tied)} configurations tied at val {metric} {top:.3f}; picked configuration "
+        f"{best} by the lowest val log loss ({table[best]['val_log_loss']:.4f}), then "
+        "regularisation, then grid order")
+    for i, row in enumerate(table):
+        row["selected"] = i == best
+        row["selected_by"] = (note or f"highest val {metric}") if i == best else ""
+    return best, note
