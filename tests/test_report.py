@@ -256,7 +256,9 @@ def test_json_and_markdown_outputs(outdir):
     data = strict_json(r.files["json"])
     assert data["schema_version"] == 1 and data["counts"] == r.data["counts"]
     assert data["source"] == {"path": str(outdir), "kind": "ingest", "labels": None,
-                              "frames": "stored"}
+                              "frames": "stored",
+                              "fingerprint": json.loads((outdir / "ingest.json").read_text())[
+                                  "fingerprint"]}
     md = r.files["md"].read_text()
     assert "| alpha | 8 | 7 | 1 | 32 | 28 |" in md  # all splits: videos, after, dropped, frames, after
     assert "![class counts before and after balancing](class_counts.png)" in md
@@ -681,3 +683,19 @@ def test_report_records_what_it_was_made_from(outdir, tmp_path):
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert data["model"]["features"] == config["features"]
     assert data["model"]["features"]["path"] == str(path.absolute())
+
+
+def test_a_full_disk_while_writing_the_report_is_one_line(outdir, tmp_path):
+    from featfiles import resize_disk, small_disk
+
+    with small_disk(tmp_path / "disk", "64k") as disk:  # report.html and the PNGs do not fit
+        proc = subprocess.run([sys.executable, "-m", "vidfeat", "report", str(outdir), "-o",
+                               str(disk / "rep")], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "disk full" in lines[0] and str(disk) in lines[0], lines
+        resize_disk(disk, "8m")
+        proc = subprocess.run([sys.executable, "-m", "vidfeat", "report", str(outdir), "-o",
+                               str(disk / "rep")], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        strict_json(disk / "rep" / "report.json")

@@ -26,9 +26,16 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: Path) -> Path:
+    import io
+
+    from vidfeat.files import atomic_write, write_exact
+
     # tight: the saved image grows to hold every label, so nothing drawn is cut at its edge
-    fig.savefig(path, dpi=100, format="png", metadata={"Software": None}, bbox_inches="tight",
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=100, format="png", metadata={"Software": None}, bbox_inches="tight",
                 pad_inches=0.1)
+    # atomic and length-checked: a full disk leaves no truncated PNG, and says so in one line
+    atomic_write(path, lambda tmp: write_exact(tmp, buf.getvalue()))
     return path
 
 
