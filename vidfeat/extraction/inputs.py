@@ -83,7 +83,8 @@ def _collate(decode: bool):
 def _raise_frame_errors(errors: list[str]) -> None:
     if errors:
         raise RuntimeError(f"cannot read stored frame {errors[0]} ({len(errors)} in this batch); "
-                           "the rows before it are kept: fix or re-ingest the frame and rerun")
+                           "the rows before it are kept: rerun the same ingest command (it "
+                           "re-makes missing or damaged frames), then this extract")
 
 
 def _loader(dataset: FrameFiles, batch_size: int, workers: int, pin: bool) -> DataLoader:
