@@ -64,10 +64,11 @@ def flat(metrics: dict, prefix: str) -> dict:
 # of the val logits (the same objective for every config, unlike each head's weighted training
 # loss) says which one is more confidently right; then the more regularised config generalises
 # better; grid order last.
-SELECTION_RULE = ("highest val {metric}; ties broken by the lowest val log loss, then the more "
-                  "regularised configuration (higher weight_decay, then higher dropout, then "
-                  "lower lr), then grid order")
+SELECTION_RULE = ("highest val {metric}; ties broken by the lowest val log loss (to 4 "
+                  "decimals), then the more regularised configuration (higher weight_decay, "
+                  "then higher dropout, then lower lr), then grid order")
 TIE_EPS = 1e-9
+LOSS_DECIMALS = 4
 
 
 def log_loss(logits: np.ndarray, y: np.ndarray) -> float:
@@ -89,8 +90,10 @@ def select_config(table: list[dict], metric: str) -> tuple[int, str]:
     tied = [i for i, row in enumerate(table) if row[key] >= top - TIE_EPS]
     for i, row in enumerate(table):
         row["tied"] = i in tied
-    best = min(tied, key=lambda i: (table[i]["val_log_loss"], -table[i]["weight_decay"],
-                                    -table[i]["dropout"], table[i]["lr"], i))
+    # losses equal to 4 decimals are a tie too: the next rule decides, not float noise
+    best = min(tied, key=lambda i: (round(table[i]["val_log_loss"], LOSS_DECIMALS),
+                                    -table[i]["weight_decay"], -table[i]["dropout"],
+                                    table[i]["lr"], i))
     note = "" if len(tied) == 1 else (
         f"{len(tied)} configurations tied at val {metric} {top:.3f}; picked configuration "
         f"{best} by the lowest val log loss ({table[best]['val_log_loss']:.4f}), then "
