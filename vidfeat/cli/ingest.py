@@ -6,19 +6,26 @@ import sys
 
 from vidfeat.cli._options import add_quiet, choices, defaults, print_summary
 
-HELP = "probe, sample, split, balance and store frames of labelled videos, with manifests"
+HELP = ("probe, sample, split, balance and store frames of labelled videos (or, --unlabelled, "
+        "of any videos), with manifests")
 LIBRARY = ("vidfeat.ingestion._ingest", "ingest")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = defaults(*LIBRARY)
     parser.add_argument("src", nargs="?", default=None,
-                        help="folder of class folders SRC/<label>/**/<video> (omit with --labels)")
+                        help="folder of class folders SRC/<label>/**/<video> (omit with --labels); "
+                             "--unlabelled: a folder tree of videos, a CSV/Parquet with a path "
+                             "column, or a text file of paths, one per line")
     parser.add_argument("-o", "--output", dest="outdir", metavar="OUTDIR", required=True,
                         help="output folder (reruns resume)")
     parser.add_argument("--labels", default=d["labels"],
                         help="CSV or Parquet with path,label[,split]; relative paths resolve "
                              "against the file's folder")
+    parser.add_argument("--unlabelled", action="store_true", default=d["unlabelled"],
+                        help="no labels: every video goes to one split 'all' (extract, report "
+                             "and export work on it; train does not); --split, --seed, "
+                             "--balance and --max-* are refused")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--frames-per-video", type=int, default=d["frames_per_video"],
                           help="frames per video, uniform over the duration")
@@ -63,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.src is None and args.labels is None:
         raise ValueError("give SRC (a folder of class folders) or --labels FILE")
-    result = ingest(args.src, args.outdir, labels=args.labels,
+    result = ingest(args.src, args.outdir, labels=args.labels, unlabelled=args.unlabelled,
                     frames_per_video=args.frames_per_video, fps=args.fps,
                     keyframes=args.keyframes, size=args.size, jpeg_quality=args.jpeg_quality,
                     split=args.split, seed=args.seed, balance=args.balance,

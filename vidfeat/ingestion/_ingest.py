@@ -97,6 +97,11 @@ class IngestResult:
         """0 when at least one video is ok (and, with ``strict``, none failed); else 1."""
         return 1 if self.n_ok == 0 or (self.strict and self.n_failed) else 0
 
+    def _classes(self) -> str:
+        if self.manifest.unlabelled:
+            return "unlabelled"
+        return f"{len(self.manifest.class_names)} classes"
+
     def summary(self) -> str:
         """One paragraph: counts, failures by reason, frames, throughput, outputs."""
         info = self.manifest.info
@@ -104,17 +109,25 @@ class IngestResult:
         splits = ", ".join(f"{s} {n}" for s, n in info["counts"]["videos_per_split"].items())
         fps = info["throughput"]["frames_per_s"]
         return (f"Ingested {self.n_ok} of {self.n_ok + self.n_failed} videos "
-                f"({len(self.manifest.class_names)} classes; splits: {splits or 'none'}), "
+                f"({self._classes()}; splits: {splits or 'none'}), "
                 f"{self.n_failed} failed{f' ({failed})' if failed else ''}, "
                 f"{self.n_reused} reused from an earlier run. Stored {self.n_frames} frames "
                 f"in {self.elapsed_s:.1f} s ({fps:.1f} frames/s written this run). "
                 f"Outputs: {self.outdir}/ (videos/frames manifests, ingest.json, {FRAMES}/).")
 
 
+# split= when none is given (an unlabelled ingest refuses any other)
+DEFAULT_SPLIT = (0.8, 0.1, 0.1)
+# options an unlabelled ingest refuses (name -> its default): no classes, one split
+UNLABELLED_REFUSES = {"split": DEFAULT_SPLIT, "seed": 0, "balance": "none",
+                      "max_frames_per_video": None, "max_per_class": None}
+
+
 @checked
-def ingest(src, outdir, *, labels: str | Path | None = None, frames_per_video: int = 16,
+def ingest(src, outdir, *, labels: str | Path | None = None, unlabelled: bool = False,
+           frames_per_video: int = 16,
            fps: float | None = None, keyframes: bool = False, size: int = 256,
-           jpeg_quality: int = 90, split: str | tuple[float, float, float] = (0.8, 0.1, 0.1),
+           jpeg_quality: int = 90, split: str | tuple[float, float, float] = DEFAULT_SPLIT,
            seed: int = 0, balance: str = "none",
            max_frames_per_video: int | None = None, max_per_class: int | None = None,
            fmt: str = "parquet", jobs: int = 1, timeout: float = 600.0, strict: bool = False,
@@ -123,6 +136,10 @@ def ingest(src, outdir, *, labels: str | Path | None = None, frames_per_video: i
     """Probe, split, balance and store frames of the videos in ``src`` into ``outdir``.
 
     ``src`` is a folder of class folders, or use ``labels`` (CSV/Parquet ``path,label[,split]``).
+    ``unlabelled``: no labels: ``src`` is a folder tree of videos (any depth), a CSV/Parquet with
+    a ``path`` column only, or a text file of paths (one per line, relative to its folder; blank
+    and ``#`` lines skipped); every video goes to split ``all`` with label "" and
+    ``split``/``seed``/``balance``/``max_*`` are refused (``UNLABELLED_REFUSES``).
     Sampling: ``frames_per_video`` uniform (default), ``fps`` frames per second, or
     ``keyframes``; frames resized to short side ``size``. ``split`` is train,val,test fractions
     (a labels file's split column wins). ``balance`` (train split only): none | undersample |
@@ -161,10 +178,14 @@ def ingest(src, outdir, *, labels: str | Path | None = None, frames_per_video: i
     if scheduler is not None and backend != "dask":
         raise ValueError(f"scheduler= needs backend='dask' (backend is {backend!r})")
     parse_ratios(split)
+    if unlabelled:
+        _refuse_for_unlabelled(dict(split=split, seed=seed, balance=balance,
+                                    max_frames_per_video=max_frames_per_video,
+                                    max_per_class=max_per_class))
     if balance == "frames" and spec.mode != "uniform":
         raise ValueError("balance='frames' needs uniform sampling (frames_per_video), "
                          "not fps or keyframes")
-    videos = scan_source(src, labels=labels)
+    videos = scan_source(src, labels=labels, unlabelled=unlabelled)
     out = check_output(check_local_path(outdir), kind="folder")
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(out, spec, timeout=timeout, jobs=jobs, backend=backend, progress=progress,
@@ -173,7 +194,8 @@ def ingest(src, outdir, *, labels: str | Path | None = None, frames_per_video: i
         shutil.rmtree(out / PARTIAL, ignore_errors=True)  # leftovers of a killed run
         try:
             with _runner(backend, scheduler, jobs, out) as run.runner:
-                videos, frames = run.execute(videos, split=split, seed=seed, balance=balance,
+                videos, frames = run.execute(videos, split=None if unlabelled else split,
+                                             seed=seed, balance=balance,
                                              max_frames_per_video=max_frames_per_video,
                                              max_per_class=max_per_class)
         finally:
@@ -187,6 +209,24 @@ def ingest(src, outdir, *, labels: str | Path | None = None, frames_per_video: i
     if progress:
         print(result.summary(), file=sys.stderr)
     return result
+
+
+def _refuse_for_unlabelled(given: dict) -> None:
+    """One OptionError for the first option an unlabelled ingest cannot honour."""
+    from vidfeat.options import OptionError
+
+    for name, default in UNLABELLED_REFUSES.items():
+        value = given[name]
+        if value != default and not (name == "split" and _same_ratios(value, default)):
+            raise OptionError(name, value, "left at its default for an unlabelled ingest "
+                              "(no classes to split, stratify or balance: every video goes "
+                              "to split 'all')")
+
+
+def _same_ratios(value, default) -> bool:
+    from vidfeat.ingestion.split import parse_ratios
+
+    return parse_ratios(value) == tuple(default)
 
 
 def _runner(backend: str, scheduler, jobs: int, outdir: Path):
@@ -229,13 +269,15 @@ class _Run:
     def execute(self, videos, *, split, seed, balance, max_frames_per_video, max_per_class):
         """Probe every usable video, split, balance, decode; return (videos, frames) tables."""
         from vidfeat.ingestion.balance import balance as balance_videos
-        from vidfeat.ingestion.split import assign_splits
+        from vidfeat.ingestion.split import assign_splits, assign_unlabelled
 
         videos = videos.set_index(videos["video_id"].rename(None))
         self._phase("probe", [self._probe_task(r) for r in videos.itertuples() if r.status == "ok"])
         videos = _with_outcomes(videos, self.entries, "probe")
         videos = mark_duplicates(videos)  # byte-identical copies under two names: one video
-        videos = assign_splits(videos, split, seed=seed)
+        # split None: unlabelled, every ok video in split 'all' (balance 'none' then keeps all)
+        videos = assign_unlabelled(videos) if split is None else assign_splits(videos, split,
+                                                                               seed=seed)
         if balance == "frames":
             videos["capacity"] = [self._capacity(r) for r in videos.itertuples()]
         videos = balance_videos(videos, balance, seed=seed, frames_per_video=self._n(),
@@ -327,6 +369,7 @@ class _Run:
                        reverse=True)
         return {
             "vidfeat_version": package_version("vidfeat"),
+            "unlabelled": bool(arguments.get("unlabelled")),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "arguments": {k: jsonable(v) for k, v in arguments.items()},
             "sampling": asdict(self.spec),

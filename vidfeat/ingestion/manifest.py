@@ -34,6 +34,9 @@ from vidfeat.files import (
 )
 
 SPLITS = ("train", "val", "test")
+# the one split of an unlabelled ingest; its videos' label is "" (scan.UNLABELLED)
+UNLABELLED_SPLIT = "all"
+MANIFEST_SPLITS = (*SPLITS, UNLABELLED_SPLIT)
 STATUSES = ("ok", "failed")
 FORMATS = {"parquet": ".parquet", "csv": ".csv"}
 
@@ -42,7 +45,7 @@ VIDEO_COLUMNS: dict[str, str] = {
     "video_id": "string",   # POSIX relative path derived from the source path; unique
     "path": "string",       # absolute path of the source video
     "label": "string",
-    "split": "string",      # train | val | test (empty for failed videos)
+    "split": "string",      # train | val | test, or all (unlabelled); empty for failed videos
     "status": "string",     # ok | failed
     "error": "string",      # one-line reason when failed, else empty
     "duration_s": "float64",
@@ -104,6 +107,11 @@ class Manifest:
         """Sorted labels of the videos that were ingested successfully."""
         ok = self.videos[self.videos["status"] == "ok"]
         return sorted(ok["label"].dropna().unique().tolist())
+
+    @property
+    def unlabelled(self) -> bool:
+        """Whether this is an unlabelled ingest (split ``all``, label ""; ``class_names == [""]``)."""
+        return bool((self.videos["split"] == UNLABELLED_SPLIT).any())
 
     def frame_path(self, rel: str) -> Path:
         return self.root / rel
@@ -359,6 +367,7 @@ def validate(m: Manifest) -> Manifest:
         frames = coerce(m.frames, FRAME_COLUMNS, optional=FRAME_PROVENANCE)
     except ManifestError as exc:
         raise ManifestError(f"frames manifest: {exc}") from None
+    videos, frames = _unlabelled_labels(videos), _unlabelled_labels(frames)
     _check_videos(videos)
     _check_frames(frames, videos)
     return Manifest(m.root, videos.reset_index(drop=True), frames.reset_index(drop=True), m.info)
@@ -378,12 +387,37 @@ def _check_unique(df: pd.DataFrame, column: str, table: str) -> None:
         raise ManifestError(f"{table} manifest: column {column!r} has duplicate value {dup.iloc[0]!r}")
 
 
+def _unlabelled_labels(df: pd.DataFrame) -> pd.DataFrame:
+    """An unlabelled table's labels as "" (a CSV reads its empty labels back as missing)."""
+    if not (df["split"] == UNLABELLED_SPLIT).any():
+        return df
+    out = df.copy()
+    out["label"] = out["label"].fillna("")
+    return out
+
+
+def _check_unlabelled(videos: pd.DataFrame, ok: pd.Series) -> None:
+    """Split ``all`` is all or nothing, and goes with the label "" and only with it."""
+    unlabelled = videos["split"] == UNLABELLED_SPLIT
+    if not unlabelled[ok].any():
+        return
+    mixed = ok & (~unlabelled | (videos["label"] != ""))
+    if mixed.any():
+        vid = videos.loc[mixed, "video_id"].iloc[0]
+        raise ManifestError(f"videos manifest: video {vid!r} has a label or a split other than "
+                            f"{UNLABELLED_SPLIT!r} in an unlabelled manifest (split "
+                            f"{UNLABELLED_SPLIT!r}, label '' for every ok video)")
+
+
 def _check_videos(videos: pd.DataFrame) -> None:
     _check_unique(videos, "video_id", "videos")
     _check_values(videos, "status", STATUSES, "videos")
     ok = videos["status"] == "ok"
-    _check_values(videos, "split", SPLITS, "videos", mask=ok)
-    if videos.loc[ok, "label"].isna().any():
+    _check_values(videos, "split", MANIFEST_SPLITS, "videos", mask=ok)
+    _check_unlabelled(videos, ok)
+    labels = videos.loc[ok, "label"]  # "" is the label of unlabelled ingests only
+    unlabelled = (videos.loc[ok, "split"] == UNLABELLED_SPLIT).any()
+    if labels.isna().any() or (not unlabelled and (labels == "").any()):
         raise ManifestError("videos manifest: column 'label' is empty for an ok video")
     no_reason = (~ok) & (videos["error"].isna() | (videos["error"] == ""))
     if no_reason.any():
@@ -393,7 +427,7 @@ def _check_videos(videos: pd.DataFrame) -> None:
 
 def _check_frames(frames: pd.DataFrame, videos: pd.DataFrame) -> None:
     _check_unique(frames, "frame_id", "frames")
-    _check_values(frames, "split", SPLITS, "frames")
+    _check_values(frames, "split", MANIFEST_SPLITS, "frames")
     ok_ids = set(videos.loc[videos["status"] == "ok", "video_id"])
     unknown = sorted(set(frames["video_id"]) - ok_ids)
     if unknown:

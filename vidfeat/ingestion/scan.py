@@ -1,5 +1,10 @@
 """Scanning the source: a folder of class folders or a labels file -> one row per input video.
 
+Unlabelled (``unlabelled=True``): a folder tree of videos at any depth, a CSV/Parquet file with a
+``path`` column (no ``label``), or a text file of paths, one per line; every row's label is
+``UNLABELLED`` (the empty string, which a labelled source can never give: it fails there as
+"empty label").
+
 Rows that cannot be used (URL or ``protocol:`` path, missing/empty/non-regular file, bad split,
 the same file listed twice or reached under two names) are ``failed`` rows with a reason; nothing
 is opened here. One video, one row: a symlink or hard link to a file already scanned fails as
@@ -23,9 +28,13 @@ SCAN_COLUMNS = ("video_id", "path", "label", "split", "status", "error", "size_b
 _STAT_DTYPES = {"size_bytes": "Int64", "mtime_ns": "Int64", "device": "UInt64", "inode": "UInt64"}
 # video_id prefix for labels-file rows outside the labels file's folder (absolute path follows)
 EXTERNAL_PREFIX = "_external"
+# the label of every video of an unlabelled ingest ("" is refused as a label in labelled sources)
+UNLABELLED = ""
+# files of paths read as tables; any other file given to an unlabelled scan is a list of paths
+TABLE_SUFFIXES = (".csv", ".parquet")
 
 
-def scan_source(src, *, labels: str | os.PathLike | None = None):
+def scan_source(src, *, labels: str | os.PathLike | None = None, unlabelled: bool = False):
     """One row per input video: ``video_id, path, label, split, status, error`` (+ file stats:
     ``size_bytes, mtime_ns, device, inode``).
 
@@ -37,10 +46,16 @@ def scan_source(src, *, labels: str | os.PathLike | None = None):
     file, bad split value, same file listed twice) get ``status='failed'`` and a reason; nothing
     is opened here. Rows are sorted by ``video_id``; a row whose file (``device, inode``, after
     symlinks) an earlier row already has fails as ``duplicate of <that video_id>``.
+
+    ``unlabelled``: no labels wanted (module doc): ``src`` (or ``labels``) may also be a file,
+    CSV/Parquet with a ``path`` column only or a text file of paths; labels are ``UNLABELLED``.
     """
     import pandas as pd  # lazily: the sandbox child imports this module and must start fast
 
-    rows = _scan_labels(Path(labels)) if labels is not None else _scan_folders(src)
+    if unlabelled:
+        rows = _scan_unlabelled(src, labels)
+    else:
+        rows = _scan_labels(Path(labels)) if labels is not None else _scan_folders(src)
     if not rows:
         where = labels if labels is not None else src
         raise ValueError(f"no videos found in {where}")
@@ -98,7 +113,7 @@ def _row(video_id, path, label, split="", error="", st=None) -> dict:
             "device": st.st_dev if st else None, "inode": st.st_ino if st else None}
 
 
-def _scan_folders(src) -> list[dict]:
+def _scan_folders(src, *, unlabelled: bool = False) -> list[dict]:
     if src is None:
         raise ValueError("give a source folder of class folders, or labels=FILE")
     root = check_local_path(src)
@@ -110,6 +125,9 @@ def _scan_folders(src) -> list[dict]:
         rel_dir = PurePosixPath(Path(dirpath).relative_to(root).as_posix())
         for name in sorted(filenames):
             if name.startswith(".") or Path(name).suffix.lower() not in VIDEO_EXTENSIONS:
+                continue
+            if unlabelled:
+                rows.append(_file_row(str(rel_dir / name), Path(dirpath) / name, UNLABELLED))
                 continue
             if rel_dir == PurePosixPath("."):
                 log.warning("ignoring %s: a video directly in %s has no class folder", name, root)
@@ -136,8 +154,12 @@ def _file_row(video_id: str, path: Path, label: str, split: str = "") -> dict:
     return _row(video_id, path, label, split, "", st)
 
 
-def read_labels(path: Path):
-    """The labels table (CSV or Parquet) with text columns ``path, label, split``."""
+def read_labels(path: Path, *, unlabelled: bool = False):
+    """The labels table (CSV or Parquet) with text columns ``path, label, split``.
+
+    ``unlabelled``: the table must have ``path`` and neither ``label`` nor ``split`` (a file that
+    has them is refused rather than its labels silently dropped); ``label`` is ``UNLABELLED``.
+    """
     import pandas as pd
 
     if not path.is_file():
@@ -150,6 +172,9 @@ def read_labels(path: Path):
     else:
         raise ValueError(f"labels file must be .csv or .parquet, got {path.name!r}")
     df.columns = [str(c).strip().lower() for c in df.columns]
+    if unlabelled:
+        _check_unlabelled_columns(path, df)
+        df["label"] = UNLABELLED
     for column in ("path", "label"):
         if column not in df.columns:
             raise ValueError(f"labels file {path.name}: missing column {column!r} "
@@ -159,21 +184,64 @@ def read_labels(path: Path):
     return df[["path", "label", "split"]].fillna("").astype(str).apply(lambda s: s.str.strip())
 
 
-def _scan_labels(labels: Path) -> list[dict]:
+def _check_unlabelled_columns(path: Path, df) -> None:
+    for column in ("label", "split"):
+        if column in df.columns:
+            raise ValueError(f"labels file {path.name} has a {column!r} column: an unlabelled "
+                             f"ingest takes a file with a 'path' column only (drop --unlabelled "
+                             f"to use its labels)")
+
+
+def _scan_labels(labels: Path, *, unlabelled: bool = False) -> list[dict]:
     labels = check_local_path(labels)
-    base = labels.parent
+    table = read_labels(labels, unlabelled=unlabelled)
+    return _list_rows(enumerate(table.itertuples(index=False), start=2), labels.parent,
+                      "the labels file", unlabelled=unlabelled)
+
+
+def _list_rows(numbered, base: Path, where: str, *, unlabelled: bool = False) -> list[dict]:
+    """Rows for ``(line, (path, label, split))`` items of a list file whose folder is ``base``."""
     rows, seen = [], {}
-    for i, (raw, label, split) in enumerate(read_labels(labels).itertuples(index=False), start=2):
-        row = _labels_row(i, raw, label, split.lower(), base)
+    for i, (raw, label, split) in numbered:
+        row = _labels_row(i, raw, label, split.lower(), base, unlabelled=unlabelled)
         first = seen.setdefault(row["video_id"], i)
         if first != i:  # the same file listed twice: keep the first, report the rest
             row.update(video_id=f"{row['video_id']}~dup{i}", status="failed",
-                       error=f"same file as line {first} of the labels file")
+                       error=f"same file as line {first} of {where}")
         rows.append(row)
     return rows
 
 
-def _labels_row(line: int, raw: str, label: str, split: str, base: Path) -> dict:
+def _scan_unlabelled(src, labels) -> list[dict]:
+    """Rows of an unlabelled source: a folder tree, a path table, or a text file of paths."""
+    given = labels if labels is not None else src
+    if given is None:
+        raise ValueError("give a source folder of videos, or a file listing them")
+    path = check_local_path(given)
+    if labels is None and path.is_dir():
+        return _scan_folders(path, unlabelled=True)
+    if not path.is_file():
+        raise FileNotFoundError(f"source not found: {given}")
+    if path.suffix.lower() in TABLE_SUFFIXES:
+        return _scan_labels(path, unlabelled=True)
+    return _list_rows(_text_lines(path), path.parent, "the list file", unlabelled=True)
+
+
+def _text_lines(path: Path):
+    """``(line number, (path, UNLABELLED, ""))`` for each path line (blank and '#' lines skipped)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path.name}: not a UTF-8 text file of video paths, one per line "
+                         "(or a .csv/.parquet table)") from None
+    for i, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            yield i, (line, UNLABELLED, "")
+
+
+def _labels_row(line: int, raw: str, label: str, split: str, base: Path, *,
+                unlabelled: bool = False) -> dict:
     """Row for labels-file line ``line`` (1 is the header)."""
     from vidfeat.ingestion.manifest import SPLITS
 
@@ -185,7 +253,7 @@ def _labels_row(line: int, raw: str, label: str, split: str, base: Path) -> dict
     except UnsafeMediaPath as exc:
         return _row(rejected, raw, label, split, str(exc))
     vid = video_id_for(path, base)
-    if not label:
+    if not label and not unlabelled:
         return _row(vid, path, label, split, "empty label")
     if split and split not in SPLITS:
         return _row(vid, path, label, split, f"split {split!r} is not one of {', '.join(SPLITS)}")

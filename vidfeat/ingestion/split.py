@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from vidfeat.ingestion.manifest import SPLITS
+from vidfeat.ingestion.manifest import SPLITS, UNLABELLED_SPLIT
 
 
 def rng_for(seed: int, *keys: str) -> np.random.Generator:
@@ -63,4 +63,15 @@ def assign_splits(videos: pd.DataFrame, split: str | Sequence[float] = (0.8, 0.1
         ids = ids[rng_for(seed, "split", str(label)).permutation(len(ids))]
         names = np.repeat(SPLITS, split_counts(len(ids), ratios))
         out.loc[ids, "split"] = names
+    return out
+
+
+def assign_unlabelled(videos: pd.DataFrame) -> pd.DataFrame:
+    """Return ``videos`` with every ok row in the one split ``all`` (an unlabelled ingest: no
+    classes to stratify, nothing to hold out); failed rows get ``split=""``.
+
+    Needs columns ``split, status``.
+    """
+    out = videos.copy()
+    out["split"] = np.where(out["status"] == "ok", UNLABELLED_SPLIT, "")
     return out

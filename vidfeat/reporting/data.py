@@ -62,7 +62,7 @@ def build_report(table: pd.DataFrame, *, source: dict, min_videos: int = 10,
     splits = [s for s in SPLITS if (ok["split"] == s).any()] + ["all"]
     counts = {c: {s: _counts(ok, table, c, s) for s in splits} for c in classes}
     scope = "train" if "train" in splits else "all"
-    usable = sorted(ok["label"].unique())
+    usable = sorted(c for c in ok["label"].unique() if c)  # "": an unlabelled ingest
     data = {
         "schema_version": SCHEMA_VERSION, "vidfeat_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -239,6 +239,9 @@ def train(features, model_dir, *, head: str = "linear", hidden: Sequence[int] = 
     model_dir = check_output(model_dir, kind="folder")  # before any work, not after it
     # a bad feature file is the first error to report; the lock keeps a second run out
     with open_store(features) as store, md.lock(model_dir):
+        if store.class_names == [""]:  # the one label of an unlabelled ingest
+            raise ValueError(f"{store.path} has no labels (ingested with --unlabelled): train "
+                             "needs labelled videos")
         md.check_target(model_dir, overwrite=overwrite)
         result = _train_store(store, model_dir, configs, grid, spec, tune, head=head,
                               select_metric=select_metric, dev=dev, budget=budget,
