@@ -462,3 +462,81 @@ def test_unwritable_output_is_one_line_before_any_work(tiny_dataset, tmp_path, w
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(out) in lines[0] and "probe" not in proc.stderr, proc.stderr
+
+
+# --- unlabelled ingest -----------------------------------------------------------------------
+
+def _unlabelled_tree(root):
+    """Three tiny videos at three depths, no class folders."""
+    for rel, source in (("top.mp4", "testsrc2"), ("a/mid.mp4", "smptebars"),
+                        ("a/b/deep.mp4", "mandelbrot")):
+        make_video(root / rel, duration=0.6, fps=5, size=(32, 24), source=source)
+    return root
+
+
+@pytest.fixture(scope="module")
+def unlabelled_src(tmp_path_factory):
+    return _unlabelled_tree(tmp_path_factory.mktemp("unlabelled_src"))
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_unlabelled_folder_tree_goes_to_split_all(unlabelled_src, tmp_path, fmt):
+    res = ingest(unlabelled_src, tmp_path / "out", unlabelled=True, frames_per_video=2, fmt=fmt,
+                 progress=False)
+    m = read_manifest(tmp_path / "out")
+    assert m.videos["video_id"].tolist() == ["a/b/deep.mp4", "a/mid.mp4", "top.mp4"]
+    assert set(m.videos["split"]) == {"all"} and set(m.videos["label"]) == {""}
+    assert set(m.frames["split"]) == {"all"} and len(m.frames) == 6
+    assert m.unlabelled and m.class_names == [""]
+    assert m.info["unlabelled"] is True
+    assert m.info["counts"]["videos_per_split"] == {"all": 3}
+    assert res.exit_code == 0 and "(unlabelled; splits: all 3)" in res.summary()
+
+
+def test_unlabelled_text_list_and_table(unlabelled_src, tmp_path):
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"# mine\n{unlabelled_src / 'top.mp4'}\nhttp://x/y.mp4\n\n"
+                       f"{unlabelled_src / 'a/mid.mp4'}\n")
+    ingest(listing, tmp_path / "a", unlabelled=True, frames_per_video=1, progress=False)
+    v = read_manifest(tmp_path / "a").videos.set_index("video_id")
+    assert v["status"].to_dict() == {"_rejected/line3": "failed",
+                                     f"_external{unlabelled_src}/a/mid.mp4": "ok",
+                                     f"_external{unlabelled_src}/top.mp4": "ok"}
+    assert v.loc["_rejected/line3", "split"] == ""
+    pd.DataFrame({"path": ["a/b/deep.mp4", "a/nope.mp4"]}).to_csv(unlabelled_src / "p.csv",
+                                                                  index=False)
+    try:
+        ingest(None, tmp_path / "b", labels=unlabelled_src / "p.csv", unlabelled=True,
+               frames_per_video=1, progress=False)
+    finally:
+        (unlabelled_src / "p.csv").unlink()
+    v = read_manifest(tmp_path / "b").videos.set_index("video_id")
+    assert v["error"].to_dict() == {"a/b/deep.mp4": "", "a/nope.mp4": "file not found"}
+    assert v.loc["a/b/deep.mp4", "split"] == "all"
+
+
+@pytest.mark.parametrize("option, value, flag", [
+    ("split", "0.5,0.25,0.25", "--split"), ("balance", "oversample", "--balance"),
+    ("max_per_class", 3, "--max-per-class"), ("seed", 7, "--seed"),
+    ("max_frames_per_video", 8, "--max-frames-per-video")])
+def test_unlabelled_refuses_split_and_balance_options(unlabelled_src, tmp_path, capsys, option,
+                                                      value, flag):
+    from vidfeat.options import OptionError
+
+    with pytest.raises(OptionError, match=f"^{option} must be left at its default for an "
+                                          "unlabelled ingest"):
+        ingest(unlabelled_src, tmp_path / "out", unlabelled=True, progress=False,
+               **{option: value})
+    assert not (tmp_path / "out").exists()  # refused before any work
+    assert cli_main(["ingest", str(unlabelled_src), "-o", str(tmp_path / "out"), "--unlabelled",
+                     flag, str(value)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"vidfeat ingest: error: {flag} {value}: must be left at its default for an "
+                   "unlabelled ingest (no classes to split, stratify or balance: every video "
+                   "goes to split 'all')"]
+
+
+def test_unlabelled_accepts_the_default_split_spelled_out(unlabelled_src, tmp_path):
+    res = ingest(unlabelled_src, tmp_path / "out", unlabelled=True, split="0.8,0.1,0.1",
+                 frames_per_video=1, progress=False)
+    assert res.n_ok == 3

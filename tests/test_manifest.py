@@ -149,3 +149,39 @@ def test_a_folder_of_videos_says_to_ingest_first(tiny_dataset):
                            "--backbone", "resnet18"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "vidfeat ingest" in proc.stderr
+
+
+def unlabelled_tables():
+    videos, frames = tables()
+    videos["label"], videos["split"] = ["", "", ""], ["all", "all", ""]
+    frames["label"], frames["split"] = "", "all"
+    return videos, frames
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_unlabelled_manifest_round_trip(tmp_path, fmt):
+    write_manifest(tmp_path, *unlabelled_tables(), fmt=fmt)
+    m = read_manifest(tmp_path)  # csv reads "" labels back as missing: they must come back ""
+    assert m.unlabelled and m.class_names == [""]
+    assert m.videos["label"].tolist() == ["", "", ""] and set(m.frames["label"]) == {""}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda v, f: v.__setitem__("label", ["a", "", ""]),
+     "'a/1.mp4' has a label or a split other than 'all'"),
+    (lambda v, f: v.__setitem__("split", ["all", "train", ""]),
+     "'a/2.mp4' has a label or a split other than 'all'"),
+])
+def test_unlabelled_split_is_all_or_nothing(tmp_path, change, message):
+    videos, frames = unlabelled_tables()
+    change(videos, frames)
+    with pytest.raises(ManifestError, match=message):
+        write_manifest(tmp_path, videos, frames)
+
+
+def test_empty_label_in_a_labelled_manifest_is_refused(tmp_path):
+    videos, frames = tables()
+    videos["label"] = ["", "", "b"]
+    frames["label"] = ""
+    with pytest.raises(ManifestError, match="column 'label' is empty for an ok video"):
+        write_manifest(tmp_path, videos, frames)

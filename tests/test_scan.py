@@ -164,3 +164,65 @@ def test_ingest_keeps_one_video_per_file(tmp_path):
     probed = ["cat/a.mp4", "cat/b.mp4", "dog/copy.mp4", "dog/own.mp4"]  # links: failed at scan
     assert v.loc[probed, "source_hash"].str.len().gt(0).all()
     assert (v["inode"] == [os.stat(src / vid).st_ino for vid in v.index]).all()
+
+
+# --- unlabelled sources ----------------------------------------------------------------------
+
+def test_unlabelled_folder_takes_videos_at_every_depth(tmp_path):
+    for rel in ["top.mp4", "a/mid.MKV", "a/b/deep.webm", "a/notes.txt", ".hidden/x.mp4",
+                "a/.dot.mp4"]:
+        touch(tmp_path / rel)
+    df = scan_source(tmp_path, unlabelled=True)
+    assert df["video_id"].tolist() == ["a/b/deep.webm", "a/mid.MKV", "top.mp4"]
+    assert df["label"].tolist() == ["", "", ""]
+    assert df["status"].tolist() == ["ok", "ok", "ok"]
+    # labelled, the same tree keeps its class folders' videos only (top.mp4 has none)
+    assert scan_source(tmp_path)["video_id"].tolist() == ["a/b/deep.webm", "a/mid.MKV"]
+
+
+def test_unlabelled_text_list_resolves_against_its_folder_and_fails_bad_lines(tmp_path):
+    touch(tmp_path / "list/v1.mp4")
+    touch(tmp_path / "elsewhere/v2.mp4")
+    touch(tmp_path / "list/-name.mp4")
+    lines = ["# a comment", "", "v1.mp4", f"  {tmp_path / 'elsewhere/v2.mp4'}  ",
+             "https://example.com/v.mp4", "-name.mp4", "missing.mp4", "v1.mp4"]
+    listing = tmp_path / "list/videos.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    df = scan_source(listing, unlabelled=True).set_index("video_id")
+    ext = f"_external{tmp_path}/elsewhere/v2.mp4"
+    assert sorted(df.index) == sorted(["v1.mp4", ext, "_rejected/line5", "-name.mp4",
+                                       "missing.mp4", "v1.mp4~dup8"])
+    assert df.loc["v1.mp4", "status"] == "ok" and df.loc[ext, "status"] == "ok"
+    assert df.loc["-name.mp4", "status"] == "ok"  # a file named -name, never an option
+    assert df.loc["_rejected/line5", "error"].startswith("not a local file path")
+    assert df.loc["missing.mp4", "error"] == "file not found"
+    assert df.loc["v1.mp4~dup8", "error"] == "same file as line 3 of the list file"
+    assert set(df["label"]) == {""}
+    # given as labels= too, the same rows
+    assert scan_source(None, labels=listing, unlabelled=True)["video_id"].tolist() == \
+        sorted(df.index)
+
+
+def test_unlabelled_table_needs_a_path_column_only(tmp_path):
+    touch(tmp_path / "v.mp4")
+    (tmp_path / "paths.csv").write_text("path\nv.mp4\n\n")
+    df = scan_source(tmp_path / "paths.csv", unlabelled=True)
+    assert df[["video_id", "label", "status"]].values.tolist() == [["v.mp4", "", "ok"]]
+    pd.DataFrame({"path": ["v.mp4"], "label": ["cat"]}).to_parquet(tmp_path / "l.parquet")
+    with pytest.raises(ValueError, match="has a 'label' column: an unlabelled ingest"):
+        scan_source(None, labels=tmp_path / "l.parquet", unlabelled=True)
+    (tmp_path / "s.csv").write_text("path,split\nv.mp4,train\n")
+    with pytest.raises(ValueError, match="has a 'split' column"):
+        scan_source(tmp_path / "s.csv", unlabelled=True)
+    (tmp_path / "bin.lst").write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ValueError, match="not a UTF-8 text file"):
+        scan_source(tmp_path / "bin.lst", unlabelled=True)
+    with pytest.raises(FileNotFoundError, match="source not found"):
+        scan_source(tmp_path / "nope.txt", unlabelled=True)
+
+
+def test_an_empty_label_still_fails_in_a_labelled_file(tmp_path):
+    touch(tmp_path / "v.mp4")
+    (tmp_path / "l.csv").write_text("path,label\nv.mp4,\n")
+    df = scan_source(None, labels=tmp_path / "l.csv")
+    assert df["error"].tolist() == ["empty label"]
