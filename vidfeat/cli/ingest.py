@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--unlabelled", action="store_true", default=d["unlabelled"],
                         help="no labels: every video goes to one split 'all' (extract, report "
                              "and export work on it; train does not); --split, --seed, "
-                             "--balance and --max-* are refused")
+                             "--balance and --max-per-class/--max-frames-per-video are refused")
     sampling = parser.add_argument_group("sampling")
     sampling.add_argument("--frames-per-video", type=int, default=d["frames_per_video"],
                           help="frames per video, uniform over the duration")
