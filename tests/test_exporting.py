@@ -11,11 +11,12 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
-from featfiles import make_features, write_features
+from featfiles import make_features, resize_disk, small_disk, write_features
 from videos import make_video
 
 from vidfeat.cli import main as cli_main
 from vidfeat.exporting import export, safe_target
+from vidfeat.files import StorageError
 from vidfeat.extraction._extract import extract
 from vidfeat.ingestion._ingest import ingest
 from vidfeat.reporting._report import report
@@ -161,3 +162,25 @@ def test_export_cli_on_a_missing_file_is_one_line(tmp_path):
                           cwd=TESTS.parent)
     assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    with small_disk(tmp_path / "disk", "64k") as disk:
+        yield disk
+
+
+def test_full_disk_stops_with_one_line_and_a_rerun_completes(tmp_path, tiny_disk):
+    data = make_features({"cat": 4}, dim=2048, frames=4)  # 4 videos of 32 KiB: > 64 KiB
+    h5 = write_features(tmp_path / "f.h5", data, dtype="float32")
+    with pytest.raises(StorageError, match=r"^disk full writing .*\.npy: free space and rerun"):
+        export(h5, tiny_disk / "out", progress=False)
+    written = sorted((tiny_disk / "out/cat").glob("*"))
+    assert [p for p in written if p.name.startswith(".")] == []  # no temp file left
+    for npy in (p for p in written if p.suffix == ".npy"):  # whatever landed is whole
+        vid = f"cat/{npy.name[:-4]}"
+        assert np.array_equal(np.load(npy), data["features"][data["video_id"] == vid])
+    resize_disk(tiny_disk, "1m")
+    res = export(h5, tiny_disk / "out", progress=False)
+    assert res.n_written + res.n_unchanged == 8 and res.n_unchanged == len(written)
+    assert res.exit_code == 0
