@@ -28,6 +28,7 @@ from vidfeat.files import (
     is_environmental,
     write_exact,
 )
+from vidfeat.options import checked
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class ExportResult:
                 f"{self.elapsed_s:.1f} s.{failed}")
 
 
+@checked
 def export(features, outdir, *, progress: bool = True) -> ExportResult:
     """Write ``outdir/<video_id>.npy`` and ``.json`` for every video of ``features``.
 
@@ -162,7 +164,7 @@ def _export_video(store, plan: _Plan, out: Path, vid: str, rows: np.ndarray,
         target = safe_target(out, vid)
         with environment_errors(target.parent):
             target.parent.mkdir(parents=True, exist_ok=True)
-        safe_target(out, vid)  # again: a folder made just now cannot have been swapped out
+        safe_target(out, vid)  # again, now that every folder exists and resolves fully
         files = {".npy": _npy_bytes(_rows(store, rows)), ".json": _json_bytes(plan, vid, rows)}
         for suffix, data in files.items():
             written = _write_if_changed(target.with_name(target.name + suffix), data)
