@@ -1,4 +1,4 @@
-"""``vidfeat export FEATURES.h5 -o DIR``: one ``.npy`` + ``.json`` per video (``vidfeat.exporting.export``)."""
+"""``vidfeat export FEATURES.h5 -o DIR``: one ``.npy`` + ``.json`` per video (``exporting.export``)."""
 from __future__ import annotations
 
 import argparse
