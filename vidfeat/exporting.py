@@ -57,7 +57,8 @@ class ExportResult:
         if self.failures:
             vid, reason = next(iter(self.failures.items()))
             failed = f" {len(self.failures)} video(s) not exported (e.g. {vid!r}: {reason})."
-        when = "with timestamps" if self.timestamps else "timestamps unavailable (ingest folder gone)"
+        when = ("with timestamps" if self.timestamps
+                else "timestamps unavailable (ingest folder gone)")
         return (f"Exported {self.n_videos - len(self.failures)} of {self.n_videos} videos "
                 f"({self.n_rows} rows, {self.dtype}, {when}) to {self.outdir}/: "
                 f"{self.n_written} files written, {self.n_unchanged} unchanged, in "

@@ -1,4 +1,5 @@
-"""``vidfeat export FEATURES.h5 -o DIR``: one ``.npy`` + ``.json`` per video (``exporting.export``)."""
+"""``vidfeat export FEATURES.h5 -o DIR``: one ``.npy`` + ``.json`` per video
+(``vidfeat.exporting.export``)."""
 from __future__ import annotations
 
 import argparse

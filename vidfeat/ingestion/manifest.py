@@ -110,7 +110,7 @@ class Manifest:
 
     @property
     def unlabelled(self) -> bool:
-        """Whether this is an unlabelled ingest (split ``all``, label ""; ``class_names == [""]``)."""
+        """Whether this is an unlabelled ingest (split ``all``, label "": ``class_names [""]``)."""
         return bool((self.videos["split"] == UNLABELLED_SPLIT).any())
 
     def frame_path(self, rel: str) -> Path:

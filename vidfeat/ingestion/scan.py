@@ -228,7 +228,7 @@ def _scan_unlabelled(src, labels) -> list[dict]:
 
 
 def _text_lines(path: Path):
-    """``(line number, (path, UNLABELLED, ""))`` for each path line (blank and '#' lines skipped)."""
+    """``(line number, (path, UNLABELLED, ""))`` per path line (blank, '#' lines skipped)."""
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
