@@ -37,6 +37,7 @@ _EXPORTS = {
     "run_pipeline": "vidfeat.pipeline",
     "demo": "vidfeat.pipeline",
     "verify": "vidfeat.verification",
+    "export": "vidfeat.exporting",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
