@@ -262,8 +262,11 @@ def test_timm_squash_preprocess_resizes_both_sides_and_round_trips_attrs():
     pre = preprocess_for("timm:convnext_base.fb_in22k_ft_in1k_384")
     assert (pre.resize_size, pre.input_size, pre.crop_mode) == (384, 384, "squash")
     assert Preprocess.from_attrs(pre.as_attrs()) == pre
-    wide = torch.zeros(1, 3, 50, 200, dtype=torch.uint8)
-    assert pre.resize_crop(wide).shape == (1, 3, 384, 384)
+    wide = torch.full((1, 3, 50, 200), 255, dtype=torch.uint8)
+    wide[..., :50] = 0  # the left quarter dark: squash keeps it, a centre crop would cut it off
+    out = pre.resize_crop(wide)
+    assert out.shape == (1, 3, 384, 384)
+    assert out[..., :90].max() == 0 and out[..., 100:].min() == 255
     centre = Preprocess.from_attrs({**pre.as_attrs(), "crop_mode": "center"})
     assert "crop_mode" not in centre.as_attrs()  # older files and fingerprints stay as they were
     assert Preprocess.from_attrs(centre.as_attrs()) == centre
@@ -284,6 +287,13 @@ def test_timm_local_state_dict_full_or_headless_round_trips(tmp_path):
         x = timm_bb.preprocess(load_image(jpeg)[None])
         with torch.no_grad():
             torch.testing.assert_close(timm_bb.model(x), full(x), rtol=0, atol=0)
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        torch.manual_seed(123)  # whatever the caller's RNG state (another process: predict)
+        random_a = create_backbone("timm:resnet10t", "none").model.state_dict()
+        torch.manual_seed(456)
+        random_b = create_backbone("timm:resnet10t", None).model.state_dict()
+    assert all(torch.equal(random_a[k], random_b[k]) for k in random_a)  # seeded: predict agrees
+    assert not torch.equal(random_a["conv1.0.weight"], full.state_dict()["conv1.0.weight"])
     torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "wrong.pt")
     with pytest.raises(ValueError, match="missing keys"):
         create_backbone("timm:resnet10t", str(tmp_path / "wrong.pt"))
@@ -400,3 +410,21 @@ def test_timm_backbone_end_to_end_extract_train_predict(tiny_dataset, tmp_path):
     assert pred.returncode == 0, pred.stderr
     line = json.loads(pred.stdout)
     assert line["top_k"][0]["label"] in {"alpha", "beta", "gamma"} and line["n_frames"] == 2
+
+
+def test_pipeline_takes_timm_names_and_checks_their_weights_first(tiny_dataset, monkeypatch,
+                                                                 tmp_path):
+    pytest.importorskip("timm")
+    from vidfeat.extraction.backbones import WeightsUnavailable
+    from vidfeat.pipeline import run_pipeline
+
+    _offline(monkeypatch, tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    config = {"ingest": {"src": str(tiny_dataset), "frames_per_video": 1},
+              "extract": {"backbone": "timm:resnet18", "weights": "DEFAULT"}}
+    with pytest.raises(WeightsUnavailable, match="huggingface.co cannot be reached"):
+        run_pipeline(config, tmp_path / "w", progress=False)
+    config["extract"]["backbone"] = "timm:resnet1"
+    with pytest.raises(ValueError, match="unknown timm model 'resnet1'; close matches: resnet18"):
+        run_pipeline(config, tmp_path / "w", progress=False)
+    assert not (tmp_path / "w" / "ingest").exists()
