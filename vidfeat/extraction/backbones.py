@@ -272,6 +272,8 @@ def _timm_cached_path(chosen: str) -> Path:
     from urllib.parse import urlparse
 
     cfg = _timm_pretrained_cfg(chosen)
+    if cfg.file:  # timm loads a configured local file before any hub or url
+        return Path(cfg.file).expanduser()
     if not cfg.hf_hub_id:
         return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)
     repo = _hf_hub_cache() / ("models--" + cfg.hf_hub_id.split("@")[0].replace("/", "--"))
@@ -448,7 +450,7 @@ def check_weights_available(name: str, weights: str | None = "DEFAULT", *,
         return
     if is_timm(name):
         cfg = _timm_pretrained_cfg(resolved.removeprefix(TIMM_PREFIX))
-        url = urlparse("https://huggingface.co" if cfg.hf_hub_id else cfg.url)
+        url = urlparse(cfg.url if cfg.url and not cfg.hf_hub_id else "https://huggingface.co")
         where = "the huggingface hub cache" if cfg.hf_hub_id else "torch hub's cache"
         where += f" ({cached if cfg.hf_hub_id else cached.parent})"
     else:
