@@ -180,3 +180,251 @@ def test_pipeline_checks_weights_before_ingest(tiny_dataset, monkeypatch, tmp_pa
     with pytest.raises(WeightsUnavailable, match="cannot be reached"):
         run_pipeline(config, tmp_path / "w", progress=False)
     assert not (tmp_path / "w" / "ingest").exists()
+
+
+# -- timm backbones (the optional vidfeat[timm] extra) -------------------------------------------
+
+def _textured_jpeg(path, size):
+    """A JPEG with detail at every scale, so a wrong resize, crop or interpolation shows."""
+    rng = np.random.default_rng(3)
+    coarse = Image.fromarray((rng.random((12, 16, 3)) * 255).astype(np.uint8))
+    img = np.asarray(coarse.resize(size, Image.BICUBIC)).astype(np.int16)
+    img += rng.integers(-20, 21, img.shape).astype(np.int16)
+    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(path, quality=92)
+    return path
+
+
+def _timm_reference(model_name, state, jpeg):
+    """timm's own path: its eval transform of the resolved data config, on PIL, and its model."""
+    timm = pytest.importorskip("timm")
+    from timm.data import create_transform, resolve_data_config
+
+    model = timm.create_model(model_name, pretrained=False, num_classes=0).eval()
+    model.load_state_dict(state)
+    transform = create_transform(**resolve_data_config(model=model))
+    with torch.no_grad():
+        return model(transform(Image.open(jpeg).convert("RGB"))[None])[0], transform
+
+
+def _vidfeat_feature(bb, jpeg):
+    with torch.no_grad():
+        return bb.model(bb.preprocess(load_image(jpeg)[None]))[0]
+
+
+def _rel(got, expected):
+    return float((got - expected).norm() / expected.norm())
+
+
+def test_timm_cnn_feature_equals_timms_own_transform_and_model(tmp_path):
+    # resnet10t: 176 input, crop_pct 0.875 -> resize 201, bicubic
+    pytest.importorskip("timm")
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        bb = create_backbone("timm:resnet10t", "none")
+    jpeg = _textured_jpeg(tmp_path / "f.jpg", (200, 150))
+    expected, _ = _timm_reference("resnet10t", bb.model.state_dict(), jpeg)
+    assert bb.feature_dim == expected.numel() == 512
+    assert (bb.preprocess.resize_size, bb.preprocess.input_size) == (201, 176)
+    assert _rel(_vidfeat_feature(bb, jpeg), expected) <= 1e-3
+
+
+def test_timm_vit_feature_equals_timms_own_transform_and_model(tmp_path):
+    # test_vit: 160 input, crop_pct 0.95 -> resize 168, mean/std 0.5. PIL's and torchvision's
+    # bicubic round ~1 grey level apart on some pixels, which a random ViT amplifies past 1e-3:
+    # so the feature is compared on a frame stored at the resize size (no resampling either way),
+    # and the resampled crop on any frame is compared pixel by pixel with timm's resize and crop.
+    pytest.importorskip("timm")
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        bb = create_backbone("timm:test_vit", "none")
+    assert (bb.preprocess.resize_size, bb.preprocess.input_size) == (168, 160)
+    stored = _textured_jpeg(tmp_path / "stored.jpg", (224, 168))
+    expected, transform = _timm_reference("test_vit", bb.model.state_dict(), stored)
+    assert bb.feature_dim == expected.numel() == 64
+    assert _rel(_vidfeat_feature(bb, stored), expected) <= 1e-3
+    other = _textured_jpeg(tmp_path / "other.jpg", (400, 300))
+    resize, crop = transform.transforms[:2]
+    theirs = torch.from_numpy(np.array(crop(resize(Image.open(other).convert("RGB")))))
+    ours = bb.preprocess.resize_crop(load_image(other)[None])[0].permute(1, 2, 0)
+    assert ours.shape == theirs.shape == (160, 160, 3)
+    diff = (ours.int() - theirs.int()).abs().float()
+    # measured: max 1, mean 0.16 (bilinear instead of bicubic: max 4, mean 0.74)
+    assert diff.max() <= 1 and diff.mean() <= 0.3
+
+
+def test_timm_squash_preprocess_resizes_both_sides_and_round_trips_attrs():
+    pytest.importorskip("timm")
+    from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
+
+    # a real timm config with crop_mode "squash" (from timm's registry, not typed here)
+    cfg = resolve_data_config(pretrained_cfg=get_pretrained_cfg(
+        "convnext_base.fb_in22k_ft_in1k_384").to_dict())
+    assert cfg["crop_mode"] == "squash"
+    pre = preprocess_for("timm:convnext_base.fb_in22k_ft_in1k_384")
+    assert (pre.resize_size, pre.input_size, pre.crop_mode) == (384, 384, "squash")
+    assert Preprocess.from_attrs(pre.as_attrs()) == pre
+    wide = torch.full((1, 3, 50, 200), 255, dtype=torch.uint8)
+    wide[..., :50] = 0  # the left quarter dark: squash keeps it, a centre crop would cut it off
+    out = pre.resize_crop(wide)
+    assert out.shape == (1, 3, 384, 384)
+    assert out[..., :90].max() == 0 and out[..., 100:].min() == 255
+    centre = Preprocess.from_attrs({**pre.as_attrs(), "crop_mode": "center"})
+    assert "crop_mode" not in centre.as_attrs()  # older files and fingerprints stay as they were
+    assert Preprocess.from_attrs(centre.as_attrs()) == centre
+
+
+def test_timm_local_state_dict_full_or_headless_round_trips(tmp_path):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(5)
+    full = timm.create_model("resnet10t", pretrained=False, num_classes=7).eval()
+    torch.save(full.state_dict(), tmp_path / "full.pt")
+    assert "fc.weight" in full.state_dict()
+    full.reset_classifier(0)
+    torch.save(full.state_dict(), tmp_path / "headless.pt")
+    jpeg = _textured_jpeg(tmp_path / "f.jpg", (120, 90))
+    for file in ("full.pt", "headless.pt"):
+        timm_bb = create_backbone("timm:resnet10t", str(tmp_path / file))
+        assert timm_bb.weights == str(tmp_path / file) and len(timm_bb.weights_sha256) == 64
+        x = timm_bb.preprocess(load_image(jpeg)[None])
+        with torch.no_grad():
+            torch.testing.assert_close(timm_bb.model(x), full(x), rtol=0, atol=0)
+    with pytest.warns(UserWarning, match="RANDOM weights"):
+        torch.manual_seed(123)  # whatever the caller's RNG state (another process: predict)
+        random_a = create_backbone("timm:resnet10t", "none").model.state_dict()
+        torch.manual_seed(456)
+        random_b = create_backbone("timm:resnet10t", None).model.state_dict()
+    assert all(torch.equal(random_a[k], random_b[k]) for k in random_a)  # seeded: predict agrees
+    assert not torch.equal(random_a["conv1.0.weight"], full.state_dict()["conv1.0.weight"])
+    torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "wrong.pt")
+    with pytest.raises(ValueError, match="missing keys"):
+        create_backbone("timm:resnet10t", str(tmp_path / "wrong.pt"))
+
+
+def test_timm_weights_resolve_without_download():
+    pytest.importorskip("timm")
+    assert resolve_weights("timm:resnet18", "DEFAULT") == ("timm:resnet18.a1_in1k", "")
+    assert resolve_weights("timm:resnet18", "tv_in1k")[0] == "timm:resnet18.tv_in1k"
+    # the resolved name (what a feature file and a model config record) resolves to itself
+    assert resolve_weights("timm:resnet18", "timm:resnet18.tv_in1k")[0] == "timm:resnet18.tv_in1k"
+    assert resolve_weights("timm:resnet18.a2_in1k", "DEFAULT")[0] == "timm:resnet18.a2_in1k"
+    assert resolve_weights("timm:resnet18", "none") == ("none", "")
+    with pytest.raises(ValueError, match="are not weights of timm:resnet18"):
+        resolve_weights("timm:resnet18", "timm:resnet34.a1_in1k")
+
+
+def test_unknown_timm_name_is_one_line_with_close_matches():
+    pytest.importorskip("timm")
+    with pytest.raises(ValueError, match=r"^unknown timm model 'vit_tiny_patch16_22'; close "
+                                         r"matches: vit_tiny_patch16_224") as info:
+        create_backbone("timm:vit_tiny_patch16_22", "none")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match=r"^timm model resnet18 has no pretrained tag 'bogus'; "
+                                         r"known: .*tv_in1k"):
+        resolve_weights("timm:resnet18.bogus", "none")
+
+
+def test_timm_without_the_extra_is_one_line_naming_the_pip_command():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['timm'] = None\n"
+            "from vidfeat.extraction.backbones import create_backbone\n"
+            "from vidfeat.system import MissingExtra\n"
+            "try:\n    create_backbone('timm:resnet18', 'none')\n"
+            "except MissingExtra as e:\n    print(e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ("backbone 'timm:resnet18' needs the optional 'timm' dependencies, which "
+                           "are not installed: pip install 'vidfeat[timm]'\n")
+
+
+def test_timm_weights_availability_uses_the_hf_hub_cache(monkeypatch, tmp_path):
+    pytest.importorskip("timm")
+    from vidfeat.extraction.backbones import (
+        WeightsUnavailable,
+        cached_weights_path,
+        check_weights_available,
+    )
+
+    _offline(monkeypatch, tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(WeightsUnavailable, match=r"^weights timm:resnet18.a1_in1k of timm:resnet18 "
+                                                 r"are not in the huggingface hub cache .*"
+                                                 r"huggingface.co cannot be reached"):
+        check_weights_available("timm:resnet18", "DEFAULT")
+    check_weights_available("timm:resnet18", "none")
+    # huggingface_hub's layout for repo timm/resnet18.a1_in1k
+    snap = tmp_path / "hf" / "models--timm--resnet18.a1_in1k" / "snapshots" / "0123abc"
+    snap.mkdir(parents=True)
+    (snap / "model.safetensors").write_bytes(b"x")
+    assert cached_weights_path("timm:resnet18") == snap / "model.safetensors"
+    check_weights_available("timm:resnet18", "DEFAULT")  # cached: no connection tried
+
+
+def _vidfeat(*argv, no_timm=False, cwd=None):
+    import subprocess
+    import sys
+
+    hide = "sys.modules['timm'] = None; " if no_timm else ""
+    code = f"import sys; {hide}from vidfeat.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True,
+                          text=True, timeout=600, cwd=cwd)
+
+
+def test_timm_backbone_end_to_end_extract_train_predict(tiny_dataset, tmp_path):
+    import json
+
+    pytest.importorskip("timm")
+    from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
+
+    ingest = _vidfeat("ingest", tiny_dataset, "-o", tmp_path / "ingest", "--frames-per-video", 2,
+                      "--size", 64, "--split", "0.5,0.25,0.25", "--jobs", 1, "--no-progress")
+    assert ingest.returncode == 0, ingest.stderr
+    extract = ["extract", tmp_path / "ingest", "-o", tmp_path / "f.h5", "--backbone",
+               "timm:test_vit", "--weights", "none", "--device", "cpu", "--dtype", "float32",
+               "--batch-size", 8, "--loader-workers", 0, "--no-progress"]
+    missing = _vidfeat(*extract, no_timm=True)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.strip().endswith("pip install 'vidfeat[timm]'")
+    assert len(missing.stderr.strip().splitlines()) == 1 and not (tmp_path / "f.h5").exists()
+    done = _vidfeat(*extract)
+    assert done.returncode == 0, done.stderr
+    # the attrs carry timm's own data config of test_vit: 160 input, crop_pct 0.95, bicubic
+    cfg = resolve_data_config(pretrained_cfg=get_pretrained_cfg("test_vit").to_dict())
+    from vidfeat.extraction.cache import FeatureStore
+
+    with FeatureStore(tmp_path / "f.h5") as store:
+        a = dict(store.attrs)
+        assert store.backbone == "timm:test_vit"
+    assert int(a["input_size"]) == cfg["input_size"][1] == 160
+    assert int(a["resize_size"]) == int(160 / cfg["crop_pct"]) == 168
+    assert str(a["interpolation"]) == cfg["interpolation"] == "bicubic"
+    assert list(a["mean"]) == pytest.approx(cfg["mean"]) and list(a["std"]) == \
+        pytest.approx(cfg["std"])
+    assert int(a["feature_dim"]) == 64
+    train = _vidfeat("train", tmp_path / "f.h5", "-o", tmp_path / "model", "--epochs", 3,
+                     "--device", "cpu", "--no-progress")
+    assert train.returncode == 0, train.stderr
+    clip = sorted((tiny_dataset / "alpha").glob("*.mp4"))[0]
+    pred = _vidfeat("predict", tmp_path / "model", clip, "--top-k", 1, "--device", "cpu")
+    assert pred.returncode == 0, pred.stderr
+    line = json.loads(pred.stdout)
+    assert line["top_k"][0]["label"] in {"alpha", "beta", "gamma"} and line["n_frames"] == 2
+
+
+def test_pipeline_takes_timm_names_and_checks_their_weights_first(tiny_dataset, monkeypatch,
+                                                                 tmp_path):
+    pytest.importorskip("timm")
+    from vidfeat.extraction.backbones import WeightsUnavailable
+    from vidfeat.pipeline import run_pipeline
+
+    _offline(monkeypatch, tmp_path)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    config = {"ingest": {"src": str(tiny_dataset), "frames_per_video": 1},
+              "extract": {"backbone": "timm:resnet18", "weights": "DEFAULT"}}
+    with pytest.raises(WeightsUnavailable, match="huggingface.co cannot be reached"):
+        run_pipeline(config, tmp_path / "w", progress=False)
+    config["extract"]["backbone"] = "timm:resnet1"
+    with pytest.raises(ValueError, match="unknown timm model 'resnet1'; close matches: resnet18"):
+        run_pipeline(config, tmp_path / "w", progress=False)
+    assert not (tmp_path / "w" / "ingest").exists()

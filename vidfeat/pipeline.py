@@ -230,11 +230,14 @@ def _ingest_values(o: dict) -> None:
 
 
 def _extract_values(o: dict) -> None:
-    from vidfeat.extraction.backbones import list_backbones
+    from vidfeat.extraction.backbones import check_backbone, is_timm, list_backbones
     from vidfeat.extraction.defaults import DECODES, DTYPES, PRECISIONS
     from vidfeat.system import DEVICES
 
-    check_choice("backbone", o["backbone"], list_backbones())
+    if is_timm(o["backbone"]):  # open-ended: timm says whether the name exists
+        check_backbone(o["backbone"])
+    else:
+        check_choice("backbone", o["backbone"], list_backbones())
     check_choice("device", o["device"], DEVICES)
     check_choice("precision", o["precision"], ["auto", *PRECISIONS])
     check_choice("dtype", o["dtype"], DTYPES)

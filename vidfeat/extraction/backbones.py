@@ -1,5 +1,9 @@
 """Backbone registry: torchvision classifiers with the classifier removed, and their preprocessing.
 
+Any timm model is a backbone too, named ``timm:<model>`` (the optional ``vidfeat[timm]`` extra):
+its pooled pre-logits features (``num_classes=0``) and the preprocessing of timm's resolved data
+config (input size, crop_pct, crop_mode, interpolation, mean, std).
+
 ``create_backbone(name, weights)`` returns a :class:`Backbone` whose ``model`` maps a normalised
 float batch (B, 3, S, S) to pooled penultimate features (B, D). Its :class:`Preprocess` is the
 weights' own torchvision transform (resize short side, centre crop, scale, normalise), split in
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -42,6 +47,8 @@ _HEADS: dict[str, str] = {
 # Random init is seeded so that "none" is reproducible across processes (shards, resume, tests).
 RANDOM_INIT_SEED = 0
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+TIMM_PREFIX = "timm:"
+_CROP_MODES = ("center", "squash")
 
 
 @functools.lru_cache(maxsize=16)
@@ -56,9 +63,10 @@ def _mean_std(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tens
 class Preprocess:
     """The one documented transform: uint8 RGB (N,3,H,W) -> normalised float (N,3,S,S).
 
-    ``resize_crop`` resizes the short side to ``resize_size`` (antialiased) and centre-crops
-    ``input_size``, staying uint8; ``normalize`` scales to [0, 1] and applies mean/std. This is
-    exactly torchvision's ``weights.transforms()`` on uint8 tensors.
+    ``resize_crop`` resizes the short side to ``resize_size`` (antialiased; with ``crop_mode``
+    "squash" both sides, ignoring the aspect ratio) and centre-crops ``input_size``, staying
+    uint8; ``normalize`` scales to [0, 1] and applies mean/std. This is exactly torchvision's
+    ``weights.transforms()`` (or timm's eval transform) on uint8 tensors.
     """
 
     resize_size: int
@@ -66,6 +74,7 @@ class Preprocess:
     mean: tuple
     std: tuple
     interpolation: str = "bilinear"
+    crop_mode: str = "center"
 
     def resize_crop(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """Resize short side and centre-crop; (…,3,H,W) uint8 in, (…,3,S,S) uint8 out."""
@@ -73,7 +82,8 @@ class Preprocess:
         from torchvision.transforms import functional as F
 
         mode = InterpolationMode(self.interpolation)
-        out = F.resize(images_uint8, [self.resize_size], interpolation=mode, antialias=True)
+        size = [self.resize_size] * (2 if self.crop_mode == "squash" else 1)
+        out = F.resize(images_uint8, size, interpolation=mode, antialias=True)
         return F.center_crop(out, [self.input_size])
 
     def normalize(self, images_uint8: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
@@ -86,21 +96,24 @@ class Preprocess:
         return self.normalize(self.resize_crop(images_uint8_nchw))
 
     def as_attrs(self) -> dict:
+        # crop_mode only when not the default: files and fingerprints of "center" stay as they were
+        extra = {"crop_mode": self.crop_mode} if self.crop_mode != "center" else {}
         return {"resize_size": self.resize_size, "input_size": self.input_size,
                 "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation}
+                "interpolation": self.interpolation, **extra}
 
     @classmethod
     def from_attrs(cls, attrs) -> "Preprocess":
         """The preprocessing ``as_attrs`` recorded (feature-file attributes or config.json).
 
         ``attrs``: a mapping with ``resize_size``, ``input_size``, ``mean``, ``std`` and
-        optionally ``interpolation``; a missing key raises KeyError naming it.
+        optionally ``interpolation`` and ``crop_mode``; a missing key raises KeyError naming it.
         """
         return cls(resize_size=int(attrs["resize_size"]), input_size=int(attrs["input_size"]),
                    mean=tuple(float(v) for v in attrs["mean"]),
                    std=tuple(float(v) for v in attrs["std"]),
-                   interpolation=str(attrs.get("interpolation") or "bilinear"))
+                   interpolation=str(attrs.get("interpolation") or "bilinear"),
+                   crop_mode=str(attrs.get("crop_mode") or "center"))
 
 
 @dataclass
@@ -108,7 +121,8 @@ class Backbone:
     """A headless classifier: ``model(x)`` -> (B, ``feature_dim``) pooled penultimate features."""
 
     name: str
-    weights: str          # resolved: "ResNet50_Weights.IMAGENET1K_V2", "none", or a file path
+    weights: str          # resolved: "ResNet50_Weights.IMAGENET1K_V2", "timm:resnet18.a1_in1k",
+    #                       "none", or a file path
     model: nn.Module
     feature_dim: int
     preprocess: Preprocess
@@ -116,14 +130,156 @@ class Backbone:
 
 
 def list_backbones() -> list[str]:
-    """Names accepted by :func:`create_backbone`."""
+    """The torchvision names accepted by :func:`create_backbone`; any ``timm:<model>`` (a name
+    of ``timm.list_models()``, optionally with a pretrained tag) is accepted too."""
     return sorted(_HEADS)
 
 
-def _check_name(name: str) -> str:
+def is_timm(name: str) -> bool:
+    """Whether backbone ``name`` is a timm model (``timm:<model>``)."""
+    return str(name).startswith(TIMM_PREFIX)
+
+
+def check_backbone(name: str) -> str:
+    """``name`` if it is a known backbone, else ValueError in one line (with close timm names).
+
+    ``name``: a :func:`list_backbones` name or ``timm:<model>``.
+    """
+    if is_timm(name):
+        _timm_model_name(name)
+        return name
     if name not in _HEADS:
-        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}")
+        raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}, "
+                         "or timm:<model> (pip install 'vidfeat[timm]')")
     return name
+
+
+_check_name = check_backbone
+
+
+def _timm(name: str):
+    from vidfeat.system import require_extra
+
+    require_extra("timm", "timm", needed_for=f"backbone {name!r}")
+    import timm
+
+    return timm
+
+
+def _timm_model_name(name: str) -> str:
+    """The timm model name of backbone ``timm:<model>[.tag]``; one line when timm lacks it."""
+    timm = _timm(name)
+    model_name = name[len(TIMM_PREFIX):]
+    arch, tag = timm.models.split_model_name_tag(model_name)
+    if not timm.models.is_model(arch):
+        import difflib
+
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"close matches: {', '.join(close)}" if close else "see timm.list_models()"
+        raise ValueError(f"unknown timm model {model_name!r}; {hint}")
+    if tag:
+        _timm_pretrained_cfg(model_name)
+    return model_name
+
+
+def _timm_pretrained_cfg(model_name: str):
+    """timm's pretrained config of ``arch[.tag]`` (None for an architecture without any)."""
+    import timm
+
+    try:
+        return timm.models.get_pretrained_cfg(model_name)
+    except RuntimeError:  # "Invalid pretrained tag"
+        arch = model_name.split(".", 1)[0]
+        tags = [n.split(".", 1)[1] for n in timm.list_pretrained(arch + ".*")]
+        raise ValueError(f"timm model {arch} has no pretrained tag {model_name.split('.', 1)[1]!r}"
+                         f"; known: {', '.join(tags) or 'none'}") from None
+
+
+def _timm_weights(name: str, weights: str) -> str:
+    """The timm ``arch.tag`` whose pretrained weights ``weights`` names for backbone ``name``.
+
+    ``weights``: ``DEFAULT`` (the tag in ``name``, else timm's default tag), a tag, or the
+    resolved ``timm:arch.tag`` (as recorded in a feature file or model config).
+    """
+    model_name = _timm_model_name(name)
+    arch, _, tag = model_name.partition(".")
+    w = str(weights).removeprefix(TIMM_PREFIX)
+    chosen = model_name if w == "DEFAULT" else (w if "." in w else f"{arch}.{w}")
+    if chosen.partition(".")[0] != arch or (tag and chosen != model_name):
+        raise ValueError(f"weights={weights!r} are not weights of {name}; use DEFAULT, a "
+                         "pretrained tag of it, none, or a PATH to a state dict")
+    cfg = _timm_pretrained_cfg(chosen)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise ValueError(f"timm has no pretrained weights for {chosen}; pass weights='none' or "
+                         "a PATH to a local state dict")
+    return f"{arch}.{cfg.tag}" if cfg.tag else arch
+
+
+def _timm_preprocess(data_config: dict, name: str) -> Preprocess:
+    """timm's eval transform (``transforms_imagenet_eval``) of a resolved data config."""
+    _, height, width = data_config["input_size"]
+    mode = data_config.get("crop_mode") or "center"
+    interpolation = data_config.get("interpolation") or "bilinear"
+    if height != width or mode not in _CROP_MODES or interpolation not in _INTERPOLATIONS:
+        raise ValueError(f"backbone {name}: timm preprocessing input {height}x{width}, crop_mode "
+                         f"{mode!r}, interpolation {interpolation!r} is not supported (square "
+                         f"input, crop_mode {'/'.join(_CROP_MODES)}, {'/'.join(_INTERPOLATIONS)})")
+    crop_pct = data_config.get("crop_pct") or 0.875  # timm's DEFAULT_CROP_PCT
+    return Preprocess(resize_size=math.floor(height / crop_pct), input_size=int(height),
+                      mean=tuple(float(v) for v in data_config["mean"]),
+                      std=tuple(float(v) for v in data_config["std"]),
+                      interpolation=interpolation, crop_mode=mode)
+
+
+def _timm_build(model_name: str, *, pretrained: bool) -> nn.Module:
+    import timm
+
+    if pretrained:
+        try:
+            return timm.create_model(model_name, pretrained=True, num_classes=0)
+        except OSError as exc:  # offline, proxy, full disk (huggingface_hub errors are OSErrors)
+            raise RuntimeError(f"could not fetch timm weights {model_name} ({exc}); on an offline "
+                               "machine fill the huggingface hub cache once, or pass "
+                               "--weights PATH to a local state dict") from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return timm.create_model(model_name, pretrained=False, num_classes=0)
+
+
+def _timm_dim(model: nn.Module) -> int:
+    # with num_classes=0 the output is the pre-logits vector: head_hidden_size where the head
+    # has a hidden layer (mobilenetv3, convnext with head_hidden_size), else num_features
+    return int(getattr(model, "head_hidden_size", None) or model.num_features)
+
+
+def _timm_classifiers(model: nn.Module) -> tuple[str, ...]:
+    """The classifier module names of a timm model (dropped from a full state dict)."""
+    heads = getattr(model, "pretrained_cfg", {}).get("classifier") or ()
+    return (heads,) if isinstance(heads, str) else tuple(heads)
+
+
+def _hf_hub_cache() -> Path:
+    # huggingface_hub's own rule, read at call time (its constants are fixed at import)
+    env = os.environ
+    if env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(env.get("HF_HUB_CACHE") or env["HUGGINGFACE_HUB_CACHE"]).expanduser()
+    home = env.get("HF_HOME") or Path(env.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface"
+    return Path(home).expanduser() / "hub"
+
+
+def _timm_cached_path(chosen: str) -> Path:
+    """The cached weights file of timm ``arch.tag`` if present, else where it would be."""
+    from urllib.parse import urlparse
+
+    cfg = _timm_pretrained_cfg(chosen)
+    if cfg.file:  # timm loads a configured local file before any hub or url
+        return Path(cfg.file).expanduser()
+    if not cfg.hf_hub_id:
+        return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)
+    repo = _hf_hub_cache() / ("models--" + cfg.hf_hub_id.split("@")[0].replace("/", "--"))
+    found = sorted((repo / "snapshots").glob("*/*.safetensors")) + \
+        sorted((repo / "snapshots").glob("*/*.bin"))
+    return found[0] if found else repo / "snapshots"
 
 
 def _weights_enum(name: str):
@@ -133,7 +289,13 @@ def _weights_enum(name: str):
 
 
 def preprocess_for(name: str) -> Preprocess:
-    """The preprocessing of ``name``'s default torchvision weights (no download)."""
+    """The preprocessing of ``name``'s default weights (no download, no model)."""
+    if is_timm(name):
+        from timm.data import resolve_data_config
+
+        cfg = _timm_pretrained_cfg(_timm_model_name(name))
+        return _timm_preprocess(resolve_data_config(pretrained_cfg=cfg.to_dict() if cfg else {}),
+                                name)
     t = _weights_enum(_check_name(name)).DEFAULT.transforms()
     return Preprocess(resize_size=int(t.resize_size[0]), input_size=int(t.crop_size[0]),
                       mean=tuple(float(v) for v in t.mean), std=tuple(float(v) for v in t.std),
@@ -201,9 +363,13 @@ def _read_state_dict(path: Path) -> dict:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
-def _load_state_dict(model: nn.Module, sd: dict, head_path: str, path: Path) -> None:
-    """Load a full or headless state dict; name the first mismatched keys or shapes."""
-    sd = {k: v for k, v in sd.items() if not k.startswith(head_path + ".")}
+def _load_state_dict(model: nn.Module, sd: dict, head_path: str | tuple, path: Path) -> None:
+    """Load a full or headless state dict; name the first mismatched keys or shapes.
+
+    ``head_path``: the classifier's module path (or paths), whose keys a full state dict has.
+    """
+    heads = (head_path,) if isinstance(head_path, str) else head_path
+    sd = {k: v for k, v in sd.items() if not k.startswith(tuple(h + "." for h in heads))}
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
@@ -230,8 +396,8 @@ def _sha256(path: Path) -> str:
 def resolve_weights(name: str, weights: str | None = "DEFAULT") -> tuple[str, str]:
     """What ``weights`` means for ``name``, cheaply (no download, no model): (resolved, sha256).
 
-    resolved is ``"none"``, an absolute file path, or ``"<Enum>.<MEMBER>"``; sha256 is the
-    file's digest for a path, else "".
+    resolved is ``"none"``, an absolute file path, ``"<Enum>.<MEMBER>"`` or, for a timm
+    backbone, ``"timm:<arch>.<tag>"``; sha256 is the file's digest for a path, else "".
     """
     _check_name(name)
     if weights is None or str(weights).lower() == "none":
@@ -241,14 +407,22 @@ def resolve_weights(name: str, weights: str | None = "DEFAULT") -> tuple[str, st
         if not path.is_file():
             raise FileNotFoundError(f"weights file not found: {path}")
         return str(path), _sha256(path)
+    if is_timm(name):
+        return TIMM_PREFIX + _timm_weights(name, str(weights)), ""
     wobj = _resolve_torchvision_weights(name, str(weights))
     return f"{type(wobj).__name__}.{wobj.name}", ""
 
 
 def cached_weights_path(name: str, weights: str = "DEFAULT") -> Path:
-    """Where torch hub keeps the file of torchvision weights ``weights`` of backbone ``name``."""
+    """Where torch hub keeps the file of torchvision weights ``weights`` of backbone ``name``.
+
+    For a timm backbone: the weights file in the huggingface hub cache (of the model's
+    ``hf_hub_id``) when there, else the folder it would be in (torch hub's for url-only weights).
+    """
     from urllib.parse import urlparse
 
+    if is_timm(name):
+        return _timm_cached_path(_timm_weights(name, str(weights)))
     url = _resolve_torchvision_weights(name, str(weights)).url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
@@ -271,15 +445,22 @@ def check_weights_available(name: str, weights: str | None = "DEFAULT", *,
     import socket
     from urllib.parse import urlparse
 
-    url = urlparse(_resolve_torchvision_weights(name, str(weights)).url)
     cached = cached_weights_path(name, weights)
     if cached.is_file():
         return
+    if is_timm(name):
+        cfg = _timm_pretrained_cfg(resolved.removeprefix(TIMM_PREFIX))
+        url = urlparse(cfg.url if cfg.url and not cfg.hf_hub_id else "https://huggingface.co")
+        where = "the huggingface hub cache" if cfg.hf_hub_id else "torch hub's cache"
+        where += f" ({cached if cfg.hf_hub_id else cached.parent})"
+    else:
+        url = urlparse(_resolve_torchvision_weights(name, str(weights)).url)
+        where = f"torch hub's cache ({cached.parent})"
     try:
         socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
     except OSError as exc:
         raise WeightsUnavailable(
-            f"weights {resolved} of {name} are not in torch hub's cache ({cached.parent}) and "
+            f"weights {resolved} of {name} are not in {where} and "
             f"{url.hostname} cannot be reached ({exc.strerror or exc}): download them once on a "
             "connected machine, or pass a local state dict (weights=PATH) or weights='none' "
             "(random, tests only)") from None
@@ -288,19 +469,20 @@ def check_weights_available(name: str, weights: str | None = "DEFAULT", *,
 def create_backbone(name: str, weights: str | None = "DEFAULT") -> Backbone:
     """Build backbone ``name`` in eval mode on the CPU, classifier removed.
 
+    ``name``: a :func:`list_backbones` name or ``timm:<model>`` (any timm model).
     ``weights``: ``"DEFAULT"`` or a torchvision weights name (``"IMAGENET1K_V1"`` or
-    ``"ResNet50_Weights.IMAGENET1K_V1"``; torch hub downloads and caches it), ``"none"``/None
+    ``"ResNet50_Weights.IMAGENET1K_V1"``; torch hub downloads and caches it; for timm, timm's
+    pretrained weights via the huggingface hub, or a pretrained tag), ``"none"``/None
     (random init with a fixed seed, loudly warned), or a path to a local state dict of the full
     or headless model, read with ``torch.load(weights_only=True)``.
     """
     _check_name(name)
+    if is_timm(name):
+        return _create_timm(name, weights)
     head = _HEADS[name]
     sha = ""
     if weights is None or str(weights).lower() == "none":
-        from vidfeat.system import VidfeatWarning
-
-        warnings.warn(f"backbone {name} uses RANDOM weights (weights='none'): its features "
-                      "mean nothing beyond tests and demos", VidfeatWarning, stacklevel=2)
+        _warn_random(name)
         model, resolved = _build(name), "none"
         dim = _split_head(model, head)
     elif _is_path(str(weights)):
@@ -317,6 +499,36 @@ def create_backbone(name: str, weights: str | None = "DEFAULT") -> Backbone:
     model.eval().requires_grad_(False)
     return Backbone(name=name, weights=resolved, model=model, feature_dim=dim,
                     preprocess=preprocess_for(name), weights_sha256=sha)
+
+
+def _warn_random(name: str) -> None:
+    from vidfeat.system import VidfeatWarning
+
+    warnings.warn(f"backbone {name} uses RANDOM weights (weights='none'): its features "
+                  "mean nothing beyond tests and demos", VidfeatWarning, stacklevel=3)
+
+
+def _create_timm(name: str, weights: str | None) -> Backbone:
+    """``create_backbone`` for ``timm:<model>``: pooled pre-logits (``num_classes=0``)."""
+    from timm.data import resolve_model_data_config
+
+    model_name, sha = _timm_model_name(name), ""
+    if weights is None or str(weights).lower() == "none":
+        _warn_random(name)
+        model, resolved = _timm_build(model_name, pretrained=False), "none"
+    elif _is_path(str(weights)):
+        path = Path(weights).expanduser().resolve()
+        sd = _read_state_dict(path)
+        model = _timm_build(model_name, pretrained=False)
+        _load_state_dict(model, sd, _timm_classifiers(model), path)
+        resolved, sha = str(path), _sha256(path)
+    else:
+        chosen = _timm_weights(name, str(weights))
+        model, resolved = _timm_build(chosen, pretrained=True), TIMM_PREFIX + chosen
+    model.eval().requires_grad_(False)
+    return Backbone(name=name, weights=resolved, model=model, feature_dim=_timm_dim(model),
+                    preprocess=_timm_preprocess(resolve_model_data_config(model), name),
+                    weights_sha256=sha)
 
 
 def load_image(source: str | os.PathLike | bytes) -> torch.Tensor:
