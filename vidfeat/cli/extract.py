@@ -15,7 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ingest_dir", metavar="OUTDIR", help="an ingest output folder")
     parser.add_argument("-o", "--output", required=True, metavar="FEATURES.h5",
                         help="feature file to write (reruns resume or skip)")
-    parser.add_argument("--backbone", default=d["backbone"], help="see vidfeat.list_backbones()")
+    parser.add_argument("--backbone", default=d["backbone"],
+                        help="a torchvision name (vidfeat.list_backbones()) or timm:<model> "
+                             "(pip install 'vidfeat[timm]')")
     parser.add_argument("--weights", default=d["weights"],
                         help="DEFAULT | a torchvision weights name | none (random init) | PATH "
                              "to a local state dict")

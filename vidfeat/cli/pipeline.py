@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames-per-video", type=arg_type(*STAGES["ingest"], "frames_per_video"),
                         default=stage["ingest"]["frames_per_video"])
     parser.add_argument("--backbone", default=stage["extract"]["backbone"],
-                        help="see vidfeat.list_backbones()")
+                        help="a torchvision name (vidfeat.list_backbones()) or timm:<model>")
     parser.add_argument("--weights", default=stage["extract"]["weights"],
                         help="DEFAULT | none | PATH | weights name")
     parser.add_argument("--head", default=stage["train"]["head"],
