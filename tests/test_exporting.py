@@ -2,7 +2,6 @@
 export; train refused. Real tiny videos, a real resnet18 (random weights) on the CPU, real HDF5."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
