@@ -300,7 +300,7 @@ def test_predict_warns_once_when_the_training_features_changed(clips, tmp_path, 
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["top_k"] == before[0]["top_k"]
         lines = [line for line in proc.stderr.splitlines() if "has changed since" in line]
-        assert len(lines) == 1 and lines[0].startswith("WARNING ")
+        assert len(lines) == 1 and lines[0].startswith("vidfeat: warning: the feature file")
         # the recorded file is gone: nothing to compare, nothing said
         caplog.clear()
         path.unlink()

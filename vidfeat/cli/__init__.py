@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"vidfeat: {old} is now {RENAMED[old]}", file=sys.stderr)
         return code
     # our own messages at INFO; libraries (distributed, PIL, ...) only when they warn
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_UserFormatter(verbose=args.verbose))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     logging.getLogger("vidfeat").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     # dask's own logging config (read when distributed is imported) would print every
     # scheduler/worker event of a local cluster at INFO
@@ -151,6 +153,25 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"vidfeat {args.command}: error: {_os_message(exc)}", file=sys.stderr)
         return 1
+
+
+class _UserFormatter(logging.Formatter):
+    """vidfeat's own lines in the user's terms (``vidfeat: warning: ...``, the same shape as the
+    CLI's errors and ``VidfeatWarning``); other libraries' as ``LEVEL name: message``; ``-v``
+    shows every record's logger."""
+
+    def __init__(self, *, verbose: bool):
+        super().__init__()
+        self.verbose = verbose
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info and self.verbose:
+            message += "\n" + self.formatException(record.exc_info)
+        if record.name.split(".")[0] != "vidfeat" or self.verbose:
+            return f"{record.levelname} {record.name}: {message}"
+        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        return f"vidfeat: {level}{message}"
 
 
 def _os_message(exc: OSError) -> str:
