@@ -226,17 +226,10 @@ def test_source_hash_whole_small_file_and_sampled_large_file(tmp_path):
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    import subprocess
+    from featfiles import small_disk
 
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with small_disk(tmp_path / "disk", "64k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_write_exact_and_atomic_write_on_a_full_disk(tiny_disk):

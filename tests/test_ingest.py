@@ -387,16 +387,10 @@ def test_killed_rerun_with_new_options_leaves_no_manifest_describing_other_frame
 @pytest.fixture
 def small_disk(tmp_path):
     """A 3 MiB tmpfs (root only); skipped where mounting is refused."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    rc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)],
-                        capture_output=True).returncode
-    if rc != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    import featfiles
+
+    with featfiles.small_disk(tmp_path / "disk", "3m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_disk_stops_the_run_records_nothing_and_a_rerun_completes(small_disk, tmp_path):

@@ -572,17 +572,10 @@ def test_symlinked_model_dir_keeps_its_link(feats, tmp_path):
 @pytest.fixture
 def small_disk(tmp_path):
     """A 2 MB tmpfs (skipped where mounting is refused)."""
-    import subprocess
+    import featfiles
 
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with featfiles.small_disk(tmp_path / "disk", "2m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def fill(disk) -> Path:
