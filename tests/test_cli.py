@@ -69,25 +69,29 @@ def library_param(command, dest):
     return func, dest
 
 
-def test_every_option_default_and_choices_are_the_librarys():
-    expected_choices = tables()
-    seen = set()
+def library_options():
+    """(command, action, library function, its parameter) for every option that stands for one."""
     for command in library():
         for action in options(command):
             where = library_param(command, action.dest)
-            if where is None:
-                continue
-            func, param = where
-            params = inspect.signature(func).parameters
-            assert param in params, f"vidfeat {command} {action.dest}: {func.__name__}() lacks it"
-            if params[param].default is inspect.Parameter.empty:  # the library requires it
-                assert action.required, (command, action.dest)
-            else:
-                assert action.default == params[param].default, (command, action.dest)
-            want = expected_choices.get((command, action.dest))
-            got = None if action.choices is None else list(action.choices)
-            assert got == want, (command, action.dest)
-            seen.add((command, action.dest))
+            if where is not None:
+                yield (command, action, *where)
+
+
+def test_every_option_default_and_choices_are_the_librarys():
+    expected_choices = tables()
+    seen = set()
+    for command, action, func, param in library_options():
+        params = inspect.signature(func).parameters
+        assert param in params, f"vidfeat {command} {action.dest}: {func.__name__}() lacks it"
+        if params[param].default is inspect.Parameter.empty:  # the library requires it
+            assert action.required, (command, action.dest)
+        else:
+            assert action.default == params[param].default, (command, action.dest)
+        want = expected_choices.get((command, action.dest))
+        got = None if action.choices is None else list(action.choices)
+        assert got == want, (command, action.dest)
+        seen.add((command, action.dest))
     assert set(expected_choices) <= seen
     # the pipeline's --device sets train's device too
     import vidfeat
@@ -103,26 +107,21 @@ def _number_type(annotation):
 
 def test_every_numeric_option_converts_as_its_annotation_says():
     checked = set()
-    for command in library():
-        for action in options(command):
-            where = library_param(command, action.dest)
-            if where is None:
-                continue
-            func, param = where
-            annotation = inspect.signature(func).parameters[param].annotation
-            if "bool" == annotation:  # an on/off flag, never a value to parse
-                assert action.nargs == 0, (command, action.dest)
-            want = _number_type(annotation)
-            if want is None or action.nargs == 0:
-                continue
-            got = action.type("3")
-            assert type(got) is want, (command, action.dest, annotation)
-            if want is float:
-                assert action.type("2.5") == 2.5
-            else:
-                with pytest.raises(ValueError):
-                    action.type("2.5")  # argparse refuses it: one line, exit 2
-            checked.add((command, action.dest))
+    for command, action, func, param in library_options():
+        annotation = inspect.signature(func).parameters[param].annotation
+        if "bool" == annotation:  # an on/off flag, never a value to parse
+            assert action.nargs == 0, (command, action.dest)
+        want = _number_type(annotation)
+        if want is None or action.nargs == 0:
+            continue
+        got = action.type("3")
+        assert type(got) is want, (command, action.dest, annotation)
+        if want is float:
+            assert action.type("2.5") == 2.5
+        else:
+            with pytest.raises(ValueError):
+                action.type("2.5")  # argparse refuses it: one line, exit 2
+        checked.add((command, action.dest))
     assert {("pipeline", "frames_per_video"), ("pipeline", "jobs"), ("ingest", "fps"),
             ("train", "epochs")} <= checked
 

@@ -71,12 +71,18 @@ def _literal(module: str, node: ast.expr):
     return ast.literal_eval(node)
 
 
-@functools.cache
-def defaults(module: str, func: str) -> dict[str, object]:
-    """Parameter -> default of the function ``func`` of ``module`` (as its source says)."""
+def _function(module: str, func: str) -> tuple[str, ast.FunctionDef]:
+    """``(defining module, node)`` of the function ``func`` of ``module``; else ValueError."""
     where, node = _resolve(module, func)
     if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
         raise ValueError(f"{module}.{func} is not a function")
+    return where, node
+
+
+@functools.cache
+def defaults(module: str, func: str) -> dict[str, object]:
+    """Parameter -> default of the function ``func`` of ``module`` (as its source says)."""
+    where, node = _function(module, func)
     a = node.args
     positional = a.posonlyargs + a.args
     pairs = list(zip(positional[len(positional) - len(a.defaults):], a.defaults))
@@ -100,9 +106,7 @@ def choices(module: str, name: str) -> tuple:
 @functools.cache
 def kinds(module: str, func: str) -> dict[str, Kind]:
     """Parameter -> Kind of each annotated parameter of ``func`` (as its source says)."""
-    _, node = _resolve(module, func)
-    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        raise ValueError(f"{module}.{func} is not a function")
+    _, node = _function(module, func)
     a = node.args
     return {arg.arg: kind_of(arg.annotation) for arg in a.posonlyargs + a.args + a.kwonlyargs
             if arg.annotation is not None}
