@@ -198,7 +198,8 @@ def ingest(src, outdir, *, labels: str | Path | None = None, unlabelled: bool = 
     if balance == "frames" and spec.mode != "uniform":
         raise ValueError("balance='frames' needs uniform sampling (frames_per_video), "
                          "not fps or keyframes")
-    max_frames_per_video = _clip_cap(spec, max_frames_per_video)
+    if balance == "frames":  # the only mode that reads it
+        max_frames_per_video = _clip_cap(spec, max_frames_per_video)
     videos = scan_source(src, labels=labels, unlabelled=unlabelled)
     out = check_output(check_local_path(outdir), kind="folder")
     out.mkdir(parents=True, exist_ok=True)
