@@ -14,11 +14,18 @@ from vidfeat.ingestion.probe import VideoError, probe_video
 from vidfeat.ingestion.sample import SamplingSpec, plan_times
 
 
+# swscale's default YUV -> RGB rounds down (up to one grey level low); the reference is the
+# correctly rounded BT.601 conversion, e.g. Y 44 -> (44 - 16) * 255 / 219 = 32.6 -> 33, not 32
+EXACT_RGB = (av.video.reformatter.Interpolation.BILINEAR | av.video.reformatter.Interpolation.ACCURATE_RND
+             | av.video.reformatter.Interpolation.FULL_CHR_H_INT)
+
+
 def full_decode(path):
     """Reference: every frame of a plain front-to-back decode, as (pts seconds, RGB array)."""
     with av.open(str(path)) as c:
         s = c.streams.video[0]
-        return [(float(f.pts * s.time_base), f.to_ndarray(format="rgb24")) for f in c.decode(s)]
+        return [(float(f.pts * s.time_base), f.to_ndarray(format="rgb24", interpolation=EXACT_RGB))
+                for f in c.decode(s)]
 
 
 def shown_at(ref, t):
@@ -265,3 +272,16 @@ def test_truncated_download_gives_the_frames_it_has(tmp_path, monkeypatch):
     times = [r.timestamp_s for r in recs]
     assert 2 <= len(recs) < 8 and times == sorted(set(times)) and times[-1] < 2.5
     assert counter.frames < 2 * probe.frame_count
+
+
+def test_same_frames_give_the_same_jpeg_bytes(video, tmp_path):
+    """A frame's JPEG bytes (hashed as provenance) depend on the frame only, also at sizes that
+    are no multiple of the JPEG's 16-pixel blocks, whatever was encoded before."""
+    odd = video("odd.mp4", size=(176, 144), duration=0.4, fps=10, source="mandelbrot")
+    other = video("other.mp4", size=(320, 240), duration=0.4, fps=10)
+    spec = SamplingSpec(frames_per_video=4, size=57)
+    hashes = []
+    for i, path in enumerate((odd, other, odd, other, odd)):
+        recs = decode_frames(path, probe_video(path), spec, tmp_path / str(i))
+        hashes.append([r.file_hash for r in recs])
+    assert hashes[0] == hashes[2] == hashes[4] and hashes[1] == hashes[3]
