@@ -534,3 +534,16 @@ def test_unlabelled_accepts_the_default_split_spelled_out(unlabelled_src, tmp_pa
     res = ingest(unlabelled_src, tmp_path / "out", unlabelled=True, split="0.8,0.1,0.1",
                  frames_per_video=1, progress=False)
     assert res.n_ok == 3
+
+
+def test_one_warm_child_per_worker_for_the_whole_run(tiny_dataset, tmp_path, monkeypatch):
+    """12 videos, 2 phases, --jobs 2: two sandbox children in all (started once, borrowed by
+    each video's probe and decode), not one per worker thread per phase."""
+    from vidfeat import sandbox
+
+    started = []
+    start = sandbox.Sandbox._start
+    monkeypatch.setattr(sandbox.Sandbox, "_start", lambda box: (started.append(1), start(box)))
+    result = ingest(tiny_dataset, tmp_path / "out", frames_per_video=2, size=32, jobs=2,
+                    progress=False)
+    assert result.n_ok == 12 and len(started) == 2
