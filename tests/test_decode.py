@@ -171,6 +171,32 @@ def test_keyframe_images_match_full_decode(clips, tmp_path):
         assert abs(load(tmp_path, rec).mean() - ref[rec.timestamp_s].mean()) < 0.6
 
 
+def test_mp4_keyframes_are_sought_not_demuxed(long_clip, clips, tmp_path, monkeypatch):
+    """In MP4 (a sample table lists every keyframe) keyframe mode reads the keyframe packets
+    only, and finds the same keyframes and pictures as a full demux, B-frames included."""
+    read = []
+    real = decode._packets
+
+    def counting(container, stream):
+        for packet in real(container, stream):
+            read.append(packet.is_keyframe)
+            yield packet
+    monkeypatch.setattr(decode, "_packets", counting)
+    recs = decode_frames(long_clip, probe_video(long_clip), SamplingSpec(mode="keyframes", size=24),
+                         tmp_path / "long")
+    assert len(recs) == 60 and len(read) == 60 and all(read)  # of 1500 packets
+    path = clips["bframes.mp4"]
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        keys = [float(p.pts * s.time_base) for p in c.demux(s) if p.is_keyframe]
+    recs = decode_frames(path, probe_video(path), SamplingSpec(mode="keyframes", size=48),
+                         tmp_path / "b")
+    assert [r.timestamp_s for r in recs] == pytest.approx(keys) and len(keys) == 9
+    ref = dict(full_decode(path))
+    for rec in recs:
+        assert abs(load(tmp_path / "b", rec).mean() - ref[rec.timestamp_s].mean()) < 0.6
+
+
 @pytest.mark.parametrize("rotation", [90, 180, 270])
 def test_rotation_applied_like_ffmpeg(video, tmp_path, rotation):
     p = video(f"rot{rotation}.mp4", rotation=rotation, size=(64, 48), duration=0.3, fps=10)
