@@ -46,7 +46,7 @@ def test_pool_reuses_warm_children_across_calls_and_threads():
     """Started ahead with its preload imported before any call; one child per concurrent
     borrower, reused by later calls of any thread (not one per thread or per call)."""
     try:
-        prestart(1, preload=("colorsys",))
+        prestart(1, preload=("colorsys", "no_such_module", "os:getpid"))  # one fails: no matter
         with pooled_sandbox() as box:
             loaded, first = box.call(imported, ("colorsys",), timeout=60)[1]
         assert loaded  # imported at start-up: the call itself never imported it

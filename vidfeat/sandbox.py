@@ -53,7 +53,8 @@ class Sandbox:
     """Runs ``fn(*args, **kwargs)`` in a child process with a hard timeout."""
 
     def __init__(self, *, preload: tuple[str, ...] = ()):
-        """``preload``: modules the child imports as soon as it starts (before any call)."""
+        """``preload``: modules the child imports as soon as it starts (before any call);
+        ``module:function`` also calls ``function()`` there (e.g. to fill a cache)."""
         self.proc: subprocess.Popen | None = None
         self.calls = 0
         self.preload = tuple(preload)
@@ -168,9 +169,9 @@ def _serve() -> None:
     """The child's loop: read a pickled call from stdin, write the pickled outcome back."""
     channel = os.dup(1)
     os.dup2(2, 1)  # library prints go to stderr, never into the result channel
-    for module in sys.argv[1:]:  # preload: a module that fails to import fails its calls instead
+    for name in sys.argv[1:]:  # preload; one that fails here fails the calls that need it
         with contextlib.suppress(Exception):
-            __import__(module)
+            _preload(name)
     parent = os.getppid()
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     stdin = sys.stdin.buffer
@@ -185,6 +186,17 @@ def _serve() -> None:
         except Exception as exc:  # any failure is this video's, reported as one line
             out = pickle.dumps(_outcome(exc))
         _write_all(channel, _HEADER.pack(len(out)) + out)
+
+
+def _preload(name: str) -> None:
+    """Import ``module``, or for ``module:function`` also call ``function()`` (a warm-up whose
+    result the function caches)."""
+    import importlib
+
+    module, _, function = name.partition(":")
+    loaded = importlib.import_module(module)
+    if function:
+        getattr(loaded, function)()
 
 
 def _write_all(fd: int, data: bytes) -> None:
