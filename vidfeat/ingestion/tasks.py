@@ -93,22 +93,21 @@ def worker_library_versions(timeout: float) -> dict | None:
 
 def in_threads(fn: Callable, items: list, *, jobs: int):
     """``fn(item)`` for each of ``items`` on ``jobs`` threads (in this one for 1), yielded as
-    they finish. The first exception (a StorageError: the environment failed) cancels what has
-    not started and propagates; what runs finishes first (each call is bounded by its timeout).
+    they finish. The first exception (a StorageError: the environment failed; Ctrl-C) cancels
+    what has not started and propagates at once, without waiting for the calls in flight: the
+    caller then kills the sandbox children (``close_sandboxes``), which ends them.
     """
     if jobs <= 1:
         yield from map(fn, items)
         return
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    with ThreadPoolExecutor(jobs, thread_name_prefix="vidfeat-video") as pool:
-        futures = [pool.submit(fn, item) for item in items]
-        try:
-            for future in as_completed(futures):
-                yield future.result()
-        finally:
-            for future in futures:
-                future.cancel()
+    pool = ThreadPoolExecutor(jobs, thread_name_prefix="vidfeat-video")
+    try:
+        for future in as_completed([pool.submit(fn, item) for item in items]):
+            yield future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _decode_and_publish(task: VideoTask) -> tuple[bool, object]:
