@@ -166,7 +166,8 @@ def script() -> None:
     exit with its status (quickly for the commands in ``QUICK_EXIT``)."""
     code = main()
     command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
-    if command in QUICK_EXIT:
+    # under a profiler or tracer (cProfile, coverage) the normal exit writes their results
+    if command in QUICK_EXIT and sys.getprofile() is None and sys.gettrace() is None:
         import atexit
         import threading
 

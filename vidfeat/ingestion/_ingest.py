@@ -37,9 +37,7 @@ from vidfeat.ingestion.scan import mark_duplicates, scan_source
 from vidfeat.ingestion.stats import (
     failure_counts,
     jsonable,
-    library_versions,
     nested_counts,
-    package_version,
 )
 from vidfeat.ingestion.tasks import (
     FRAMES,
@@ -48,6 +46,7 @@ from vidfeat.ingestion.tasks import (
     PARTIAL,
     Journal,
     VideoTask,
+    cached_library_versions,
     frames_intact,
     in_threads,
     run_video_task,
@@ -278,7 +277,7 @@ class _Run:
         self.worked: set[str] = set()   # videos this run probed or decoded
         self.frames_written = 0
         self.runner = None  # the DaskRunner while backend='dask' runs
-        self.versions: dict | None = None  # library versions, read by a warm sandbox child
+        self.versions: dict | None = None  # tasks.cached_library_versions, from a warm child
         # decoder threads per worker; on Dask each worker sizes them for its own machine
         self.threads = None if backend == "dask" else decode_threads(jobs)
 
@@ -387,18 +386,19 @@ class _Run:
         """The ``ingest.json`` content."""
         from vidfeat.ingestion.manifest import FORMATS
 
+        versions = self.versions or cached_library_versions()
         ok = videos[videos["status"] == "ok"]
         failed = videos[videos["status"] == "failed"]
         times = sorted(((sum(self.entries.get((p, v), {}).get("elapsed_s", 0)
                              for p in ("probe", "decode")), v) for v in ok["video_id"]),
                        reverse=True)
         return {
-            "vidfeat_version": package_version("vidfeat"),
+            "vidfeat_version": versions["vidfeat"],
             "unlabelled": bool(arguments.get("unlabelled")),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "arguments": {k: jsonable(v) for k, v in arguments.items()},
             "sampling": asdict(self.spec),
-            "versions": self.versions or library_versions(),
+            "versions": versions["libraries"],
             "counts": {
                 "videos": {"total": len(videos), "ok": len(ok), "failed": len(failed),
                            "dropped": int((ok["repeat"] == 0).sum()), "reused": len(self.reused)},
