@@ -34,12 +34,14 @@ def tables():
     from vidfeat.ingestion._ingest import BACKENDS
     from vidfeat.ingestion.balance import MODES
     from vidfeat.ingestion.manifest import FORMATS, SPLITS
+    from vidfeat.ingestion.sample import SHORT_CLIPS
     from vidfeat.system import DEVICES
     from vidfeat.training._train import HEADS, SELECT_METRICS
     from vidfeat.training.stacked import SAMPLERS
 
     found = {("ingest", "balance"): MODES, ("ingest", "fmt"): FORMATS,
-             ("ingest", "backend"): BACKENDS, ("extract", "precision"): ["auto", *PRECISIONS],
+             ("ingest", "backend"): BACKENDS, ("ingest", "short_clips"): SHORT_CLIPS,
+             ("extract", "precision"): ["auto", *PRECISIONS],
              ("extract", "decode"): DECODES, ("extract", "dtype"): DTYPES,
              ("train", "head"): HEADS, ("train", "select_metric"): SELECT_METRICS,
              ("train", "sampler"): [k for k in SAMPLERS if isinstance(k, str)],
@@ -203,6 +205,29 @@ def test_library_option_error_names_the_flag(tmp_path, capsys):
     assert main(["ingest", str(tmp_path), "-o", str(tmp_path / "out"), "--jobs", "0"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "vidfeat ingest: error: --jobs 0: must be > 0"]
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--clips-per-video", "2", "--fps", "3"], "--clips-per-video and --fps exclude each other"),
+    (["--keyframes", "--clips-per-video", "2"], "--clips-per-video and --keyframes exclude each other"),
+    (["--clips-per-video", "0"], "--clips-per-video 0: must be > 0"),
+    (["--clips-per-video", "2", "--clip-len", "0"], "--clip-len 0: must be > 0"),
+    (["--clips-per-video", "2", "--clip-fps", "-1"], "--clip-fps -1.0: must be > 0"),
+    (["--short-clips", "trim"], "--short-clips trim: not one of pad, drop"),
+])
+def test_clip_flags_are_checked_in_one_line(tmp_path, capsys, argv, line):
+    assert main(["ingest", str(tmp_path), "-o", str(tmp_path / "out"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"vidfeat ingest: error: {line}") and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_clip_flags_reach_the_library(monkeypatch):
+    calls = _spy(monkeypatch, "vidfeat.ingestion.ingest")
+    assert main(["ingest", "src", "-o", "o", "--clips-per-video", "4", "--clip-len", "8",
+                 "--clip-fps", "12.5", "--short-clips", "drop"]) == 2
+    assert {k: calls[0][k] for k in ("clips_per_video", "clip_len", "clip_fps", "short_clips")} \
+        == {"clips_per_video": 4, "clip_len": 8, "clip_fps": 12.5, "short_clips": "drop"}
 
 
 def test_option_error_of_another_value_keeps_the_library_text(monkeypatch, capsys):

@@ -265,3 +265,100 @@ def test_truncated_download_gives_the_frames_it_has(tmp_path, monkeypatch):
     times = [r.timestamp_s for r in recs]
     assert 2 <= len(recs) < 8 and times == sorted(set(times)) and times[-1] < 2.5
     assert counter.frames < 2 * probe.frame_count
+
+
+# --- clips -------------------------------------------------------------------------------------
+
+def clip_targets(probe, clips, length, fps):
+    """Reference targets, from the definition: clip k centred on the centre of segment k of
+    ``clips`` equal segments (moved inside the video if it overruns), frames 1/fps apart."""
+    span, start, end = length / fps, probe.start_s, probe.start_s + probe.duration_s
+    out = []
+    for k in range(clips):
+        centre = start + (k + 0.5) * probe.duration_s / clips
+        first = min(max(centre - span / 2, start), end - span)
+        out.append([first + j / fps for j in range(length)])
+    return out
+
+
+@pytest.mark.parametrize("name", ["bframes.mp4", "gop.mkv", "start.ts"])
+def test_clip_frames_are_exact_and_one_over_clip_fps_apart(clips, tmp_path, name):
+    path = clips[name]
+    probe = probe_video(path)
+    spec = SamplingSpec(clips_per_video=3, clip_len=6, clip_fps=12.5, size=48)
+    recs = decode_frames(path, probe, spec, tmp_path)
+    ref = full_decode(path)
+    means = np.array([frame.mean() for _, frame in ref])
+    targets = clip_targets(probe, 3, 6, 12.5)
+    assert [(r.clip, r.pos) for r in recs] == [(k, j) for k in range(3) for j in range(6)]
+    for rec, t in zip(recs, [t for clip in targets for t in clip]):
+        i = shown_at(ref, t)
+        assert rec.timestamp_s == pytest.approx(ref[i][0], abs=1e-9) and not rec.padded
+        err = np.abs(means - load(tmp_path, rec).mean())
+        assert int(np.argmin(err)) == i and err[i] < 0.6, (rec, i)
+    for k in range(3):  # 25 fps video, 12.5 fps clip: every other frame, no gap, no repeat
+        shown = [shown_at(ref, t) for t in targets[k]]
+        assert np.diff(shown).tolist() == [2] * 5
+        assert [r.frame_index for r in recs[6 * k:6 * k + 6]] == \
+            [round((ref[i][0] - probe.start_s) * 25) for i in shown]
+    # one JPEG per distinct frame
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({r.filename for r in recs})
+
+
+def test_clip_faster_than_the_video_repeats_frames_and_shares_their_jpeg(clips, tmp_path):
+    path = clips["bframes.mp4"]
+    spec = SamplingSpec(clips_per_video=1, clip_len=8, clip_fps=50.0, size=48)
+    recs = decode_frames(path, probe_video(path), spec, tmp_path)
+    assert len(recs) == 8 and len({r.filename for r in recs}) == 4
+    assert [r.frame_index for r in recs][::2] == [r.frame_index for r in recs][1::2]
+    assert len(list(tmp_path.iterdir())) == 4
+
+
+def test_short_video_pads_with_its_last_frame_or_is_dropped(tmp_path):
+    p = counter_video(tmp_path / "short.mp4", duration=0.8, fps=10, gop=4)  # 8 frames
+    probe = probe_video(p)
+    ref = full_decode(p)
+    spec = SamplingSpec(clips_per_video=2, clip_len=16, clip_fps=15.0, size=48)
+    recs = decode_frames(p, probe, spec, tmp_path / "pad")
+    assert len(recs) == 16 and {r.clip for r in recs} == {0}  # one clip: the whole video
+    assert [r.padded for r in recs] == [j / 15 >= 0.8 - 1e-9 for j in range(16)]
+    for j, rec in enumerate(recs):
+        assert rec.timestamp_s == pytest.approx(ref[shown_at(ref, j / 15)][0])
+    last = ref[-1][0]
+    assert all(r.timestamp_s == pytest.approx(last) and r.filename == recs[-1].filename
+               for r in recs if r.padded)
+    drop = SamplingSpec(clips_per_video=2, clip_len=16, clip_fps=15.0, short_clips="drop")
+    with pytest.raises(VideoError, match=r"^shorter than one clip: 0\.8 s < 1\.07 s"):
+        decode_frames(p, probe, drop, tmp_path / "drop")
+    assert not any((tmp_path / "drop").glob("*.jpg"))
+
+
+class _Seeks:
+    """Counts the cursor's container seeks (wraps decode._Cursor._seek; seeking is real)."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        real = decode._Cursor._seek
+
+        def counting(cursor, at):
+            self.count += 1
+            return real(cursor, at)
+        monkeypatch.setattr(decode._Cursor, "_seek", counting)
+
+
+def test_sparse_clips_seek_once_each_and_do_not_decode_the_whole_video(tmp_path, monkeypatch):
+    """60 s at 25 fps, a keyframe every 2 s: each 1.6 s clip spans a keyframe, where a frame
+    sampler would seek again; a clip seeks once and decodes on."""
+    path = make_video(tmp_path / "gop50.mp4", duration=60, fps=25, gop=50, size=(32, 24),
+                      source="testsrc")
+    probe = probe_video(path)
+    seeks, counter = _Seeks(monkeypatch), _Counter(monkeypatch)
+    spec = SamplingSpec(clips_per_video=4, clip_len=8, clip_fps=5.0, size=24)
+    recs = decode_frames(path, probe, spec, tmp_path / "out")
+    targets = clip_targets(probe, 4, 8, 5.0)
+    keys = [2.0 * i for i in range(30)]
+    assert all(any(clip[0] < k <= clip[-1] for k in keys) for clip in targets)
+    assert seeks.count == 4
+    assert counter.frames <= 4 * (50 + 8 * 5 + 1) < probe.frame_count / 3
+    expected = [int(t * 25 + 1e-6) for clip in targets for t in clip]  # CFR from 0: frame k at k/25
+    assert [r.frame_index for r in recs] == expected

@@ -534,3 +534,117 @@ def test_unlabelled_accepts_the_default_split_spelled_out(unlabelled_src, tmp_pa
     res = ingest(unlabelled_src, tmp_path / "out", unlabelled=True, split="0.8,0.1,0.1",
                  frames_per_video=1, progress=False)
     assert res.n_ok == 3
+
+
+# --- clips ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def clip_src(tmp_path_factory):
+    """2 s videos (a: 4 train + 1 val, b: 1 train + 1 val) and a 0.8 s one (b, test), with a
+    labels file giving every split."""
+    root = tmp_path_factory.mktemp("clip_src")
+    rows = ["path,label,split"]
+    plan = [("a", i, "train" if i < 4 else "val", 2.0) for i in range(5)]
+    plan += [("b", 0, "train", 2.0), ("b", 1, "val", 2.0), ("b", "short", "test", 0.8)]
+    for label, i, split, duration in plan:
+        name = f"{label}/{label}_{i}.mp4"
+        make_video(root / name, duration=duration, fps=10, size=(64, 48),
+                   source="testsrc" if label == "a" else "smptebars")
+        rows.append(f"{name},{label},{split}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root / "labels.csv"
+
+
+def _clips(labels, out, **kw):
+    kw = {"clips_per_video": 3, "clip_len": 16, "clip_fps": 15.0, "progress": False, **kw}
+    return ingest(None, out, labels=labels, **kw)
+
+
+def test_clip_ingest_ids_positions_and_padding(clip_src, tmp_path):
+    result = _clips(clip_src, tmp_path / "o")
+    m = read_manifest(tmp_path / "o", verify=True)
+    f = m.frames
+    assert result.exit_code == 0 and m.clips and m.clip_len == 16
+    # 7 two-second videos x 3 clips + 1 clip of the short one, numbered across the dataset
+    assert f["clip_id"].tolist() == [c for c in range(22) for _ in range(16)]
+    assert f["clip_pos"].tolist() == list(range(16)) * 22
+    assert f["frame_id"].is_unique and f.groupby("clip_id")["video_id"].nunique().max() == 1
+    assert (f.groupby("video_id").size() == m.videos.set_index("video_id")["n_frames"]).all()
+    # within a clip frames are 1/15 s apart at a 10 fps video: indexes step by 0 or 1, never 2
+    steps = f.groupby("clip_id")["frame_index"].diff().dropna()
+    assert set(steps) <= {0, 1}
+    short = f[f["video_id"] == "b/b_short.mp4"]
+    assert short["padded"].tolist() == [j / 15 >= 0.8 - 1e-9 for j in range(16)]
+    assert not f.loc[f["video_id"] != "b/b_short.mp4", "padded"].any()
+    last = short[~short["padded"]].iloc[-1]
+    assert (short.loc[short["padded"], "path"] == last["path"]).all()  # the last frame, repeated
+    assert last["frame_index"] == 7 and last["timestamp_s"] == pytest.approx(0.7)
+    sampling = m.info["sampling"]
+    assert {k: sampling[k] for k in ("clips_per_video", "clip_len", "clip_fps", "short_clips")} \
+        == {"clips_per_video": 3, "clip_len": 16, "clip_fps": 15.0, "short_clips": "pad"}
+
+
+def test_short_clips_drop_fails_the_video_with_the_reason(clip_src, tmp_path):
+    result = _clips(clip_src, tmp_path / "o", short_clips="drop")
+    v = result.manifest.videos.set_index("video_id")
+    assert v.loc["b/b_short.mp4", "status"] == "failed"
+    assert v.loc["b/b_short.mp4", "error"] == \
+        "shorter than one clip: 0.8 s < 1.07 s (16 frames at 15 fps)"
+    assert (v.drop("b/b_short.mp4")["status"] == "ok").all()
+    assert result.failures == {"shorter than one clip": 1}
+    assert "b/b_short.mp4" not in set(result.manifest.frames["video_id"])
+    assert len(result.manifest.frames) == 7 * 3 * 16
+
+
+def _decodes(out):
+    return sum(json.loads(line)["phase"] == "decode" for line in (out / JOURNAL).open())
+
+
+def test_every_clip_option_is_in_the_fingerprint_and_a_change_remakes_frames(tmp_path):
+    make_video(tmp_path / "src" / "x" / "a.mp4", duration=2, fps=10)
+    out = tmp_path / "o"
+    options = {"clips_per_video": 2, "clip_len": 4, "clip_fps": 5.0, "short_clips": "pad"}
+    first = ingest(tmp_path / "src", out, split=(1, 0, 0), progress=False, **options)
+    seen, decodes = {first.manifest.fingerprint}, _decodes(out)
+    again = ingest(tmp_path / "src", out, split=(1, 0, 0), progress=False, **options)
+    assert again.manifest.fingerprint in seen and _decodes(out) == decodes  # already done
+    for name, value in [("clip_len", 6), ("clips_per_video", 3), ("clip_fps", 8.0),
+                        ("short_clips", "drop")]:
+        options[name] = value
+        result = ingest(tmp_path / "src", out, split=(1, 0, 0), progress=False, **options)
+        assert result.manifest.fingerprint not in seen, name
+        assert _decodes(out) == decodes + 1, name  # re-made, not reused
+        seen.add(result.manifest.fingerprint)
+        decodes += 1
+        m = read_manifest(out, verify=True)
+        assert len(m.frames) == options["clips_per_video"] * options["clip_len"]
+        assert m.info["sampling"][name] == value
+
+
+def test_balance_frames_gives_minority_train_videos_more_clips(clip_src, tmp_path):
+    # clips of 4 frames at 10 fps (0.4 s): a 2 s video holds 5; train has a: 4 videos, b: 1
+    result = _clips(clip_src, tmp_path / "o", clips_per_video=1, clip_len=4, clip_fps=10.0,
+                    balance="frames")
+    f = result.manifest.frames
+    assert (f.groupby("clip_id").size() == 4).all()  # more clips, never longer ones
+    clips = f.groupby("video_id")["clip_id"].nunique().to_dict()
+    assert clips == {"a/a_0.mp4": 1, "a/a_1.mp4": 1, "a/a_2.mp4": 1, "a/a_3.mp4": 1,
+                     "a/a_4.mp4": 1, "b/b_0.mp4": 4, "b/b_1.mp4": 1, "b/b_short.mp4": 1}
+    capped = _clips(clip_src, tmp_path / "cap", clips_per_video=1, clip_len=4, clip_fps=10.0,
+                    balance="frames", max_frames_per_video=8)  # 8 frames: 2 clips of 4
+    assert capped.manifest.frames.groupby("video_id")["clip_id"].nunique()["b/b_0.mp4"] == 2
+    with pytest.raises(ValueError, match=r"max_frames_per_video=3 is below one video's clips"):
+        _clips(clip_src, tmp_path / "x", clips_per_video=1, clip_len=4, balance="frames",
+               max_frames_per_video=3)
+
+
+def test_clip_options_are_checked_before_any_work(clip_src, tmp_path):
+    for kw, match in [({"clip_len": 0}, "clip_len must be > 0"),
+                      ({"clip_fps": 0.0}, "clip_fps must be > 0"),
+                      ({"clips_per_video": 0}, "clips_per_video must be > 0"),
+                      ({"short_clips": "cut"}, "short_clips='cut' is not one of 'pad', 'drop'"),
+                      ({"fps": 2.0}, "clips_per_video and fps exclude each other"),
+                      ({"keyframes": True}, "clips_per_video and keyframes exclude each other")]:
+        with pytest.raises(ValueError, match=match):
+            _clips(clip_src, tmp_path / "o", **kw)
+    assert not (tmp_path / "o").exists()

@@ -1,4 +1,6 @@
 """Manifest contract: write/read round trip (parquet and csv) and errors naming the culprit."""
+import json
+
 import pandas as pd
 import pytest
 
@@ -185,3 +187,86 @@ def test_empty_label_in_a_labelled_manifest_is_refused(tmp_path):
     frames["label"] = ""
     with pytest.raises(ManifestError, match="column 'label' is empty for an ok video"):
         write_manifest(tmp_path, videos, frames)
+
+
+# --- clip manifests ------------------------------------------------------------------------------
+
+CLIP_INFO = {"sampling": {"mode": "uniform", "clips_per_video": 2, "clip_len": 2,
+                          "clip_fps": 5.0, "short_clips": "pad"}}
+
+
+def clip_tables():
+    """Two clips of a/1.mp4 (the second padded at its end) and one of a/2.mp4, clip_len 2."""
+    videos, _ = tables()
+    rows = [("a/1.mp4", 0, 0, 0, 0), ("a/1.mp4", 2, 0, 1, 0), ("a/1.mp4", 5, 1, 0, 0),
+            ("a/1.mp4", 5, 1, 1, 1), ("a/2.mp4", 3, 2, 0, 0), ("a/2.mp4", 4, 2, 1, 0)]
+    frames = pd.DataFrame({
+        "frame_id": [f"{v}#{i}@{c}.{p}" for v, i, c, p, _ in rows],
+        "video_id": [r[0] for r in rows], "label": "a",
+        "split": ["train" if r[0] == "a/1.mp4" else "val" for r in rows],
+        "frame_index": [r[1] for r in rows], "timestamp_s": [r[1] / 10 for r in rows],
+        "path": [f"frames/{r[0]}/{r[1]:06d}.jpg" for r in rows],
+        "repeat": [2 if r[0] == "a/1.mp4" else 1 for r in rows],
+        "clip_id": [r[2] for r in rows], "clip_pos": [r[3] for r in rows],
+        "padded": [bool(r[4]) for r in rows]})
+    return videos, frames
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_clip_manifest_round_trip(tmp_path, fmt):
+    videos, frames = clip_tables()
+    write_manifest(tmp_path, videos, frames, CLIP_INFO, fmt=fmt)
+    m = read_manifest(tmp_path)
+    assert m.clips and m.clip_len == 2
+    assert m.frames["clip_id"].tolist() == [0, 0, 1, 1, 2, 2]
+    assert m.frames["padded"].tolist() == [False, False, False, True, False, False]
+    videos, frames = tables()
+    write_manifest(tmp_path / "frames", videos, frames, {"sampling": {"mode": "uniform"}})
+    plain = read_manifest(tmp_path / "frames")
+    assert not plain.clips and plain.clip_len is None
+
+
+CLIP_CASES = {
+    "no clip_pos": (lambda f: f.pop("clip_pos"), "frames manifest: missing column 'clip_pos'"),
+    "no padded": (lambda f: f.pop("padded"), "frames manifest: missing column 'padded'"),
+    "positions out of order": (lambda f: f.__setitem__("clip_pos", [0, 1, 1, 0, 0, 1]),
+                               "column 'clip_pos' of frame 'a/1.mp4#5@1.0' is 1, expected 0"),
+    "split clip": (lambda f: f.__setitem__("clip_id", [0, 0, 1, 1, 0, 0]),
+                   "column 'clip_id': the rows of clip 0 are not consecutive"),
+    "short clip": (lambda f: f.__setitem__("clip_id", [0, 0, 1, 2, 2, 2]),
+                   "column 'clip_pos' of frame 'a/1.mp4#5@1.1' is 1, expected 0"),
+    "clip across videos": (lambda f: f.__setitem__("clip_id", [0, 0, 1, 1, 1, 1]),
+                           "column 'clip_pos' of frame 'a/2.mp4#3@2.0' is 0, expected 2"),
+    "missing clip_id value": (lambda f: f.__setitem__("clip_id", [0, 0, 1, 1, 2, None]),
+                              "column 'clip_id' cannot be read as int64"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLIP_CASES))
+def test_broken_clip_manifest_is_refused_naming_the_column(tmp_path, case):
+    change, message = CLIP_CASES[case]
+    videos, frames = clip_tables()
+    change(frames)
+    with pytest.raises(ManifestError, match=message):
+        write_manifest(tmp_path, videos, frames, CLIP_INFO)
+    videos.to_parquet(tmp_path / "videos.parquet")
+    frames.to_parquet(tmp_path / "frames.parquet")
+    (tmp_path / "ingest.json").write_text(json.dumps(CLIP_INFO))
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(tmp_path)
+
+
+def test_clip_length_other_than_recorded_is_refused(tmp_path):
+    videos, frames = clip_tables()
+    info = {"sampling": {**CLIP_INFO["sampling"], "clip_len": 3}}
+    with pytest.raises(ManifestError, match=r"column 'clip_pos': clip 0 has 2 rows, expected clip_len=3"):
+        write_manifest(tmp_path, videos, frames, info)
+    # whole clips in order, but clip 3 holds frames of two videos
+    videos, frames = clip_tables()
+    frames["clip_pos"] = [0, 1, 0, 1, 0, 1]
+    frames["clip_id"] = [0, 0, 1, 1, 3, 3]
+    frames["video_id"] = ["a/1.mp4"] * 5 + ["a/2.mp4"]
+    frames["split"] = ["train"] * 5 + ["val"]
+    frames["repeat"] = [2] * 5 + [1]
+    with pytest.raises(ManifestError, match="column 'clip_id': clip 3 holds frames of more than one video"):
+        write_manifest(tmp_path, videos, frames, CLIP_INFO)

@@ -215,7 +215,8 @@ def _ingest_values(o: dict) -> None:
     from vidfeat.ingestion.split import parse_ratios
 
     spec = sampling_spec(**{k: o[k] for k in ("frames_per_video", "fps", "keyframes", "size",
-                                               "jpeg_quality")})
+                                               "jpeg_quality", "clips_per_video", "clip_len",
+                                               "clip_fps", "short_clips")})
     check_choice("fmt", o["fmt"], FORMATS)
     check_choice("balance", o["balance"], MODES)
     check_choice("backend", o["backend"], BACKENDS)

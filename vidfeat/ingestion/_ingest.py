@@ -25,7 +25,7 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -127,7 +127,9 @@ UNLABELLED_REFUSES = {"split": DEFAULT_SPLIT, "seed": 0, "balance": "none",
 def ingest(src, outdir, *, labels: str | Path | None = None, unlabelled: bool = False,
            frames_per_video: int = 16,
            fps: float | None = None, keyframes: bool = False, size: int = 256,
-           jpeg_quality: int = 90, split: str | tuple[float, float, float] = DEFAULT_SPLIT,
+           jpeg_quality: int = 90, clips_per_video: int | None = None, clip_len: int = 16,
+           clip_fps: float = 15.0, short_clips: str = "pad",
+           split: str | tuple[float, float, float] = DEFAULT_SPLIT,
            seed: int = 0, balance: str = "none",
            max_frames_per_video: int | None = None, max_per_class: int | None = None,
            fmt: str = "parquet", jobs: int = 1, timeout: float = 600.0, strict: bool = False,
@@ -141,7 +143,12 @@ def ingest(src, outdir, *, labels: str | Path | None = None, unlabelled: bool = 
     and ``#`` lines skipped); every video goes to split ``all`` with label "" and
     ``split``/``seed``/``balance``/``max_*`` are refused (``UNLABELLED_REFUSES``).
     Sampling: ``frames_per_video`` uniform (default), ``fps`` frames per second, or
-    ``keyframes``; frames resized to short side ``size``. ``split`` is train,val,test fractions
+    ``keyframes``; frames resized to short side ``size``. Clips instead (``clips_per_video``
+    set): that many clips per video, centred in as many equal segments, each of ``clip_len``
+    frames ``1 / clip_fps`` s apart (frames.parquet gains ``clip_id``, ``clip_pos``,
+    ``padded``); a video shorter than a clip is padded or fails (``short_clips`` pad | drop);
+    ``balance='frames'`` then gives minority classes more clips per video (``max_frames_per_video``
+    caps clips x ``clip_len``). ``split`` is train,val,test fractions
     (a labels file's split column wins). ``balance`` (train split only): none | undersample |
     oversample | frames, with ``max_frames_per_video`` (frames mode; default 4x
     ``frames_per_video``) and ``max_per_class``. Each video's probe and decode run in a child
@@ -165,7 +172,8 @@ def ingest(src, outdir, *, labels: str | Path | None = None, unlabelled: bool = 
     from vidfeat.ingestion.split import parse_ratios
 
     spec = sampling_spec(frames_per_video=frames_per_video, fps=fps, keyframes=keyframes,
-                         size=size, jpeg_quality=jpeg_quality)
+                         size=size, jpeg_quality=jpeg_quality, clips_per_video=clips_per_video,
+                         clip_len=clip_len, clip_fps=clip_fps, short_clips=short_clips)
     check_choice("fmt", fmt, FORMATS)
     check_choice("balance", balance, BALANCE_MODES)
     check_choice("backend", backend, BACKENDS)
@@ -185,6 +193,7 @@ def ingest(src, outdir, *, labels: str | Path | None = None, unlabelled: bool = 
     if balance == "frames" and spec.mode != "uniform":
         raise ValueError("balance='frames' needs uniform sampling (frames_per_video), "
                          "not fps or keyframes")
+    max_frames_per_video = _clip_cap(spec, max_frames_per_video)
     videos = scan_source(src, labels=labels, unlabelled=unlabelled)
     out = check_output(check_local_path(outdir), kind="folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -239,13 +248,29 @@ def _runner(backend: str, scheduler, jobs: int, outdir: Path):
 
 
 def sampling_spec(*, frames_per_video: int = 16, fps: float | None = None,
-                  keyframes: bool = False, size: int = 256, jpeg_quality: int = 90) -> SamplingSpec:
-    """The ``SamplingSpec`` for ingest's options (``fps`` and ``keyframes`` exclude each other)."""
+                  keyframes: bool = False, size: int = 256, jpeg_quality: int = 90,
+                  clips_per_video: int | None = None, clip_len: int = 16, clip_fps: float = 15.0,
+                  short_clips: str = "pad") -> SamplingSpec:
+    """The ``SamplingSpec`` for ingest's options (``fps``, ``keyframes`` and
+    ``clips_per_video`` exclude each other)."""
     if fps is not None and keyframes:
         raise ValueError("give fps or keyframes, not both")
     mode = "keyframes" if keyframes else "fps" if fps is not None else "uniform"
     return SamplingSpec(mode=mode, frames_per_video=frames_per_video, fps=fps, size=size,
-                        jpeg_quality=jpeg_quality)
+                        jpeg_quality=jpeg_quality, clips_per_video=clips_per_video,
+                        clip_len=clip_len, clip_fps=clip_fps, short_clips=short_clips)
+
+
+def _clip_cap(spec: SamplingSpec, max_frames_per_video: int | None) -> int | None:
+    """``max_frames_per_video`` in the unit balancing plans in: clips when sampling clips."""
+    if not spec.clips or max_frames_per_video is None:
+        return max_frames_per_video
+    check_positive("max_frames_per_video", max_frames_per_video)
+    if max_frames_per_video < spec.clips_per_video * spec.clip_len:
+        raise ValueError(f"max_frames_per_video={max_frames_per_video} is below one video's "
+                         f"clips: clips_per_video x clip_len = "
+                         f"{spec.clips_per_video * spec.clip_len}")
+    return max_frames_per_video // spec.clip_len
 
 
 class _Run:
@@ -286,9 +311,13 @@ class _Run:
         todo = videos[(videos["status"] == "ok") & (videos["repeat"] > 0)]
         self._phase("decode", [self._decode_task(r) for r in todo.itertuples()])
         videos = _with_outcomes(videos, self.entries, "decode")
-        return _finish_videos(videos, self.entries), _frames_table(videos, self.entries)
+        frames = _frames_table(videos, self.entries, clips=self.spec.clips)
+        return _finish_videos(videos, self.entries), frames
 
     def _n(self) -> int | None:
+        """Frames (clips, when sampling clips) per video before balancing; None: not planned."""
+        if self.spec.clips:
+            return self.spec.clips_per_video
         return self.spec.frames_per_video if self.spec.mode == "uniform" else None
 
     def _capacity(self, row) -> int:
@@ -307,7 +336,7 @@ class _Run:
     def _decode_task(self, row) -> VideoTask:
         probe = self.entries["probe", row.video_id]
         n = int(row.n_planned) if self.spec.mode == "uniform" else None
-        key = json.dumps([probe["key"], asdict(self.spec), n])
+        key = json.dumps([probe["key"], self.spec.record(), n])
         return VideoTask("decode", row.video_id, row.path, str(self.outdir), self.timeout, key,
                          decode_frames, probe=probe["probe"], spec=self.spec, n=n,
                          threads=self.threads)
@@ -372,7 +401,7 @@ class _Run:
             "unlabelled": bool(arguments.get("unlabelled")),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "arguments": {k: jsonable(v) for k, v in arguments.items()},
-            "sampling": asdict(self.spec),
+            "sampling": self.spec.record(),
             "versions": library_versions(),
             "counts": {
                 "videos": {"total": len(videos), "ok": len(ok), "failed": len(failed),
@@ -432,18 +461,30 @@ def _finish_videos(videos, entries: dict):
     return out[columns].sort_values("video_id", kind="stable").reset_index(drop=True)
 
 
-def _frames_table(videos, entries: dict):
-    """The frames manifest: one row per stored JPEG of the ok videos."""
+def _frames_table(videos, entries: dict, *, clips: bool = False):
+    """The frames manifest: one row per stored JPEG of the ok videos; with ``clips``, one row
+    per clip position (``frame_id`` ``<video_id>#<frame_index>@<clip_id>.<clip_pos>``,
+    ``clip_id`` numbered across the dataset in ``video_id`` order)."""
     import pandas as pd
 
-    from vidfeat.ingestion.manifest import FRAME_COLUMNS, FRAME_PROVENANCE
+    from vidfeat.ingestion.manifest import FRAME_CLIP, FRAME_COLUMNS, FRAME_PROVENANCE
 
-    columns = {**FRAME_COLUMNS, **FRAME_PROVENANCE}
+    columns = {**FRAME_COLUMNS, **FRAME_PROVENANCE, **(FRAME_CLIP if clips else {})}
     cols: dict[str, list] = {c: [] for c in columns}
     kept = videos[(videos["status"] == "ok") & (videos["repeat"] > 0)].sort_values("video_id")
+    next_clip = 0
     for row in kept.itertuples():
-        for index, ts, name, nbytes, digest in entries["decode", row.video_id]["frames"]:
-            cols["frame_id"].append(f"{row.video_id}#{index}")
+        first_clip = next_clip
+        for index, ts, name, nbytes, digest, *clip in entries["decode", row.video_id]["frames"]:
+            frame_id = f"{row.video_id}#{index}"
+            if clips:
+                clip_id, pos, padded = first_clip + clip[0], clip[1], clip[2]
+                frame_id += f"@{clip_id}.{pos}"
+                next_clip = max(next_clip, clip_id + 1)
+                cols["clip_id"].append(clip_id)
+                cols["clip_pos"].append(pos)
+                cols["padded"].append(padded)
+            cols["frame_id"].append(frame_id)
             cols["frame_index"].append(index)
             cols["timestamp_s"].append(ts)
             cols["path"].append(f"{FRAMES}/{row.video_id}/{name}")
@@ -452,5 +493,3 @@ def _frames_table(videos, entries: dict):
             for c in ("video_id", "label", "split", "repeat"):
                 cols[c].append(getattr(row, c))
     return pd.DataFrame(cols).astype(columns)
-
-

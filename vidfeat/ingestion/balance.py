@@ -5,7 +5,9 @@
 * ``repeat``: how many times a video counts; 0 = dropped (no frames stored), > 1 = oversampled
   (frames are stored once; ``frames.repeat`` carries the weight).
 * ``n_planned``: frames to sample from the video (uniform sampling), which ``frames`` mode raises
-  for minority classes.
+  for minority classes. A clip ingest plans in clips: ``frames_per_video`` is then clips per
+  video, ``capacity`` the clips a video holds and ``max_frames_per_video`` a cap in clips
+  (ingest converts), so minority classes get more clips, never longer ones.
 
 Modes: ``none``; ``undersample`` (drop train videos of larger classes down to the smallest);
 ``oversample`` (repeat minority-class train videos up to the largest class); ``frames`` (more

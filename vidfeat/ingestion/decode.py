@@ -10,6 +10,11 @@ How (PyAV, in-process, one frame in memory at a time whatever the video's length
   containers, e.g. MPEG-TS) is retried further back. B-frames are handled by the decoder
   (frames come out in presentation order) and non-zero start times by using absolute pts.
 - ``keyframes``: only keyframe packets reach the decoder (``skip_frame="NONKEY"`` too).
+- clips (``spec.clips``): the cursor decides once per clip, at its first target, whether to seek
+  (as above); within a clip it only decodes forward, so K sparse clips cost at most K seeks (more
+  only where a seek lands late and is retried) and K short decodes. Each row of a clip is the
+  frame shown at its target; a frame shown by several rows (clip_fps above the video's rate,
+  overlapping clips, padding) is stored once and its JPEG shared (``ClipRecord``).
 
 Frames are resized with swscale (``reformat``) to a short side of ``spec.size``, rotated by the
 display matrix, and encoded with Pillow at ``spec.jpeg_quality`` into memory: the byte length and
@@ -31,10 +36,15 @@ from pathlib import Path
 
 from vidfeat.files import StorageError, environment_errors, hash_bytes, write_exact
 from vidfeat.ingestion.probe import ProbeResult, normalize_rotation
-from vidfeat.ingestion.sample import SamplingSpec, plan_times
+from vidfeat.ingestion.sample import (
+    SamplingSpec,
+    plan_clips,
+    plan_times,
+    short_clip_reason,
+)
 from vidfeat.media import VideoError, error_reason, open_video
 
-__all__ = ["FrameRecord", "decode_frames"]
+__all__ = ["ClipRecord", "FrameRecord", "decode_frames"]
 
 MAX_BAD_PACKETS = 64      # consecutive undecodable packets before the video is declared broken
 NO_INDEX_GAP_S = 1.0      # without a keyframe index, keep decoding across gaps up to this long
@@ -53,6 +63,23 @@ class FrameRecord:
     file_bytes: int = 0
     file_hash: str = ""
 
+    def row(self) -> list:
+        """The record as the ingest journal stores it (a JSON list)."""
+        return [self.frame_index, self.timestamp_s, self.filename, self.file_bytes, self.file_hash]
+
+
+@dataclass(frozen=True)
+class ClipRecord(FrameRecord):
+    """One row of a clip: a ``FrameRecord`` (its JPEG may be shared with other rows), the clip's
+    number in the video (0-based), the row's position in it, and whether it pads a short video."""
+
+    clip: int = 0
+    pos: int = 0
+    padded: bool = False
+
+    def row(self) -> list:
+        return [*super().row(), self.clip, self.pos, self.padded]
+
 
 def decode_frames(path, probe: ProbeResult, spec: SamplingSpec, out_dir, *, n: int | None = None,
                   threads: int | None = None) -> list[FrameRecord]:
@@ -62,9 +89,12 @@ def decode_frames(path, probe: ProbeResult, spec: SamplingSpec, out_dir, *, n: i
     (default ``$VIDFEAT_DECODE_THREADS``, else min(4, cores)); ingest lowers it per worker.
     Raises VideoError on failure, leaving ``out_dir`` as it found it; StorageError when the
     environment fails while writing (disk full...), also leaving it as it found it.
+    A clip spec (``spec.clips``) gives ``ClipRecord``s, ``n`` clips (default ``clips_per_video``).
     """
     import av
 
+    if spec.clips:
+        return decode_clips(path, probe, spec, out_dir, n=n, threads=threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -210,6 +240,16 @@ class _Cursor:
             if self.prev is not None:
                 yield self.prev
 
+    def clip_frames(self, targets):
+        """(time, frame) shown at each of one clip's sorted ``targets``, one item per target:
+        seeks (if at all) for the first target only, then decodes forward within the clip."""
+        for i, t in enumerate(targets):
+            if i == 0 and self._should_seek(t):
+                self._seek_covering(t)
+            else:
+                self._advance(t)
+            yield self.prev
+
     def _position(self) -> float | None:
         cur = self.next or self.prev
         return None if cur is None else cur[0]
@@ -281,3 +321,76 @@ def _index_keyframes(stream) -> list[float]:
     if len(entries) < 2:
         return []
     return sorted(float(e.timestamp * tb) for e in entries if e.is_keyframe)
+
+
+# --------------------------------------------------------------------------------------------
+# Clips: one row per clip target, one seek at most per clip.
+# --------------------------------------------------------------------------------------------
+
+def decode_clips(path, probe: ProbeResult, spec: SamplingSpec, out_dir, *, n: int | None = None,
+                 threads: int | None = None) -> list[ClipRecord]:
+    """The clips ``spec`` asks for (``sample.plan_clips``), as ``ClipRecord``s in clip order.
+
+    Arguments as ``decode_frames``'s; ``n`` clips. A video shorter than one clip with
+    ``short_clips='drop'`` raises VideoError (``shorter than one clip: ...``) before decoding.
+    """
+    import av
+
+    reason = short_clip_reason(probe, spec)
+    if reason and spec.short_clips == "drop":
+        raise VideoError(reason)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    store = _ClipStore(probe, spec, out)
+    try:
+        with open_video(path) as container:
+            if not container.streams.video:
+                raise VideoError("no video stream")
+            stream = container.streams.video[0]
+            _configure(stream, threads)
+            cursor = _Cursor(container, stream)
+            for k, clip in enumerate(plan_clips(probe, spec, n=n)):
+                shown = cursor.clip_frames([t for t, _ in clip])
+                for pos, ((_, padded), item) in enumerate(zip(clip, shown)):
+                    store.add(item, k, pos, padded)
+        return store.records
+    except (VideoError, av.error.FFmpegError, OSError) as exc:
+        store.remove()
+        if isinstance(exc, (VideoError, StorageError)):
+            raise
+        raise VideoError(f"decode failed ({error_reason(exc)})") from None
+
+
+class _ClipStore:
+    """Clip rows as they come; each distinct frame encoded and written once (by its time)."""
+
+    def __init__(self, probe: ProbeResult, spec: SamplingSpec, out: Path):
+        self.probe, self.spec, self.out = probe, spec, out
+        self.records: list[ClipRecord] = []
+        self.stored: dict[float, FrameRecord] = {}  # frame time -> its stored JPEG
+        self.indexes: set[int] = set()
+
+    def add(self, item, clip: int, pos: int, padded: bool) -> None:
+        if item is None:
+            raise VideoError("no frame decodes")
+        time_s, frame = item
+        rec = self.stored.get(time_s)
+        if rec is None:
+            rec = self.stored[time_s] = self._write(time_s, frame)
+        self.records.append(ClipRecord(rec.frame_index, time_s, rec.filename, rec.file_bytes,
+                                       rec.file_hash, clip=clip, pos=pos, padded=padded))
+
+    def _write(self, time_s: float, frame) -> FrameRecord:
+        # presentation index at the nominal rate (exact for CFR); kept unique for VFR
+        index = max(0, round((time_s - self.probe.start_s) * self.probe.fps))
+        while index in self.indexes:
+            index += 1
+        self.indexes.add(index)
+        path = self.out / f"{index:06d}.jpg"
+        data = encode_jpeg(frame, size=self.spec.size, quality=self.spec.jpeg_quality)
+        publish_bytes(path, data)
+        return FrameRecord(index, time_s, path.name, len(data), hash_bytes(data))
+
+    def remove(self) -> None:
+        for rec in self.stored.values():
+            (self.out / rec.filename).unlink(missing_ok=True)

@@ -86,6 +86,12 @@ FRAME_PROVENANCE: dict[str, str] = {
     "file_bytes": "Int64",    # length of the stored JPEG
     "file_hash": "string",    # vidfeat.files.hash_bytes of its bytes, taken before writing
 }
+# a clip ingest's frames (ingest.json's sampling has clips_per_video); absent otherwise
+FRAME_CLIP: dict[str, str] = {
+    "clip_id": "int64",       # unique in the dataset; a clip's rows are consecutive
+    "clip_pos": "int64",      # 0 .. clip_len - 1, in order
+    "padded": "boolean",      # the row repeats the last frame of a video shorter than a clip
+}
 INFO = "ingest.json"
 # video columns that change with timing, not content: left out of the content fingerprint
 _VOLATILE = ("elapsed_s",)
@@ -112,6 +118,22 @@ class Manifest:
     def unlabelled(self) -> bool:
         """Whether this is an unlabelled ingest (split ``all``, label "": ``class_names [""]``)."""
         return bool((self.videos["split"] == UNLABELLED_SPLIT).any())
+
+    @property
+    def clips(self) -> bool:
+        """Whether the frames are clips (``clip_id``, ``clip_pos``, ``padded`` columns)."""
+        return _sampling_clips(self.info) or "clip_id" in self.frames.columns
+
+    @property
+    def clip_len(self) -> int | None:
+        """Rows per clip (the recorded ``clip_len``, else the first clip's); None: not clips."""
+        if not self.clips:
+            return None
+        recorded = (self.info.get("sampling") or {}).get("clip_len")
+        if recorded is not None and _sampling_clips(self.info):
+            return int(recorded)
+        ids = self.frames["clip_id"]
+        return int((ids == ids.iloc[0]).sum()) if len(ids) else None
 
     def frame_path(self, rel: str) -> Path:
         return self.root / rel
@@ -364,12 +386,17 @@ def validate(m: Manifest) -> Manifest:
     except ManifestError as exc:
         raise ManifestError(f"videos manifest: {exc}") from None
     try:
-        frames = coerce(m.frames, FRAME_COLUMNS, optional=FRAME_PROVENANCE)
+        clips = _sampling_clips(m.info) or bool(set(FRAME_CLIP) & set(m.frames.columns))
+        frames = coerce(m.frames, {**FRAME_COLUMNS, **(FRAME_CLIP if clips else {})},
+                        optional=FRAME_PROVENANCE)
     except ManifestError as exc:
-        raise ManifestError(f"frames manifest: {exc}") from None
+        raise ManifestError(f"frames manifest: {exc}" + (" (a clip manifest has clip_id, "
+                            "clip_pos and padded)" if clips else "")) from None
     videos, frames = _unlabelled_labels(videos), _unlabelled_labels(frames)
     _check_videos(videos)
     _check_frames(frames, videos)
+    if clips:
+        _check_clips(frames, m.info)
     return Manifest(m.root, videos.reset_index(drop=True), frames.reset_index(drop=True), m.info)
 
 
@@ -447,3 +474,39 @@ def _check_frames(frames: pd.DataFrame, videos: pd.DataFrame) -> None:
         if len(bad):
             raise ManifestError(f"frames manifest: column {col!r} of frame {bad['frame_id'].iloc[0]!r} "
                                 "differs from its video's")
+
+
+def _sampling_clips(info: dict) -> bool:
+    return (info.get("sampling") or {}).get("clips_per_video") is not None
+
+
+def _check_clips(frames: pd.DataFrame, info: dict) -> None:
+    """Each clip's rows consecutive, in one video, ``clip_pos`` 0..T-1 in order, T rows each."""
+    import numpy as np
+
+    if not len(frames):
+        return
+    ids, pos = frames["clip_id"].to_numpy(), frames["clip_pos"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    seen = pd.Series(ids[starts])
+    if seen.duplicated().any():
+        raise ManifestError(f"frames manifest: column 'clip_id': the rows of clip "
+                            f"{seen[seen.duplicated()].iloc[0]} are not consecutive")
+    lengths = np.diff(np.r_[starts, len(ids)])
+    expected = np.arange(len(ids)) - np.repeat(starts, lengths)
+    bad = np.flatnonzero(pos != expected)
+    if bad.size:
+        i = bad[0]
+        raise ManifestError(f"frames manifest: column 'clip_pos' of frame "
+                            f"{frames['frame_id'].iloc[i]!r} is {pos[i]}, expected {expected[i]} "
+                            "(a clip's rows are its positions 0..clip_len-1 in order)")
+    recorded = (info.get("sampling") or {}).get("clip_len") if _sampling_clips(info) else None
+    want = int(recorded) if recorded is not None else int(lengths[0])
+    short = np.flatnonzero(lengths != want)
+    if short.size:
+        raise ManifestError(f"frames manifest: column 'clip_pos': clip {ids[starts[short[0]]]} "
+                            f"has {lengths[short[0]]} rows, expected clip_len={want}")
+    spans = frames.groupby("clip_id", sort=False)["video_id"].nunique()
+    if (spans > 1).any():
+        raise ManifestError(f"frames manifest: column 'clip_id': clip {spans[spans > 1].index[0]} "
+                            "holds frames of more than one video")

@@ -78,8 +78,7 @@ def _decode_and_publish(task: VideoTask) -> tuple[bool, object]:
         if ok:
             with environment_errors(frames_dir(task.outdir, task.video_id)):
                 _publish(partial, frames_dir(task.outdir, task.video_id))
-            value = [[r.frame_index, r.timestamp_s, r.filename, r.file_bytes, r.file_hash]
-                     for r in value]
+            value = [r.row() for r in value]  # clip rows add clip, pos, padded
         return ok, value
     finally:
         shutil.rmtree(partial, ignore_errors=True)
