@@ -614,7 +614,7 @@ def test_clip_feature_equals_torchvision_on_the_stored_frames(clip_ingest, clip_
     padded = [k for k, (_, rows) in enumerate(clips) if m.frames["padded"].iloc[rows].any()]
     assert len(padded) == 1  # the short video's one clip
     for k in (0, *padded, len(clips) - 1):
-        frames = [torch.from_numpy(np.asarray(Image.open(ing / p).convert("RGB"))).permute(2, 0, 1)
+        frames = [torch.from_numpy(np.array(Image.open(ing / p).convert("RGB"))).permute(2, 0, 1)
                   for p in m.frames["path"].iloc[clips[k][1]]]
         with torch.no_grad():
             expected = model.eval()(transform(torch.stack(frames))[None])[0].numpy()
@@ -697,3 +697,35 @@ def test_clip_shards_merge_and_resume_into_the_single_run(clip_ingest, clip_refe
     # a 2D backbone on the same clip ingest: one row per stored frame row, as before
     result = extract(ing, tmp_path / "frames.h5", **OPTS)
     assert result.unit == "frame" and result.n_frames == 27
+
+
+def test_reingested_clips_bring_a_clip_file_up_to_date(tmp_path):
+    """One video replaced: its clips are computed again, the other videos' kept bit for bit,
+    and the file equals a fresh extraction of the new ingest."""
+    from videos import make_video
+
+    from vidfeat.ingestion._ingest import ingest
+
+    src, ing = tmp_path / "src", tmp_path / "ingest"
+    for name, source in (("a", "testsrc2"), ("b", "smptebars"), ("c", "mandelbrot")):
+        make_video(src / "x" / f"{name}.mp4", duration=1, fps=10, source=source)
+    opts = dict(CLIP_OPTS, batch_size=2)
+    clip_args = dict(clips_per_video=2, clip_len=2, clip_fps=5.0, split=(1, 0, 0), progress=False)
+    ingest(src, ing, **clip_args)
+    out = tmp_path / "f.h5"
+    extract(ing, out, **opts)
+    before = _features(out)
+    time.sleep(0.01)
+    make_video(src / "x" / "b.mp4", duration=1, fps=10, source="rgbtestsrc")  # same name
+    ingest(src, ing, **clip_args)
+    result = extract(ing, out, **opts)
+    assert result.update == "kept 4 rows of unchanged frames, computing 2 new or changed, dropping 2"
+    after, fresh = _features(out), _features(extract(ing, tmp_path / "fresh.h5", **opts).output)
+    assert list(after) == list(fresh) == [f"x/{v}.mp4@clip{k}" for v in "abc" for k in (0, 1)]
+    for key, x in after.items():
+        assert np.allclose(x, fresh[key], rtol=1e-5, atol=1e-6), key
+        if not key.startswith("x/b.mp4"):
+            assert np.array_equal(x, before[key])
+        else:
+            assert not np.allclose(x, before[key])
+    assert extract(ing, out, **opts).skipped
