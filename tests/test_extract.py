@@ -729,3 +729,19 @@ def test_reingested_clips_bring_a_clip_file_up_to_date(tmp_path):
         else:
             assert not np.allclose(x, before[key])
     assert extract(ing, out, **opts).skipped
+
+
+@pytest.mark.slow
+def test_clip_shards_on_two_cpu_processes_merge_into_the_single_run(clip_ingest, clip_reference,
+                                                                    tmp_path, capsys):
+    ing, weights = clip_ingest
+    multi = {k: v for k, v in CLIP_OPTS.items() if k != "device"}
+    result = extract(ing, tmp_path / "multi.h5", **dict(multi, weights=str(weights),
+                                                          progress=True), gpus="cpu:2")
+    assert result.unit == "clip" and result.n_frames == 9
+    assert "Extracted 9 clips" in capsys.readouterr().out
+    with FeatureStore(tmp_path / "multi.h5") as s, FeatureStore(clip_reference) as r:
+        assert s.features_fingerprint == r.features_fingerprint and s.verify() == []
+        got, want = s.load().X, r.load().X  # one thread per shard: other fp32 sum orders
+        assert (np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)).max() <= 1e-4
+        assert s.column("clip_id").tolist() == r.column("clip_id").tolist()

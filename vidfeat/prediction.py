@@ -57,7 +57,8 @@ def load_model(model_dir, device: torch.device):
 def predict(model_dir, videos: Iterable[str | os.PathLike] | str | os.PathLike, *, top_k: int = 3,
             device: str = "auto", batch_size: int = 64, timeout: float = 600.0) -> Iterator[dict]:
     """Yield one dict per video, in order: ``{"video", "top_k": [{"label", "probability"}],
-    "n_frames"}``, or ``{"video", "error"}`` for a video that cannot be used.
+    "n_frames"}`` (a clip model: the number of clips), or ``{"video", "error"}`` for a video
+    that cannot be used.
 
     ``model_dir``: a trained MODEL_DIR. ``videos``: one video path or several. ``top_k``: how
     many labels per video (capped at the number of classes). ``device``: "auto", "cpu",

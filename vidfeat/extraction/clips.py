@@ -34,6 +34,13 @@ def check_fits(m, backbone: str) -> str:
     return kind
 
 
+def file_rows(m, backbone: str) -> tuple[int, str]:
+    """(rows, unit) of ``backbone``'s feature file of manifest ``m``: clips or frames."""
+    if backbone_kind(backbone) == "clip" and is_clip_manifest(m):
+        return len(clip_starts(m)), "clip"
+    return len(m.frames), "frame"
+
+
 def clip_len(m) -> int:
     """Frames per clip of clip manifest ``m``."""
     recorded = getattr(m, "clip_len", None)

@@ -342,7 +342,8 @@ def _run(root: Path, meta: pd.DataFrame, bb: Backbone, bin_path: Path, done: int
     model = prepare_model(bb, dev)
     cuda = dev.type == "cuda"
     if bb.kind == "clip":  # a clip's frames, clip after clip
-        (paths, hashes), group = flat_inputs(meta.iloc[done:]), len(meta["paths"].iloc[0])
+        (paths, hashes) = flat_inputs(meta.iloc[done:])
+        group = len(meta["paths"].iloc[0]) if len(meta) else 1
     else:
         paths, hashes, group = meta["path"].tolist()[done:], meta["file_hash"].tolist()[done:], 1
     batches = input_batches(root, paths, bb.preprocess, device=dev, decode=decode,
