@@ -745,3 +745,58 @@ def test_clip_shards_on_two_cpu_processes_merge_into_the_single_run(clip_ingest,
         got, want = s.load().X, r.load().X  # one thread per shard: other fp32 sum orders
         assert (np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)).max() <= 1e-4
         assert s.column("clip_id").tolist() == r.column("clip_id").tolist()
+
+
+@pytest.mark.cuda
+def test_cuda_clip_extraction_in_workers_or_nvjpeg(clip_ingest, clip_reference, tmp_path,
+                                                   no_tf32):
+    ing, weights = clip_ingest
+    common = {**CLIP_OPTS, "weights": str(weights), "device": "cuda", "precision": "fp32",
+              "workers": 2}
+    rc = extract(ing, tmp_path / "cpu.h5", **common, decode="cpu")
+    rg = extract(ing, tmp_path / "gpu.h5", **common, decode="gpu")
+    assert (rc.unit, rc.decode, rg.decode) == ("clip", "cpu", "gpu")
+    with FeatureStore(tmp_path / "cpu.h5") as c, FeatureStore(tmp_path / "gpu.h5") as g, \
+            FeatureStore(clip_reference) as ref:
+        Xc, Xg, Xref = c.load().X, g.load().X, ref.load().X
+    # worker decode: the CPU run's very uint8 clips; only the convolution arithmetic differs
+    assert (np.linalg.norm(Xc - Xref, axis=1) / np.linalg.norm(Xref, axis=1)).max() < 1e-3
+    # nvjpeg upsamples chroma unlike libjpeg: near, and nearest to, its own clip's row
+    assert (np.linalg.norm(Xg - Xc, axis=1) / np.linalg.norm(Xc, axis=1)).max() < 0.2
+    dist = ((Xg[:, None, :] - Xc[None, :, :]) ** 2).sum(-1)
+    assert dist.argmin(axis=1).tolist() == list(range(len(Xc)))
+    bf = extract(ing, tmp_path / "bf16.h5", **{**common, "precision": "auto", "dtype": "float16",
+                                                "batch_size": None, "workers": None})
+    assert bf.precision in ("bf16", "fp16")
+    with FeatureStore(tmp_path / "bf16.h5") as b:
+        Xb = b.load().X
+    assert ((Xb[:, None, :] - Xc[None, :, :]) ** 2).sum(-1).argmin(axis=1).tolist() == \
+        list(range(len(Xc)))
+
+
+def test_clip_batches_of_jpeg_bytes_regroup_into_the_decoded_clips(clip_ingest):
+    """The nvjpeg route's batching (a clip's JPEG bytes flattened clip after clip, decoded
+    together, regrouped into (B,T,...) clips), run with the CPU decoder: the same clips as the
+    workers' decode route."""
+    from torch.utils.data import DataLoader
+
+    from vidfeat.extraction.backbones import preprocess_for
+    from vidfeat.extraction.clips import clip_meta, clip_table, flat_inputs
+    from vidfeat.extraction.inputs import FrameFiles, _collate, _nvjpeg_input
+
+    ing, _ = clip_ingest
+    m = read_manifest(ing)
+    meta = clip_meta(m, np.arange(len(clip_table(m))), {n: i for i, n in enumerate(m.class_names)})
+    paths, hashes = flat_inputs(meta)
+    pre = preprocess_for("r3d_18")
+    batches = {}
+    for decode in (True, False):
+        files = FrameFiles(ing, paths, pre, decode=decode, hashes=hashes, group=3)
+        batches[decode] = list(DataLoader(files, batch_size=4, collate_fn=_collate(decode)))
+    to_device = _nvjpeg_input(paths, pre, torch.device("cpu"), torch.float32, group=3)
+    start = 0
+    for (clips, errors), (data, _) in zip(batches[True], batches[False]):
+        assert not errors and clips.shape[1:] == (3, 3, 112, 112) and len(data) == 3 * len(clips)
+        torch.testing.assert_close(to_device(data, start), pre.normalize(clips), rtol=0, atol=0)
+        start += len(data)
+    assert start == len(paths) == 27
