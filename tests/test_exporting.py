@@ -211,3 +211,11 @@ def test_clip_file_exports_one_row_per_clip_with_its_span(tmp_path):
         assert meta["end_s"] == pytest.approx((clips.last() + 1 / 5.0).tolist())
         assert meta["start_s"] == sorted(meta["start_s"])
         np.testing.assert_array_equal(np.load(tmp_path / "out" / f"{vid}.npy"), X[vids == vid])
+
+
+def test_frame_index_of_a_clip_ingests_rows():
+    from vidfeat.exporting import _frame_index
+
+    # a 2D backbone on a clip ingest: rows are <video_id>#<frame_index>@<clip_id>.<clip_pos>
+    assert [_frame_index(f) for f in ("a/b.mp4#12", "a/b.mp4#12@3.1", "x#y@1.0", "v@clip0")] \
+        == [12, 12, -1, -1]
