@@ -565,6 +565,7 @@ def test_clip_ingest_ids_positions_and_padding(clip_src, tmp_path):
     m = read_manifest(tmp_path / "o", verify=True)
     f = m.frames
     assert result.exit_code == 0 and m.clips and m.clip_len == 16
+    assert "Stored 352 frames (22 clips of 16)" in result.summary()
     # 7 two-second videos x 3 clips + 1 clip of the short one, numbered across the dataset
     assert f["clip_id"].tolist() == [c for c in range(22) for _ in range(16)]
     assert f["clip_pos"].tolist() == list(range(16)) * 22
@@ -648,3 +649,28 @@ def test_clip_options_are_checked_before_any_work(clip_src, tmp_path):
         with pytest.raises(ValueError, match=match):
             _clips(clip_src, tmp_path / "o", **kw)
     assert not (tmp_path / "o").exists()
+
+
+def test_2d_backbone_extracts_trains_and_predicts_on_clips(clip_src, tmp_path, capsys):
+    """End to end on the command line: clip ingest -> resnet18 (weights none) -> train ->
+    predict, one feature per frames.parquet row; predict samples the clips the model's ingest
+    did."""
+    import h5py
+
+    out, feats, model = tmp_path / "out", tmp_path / "f.h5", tmp_path / "model"
+    assert cli_main(["ingest", "--labels", str(clip_src), "-o", str(out), "--clips-per-video",
+                     "2", "--clip-len", "4", "--clip-fps", "5", "--size", "64", "-q"]) == 0
+    m = read_manifest(out)
+    assert len(m.frames) == 8 * 2 * 4  # 0.8 s holds one 4-frame clip at 5 fps: not short
+    assert cli_main(["extract", str(out), "-o", str(feats), "--backbone", "resnet18",
+                     "--weights", "none", "--device", "cpu", "--loader-workers", "0", "-q"]) == 0
+    with h5py.File(feats, "r") as f:
+        assert list(f["frame_id"].asstr()[...]) == m.frames["frame_id"].tolist()
+        assert f["features"].shape[0] == len(m.frames)
+    assert cli_main(["train", str(feats), "-o", str(model), "--device", "cpu", "--epochs", "3",
+                     "-q"]) == 0
+    capsys.readouterr()
+    video = clip_src.parent / "a" / "a_0.mp4"
+    assert cli_main(["predict", str(model), str(video), "--device", "cpu"]) == 0
+    [line] = capsys.readouterr().out.strip().splitlines()
+    assert json.loads(line)["n_frames"] == 2 * 4

@@ -1,7 +1,8 @@
 """Classify new videos with a trained MODEL_DIR (``vidfeat predict``).
 
 Each video is probed, sampled and decoded exactly as ingest did for training (the sampling
-settings recorded in ``config.json``: same frame count, short side and JPEG quality), its frames
+settings recorded in ``config.json``: same frame count, or the same clips, short side and JPEG
+quality; a clip ingest's short videos padded or refused as it did), its frames
 go through the recorded preprocessing, the backbone (the fine-tuned one when the model was
 unfrozen) and the head; the video's score is the mean of its frame logits, as in training's
 video-level metrics. A clip model's video is sampled into clips as its ingest was (the recorded

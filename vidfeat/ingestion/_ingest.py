@@ -102,6 +102,11 @@ class IngestResult:
             return "unlabelled"
         return f"{len(self.manifest.class_names)} classes"
 
+    def _clips(self) -> str:
+        if not self.manifest.clips:
+            return ""
+        return f" ({self.manifest.frames['clip_id'].nunique()} clips of {self.manifest.clip_len})"
+
     def summary(self) -> str:
         """One paragraph: counts, failures by reason, frames, throughput, outputs."""
         info = self.manifest.info
@@ -111,8 +116,8 @@ class IngestResult:
         return (f"Ingested {self.n_ok} of {self.n_ok + self.n_failed} videos "
                 f"({self._classes()}; splits: {splits or 'none'}), "
                 f"{self.n_failed} failed{f' ({failed})' if failed else ''}, "
-                f"{self.n_reused} reused from an earlier run. Stored {self.n_frames} frames "
-                f"in {self.elapsed_s:.1f} s ({fps:.1f} frames/s written this run). "
+                f"{self.n_reused} reused from an earlier run. Stored {self.n_frames} frames"
+                f"{self._clips()} in {self.elapsed_s:.1f} s ({fps:.1f} frames/s written this run). "
                 f"Outputs: {self.outdir}/ (videos/frames manifests, ingest.json, {FRAMES}/).")
 
 
@@ -193,7 +198,8 @@ def ingest(src, outdir, *, labels: str | Path | None = None, unlabelled: bool = 
     if balance == "frames" and spec.mode != "uniform":
         raise ValueError("balance='frames' needs uniform sampling (frames_per_video), "
                          "not fps or keyframes")
-    max_frames_per_video = _clip_cap(spec, max_frames_per_video)
+    if balance == "frames":  # the only mode that reads it
+        max_frames_per_video = _clip_cap(spec, max_frames_per_video)
     videos = scan_source(src, labels=labels, unlabelled=unlabelled)
     out = check_output(check_local_path(outdir), kind="folder")
     out.mkdir(parents=True, exist_ok=True)
