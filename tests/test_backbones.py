@@ -531,3 +531,17 @@ def test_clip_feature_equals_torchvisions_transform_and_model(tmp_path, name, fr
         got = bb.model(bb.preprocess.normalize(bb.preprocess.resize_crop(torch.stack(clips))))
     assert got.shape == (2, bb.feature_dim)
     assert _rel(got, expected) <= 1e-3
+
+
+def test_cli_lists_backbones_with_their_kind_and_clips(capsys):
+    from vidfeat.cli import main
+
+    assert main(["backbones", "--kind", "clip"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == sorted(CLIP_MODELS)
+    r2 = next(line for line in lines if line.startswith("r2plus1d_18 "))
+    assert r2.split()[1:5] == ["clip", "16", "frames", "at"] and "--clip-fps 15)" in r2
+    assert main(["backbones"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "resnet50            frame" in out and out[-1].startswith("timm:<model>")
+    assert len(out) == len(list_backbones()) + 1

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "r2plus1d_18, s3d, mvit_v1_b, mvit_v2_s, swin3d_t/s/b give one row "
                              "per clip of a clip ingest (vidfeat ingest --clips-per-video K; "
                              "their weights' clip length and fps: "
-                             "vidfeat.list_backbones(details=True))")
+                             "vidfeat backbones)")
     parser.add_argument("--weights", default=d["weights"],
                         help="DEFAULT | a torchvision weights name | none (random init) | PATH "
                              "to a local state dict")
