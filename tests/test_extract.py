@@ -661,6 +661,7 @@ def test_clip_backbone_on_a_frame_ingest_is_one_line(ingest_dir, tmp_path, capsy
     assert not (tmp_path / "c.h5").exists() and not Path(f"{tmp_path / 'c.h5'}.partial").exists()
 
 
+@pytest.mark.slow
 def test_clip_shards_merge_and_resume_into_the_single_run(clip_ingest, clip_reference, tmp_path,
                                                           monkeypatch):
     ing, weights = clip_ingest

@@ -62,12 +62,14 @@ def clip_starts(m) -> np.ndarray:
 
 
 def clip_table(m) -> pd.DataFrame:
-    """One row per clip of ``m`` (video_id, the shard unit, first): what sharding splits."""
+    """One row per clip of ``m``, with its video_id: what ``shard_rows`` splits (whole videos)."""
     starts = clip_starts(m)
     return pd.DataFrame({"video_id": m.frames["video_id"].to_numpy()[starts]})
 
 
 def _combined_hash(hashes: np.ndarray, length: int) -> np.ndarray:
+    """One hash per clip over its frames' hashes in order ("" when any is unknown: a clip
+    whose bytes cannot be proven unchanged is never reused)."""
     from vidfeat.files import hash_bytes
 
     per_clip = hashes.reshape(-1, length)
@@ -91,8 +93,8 @@ def clip_meta(m, rows: np.ndarray, class_index: dict) -> pd.DataFrame:
               if "file_hash" in f.columns else np.full(len(frame_rows), "", dtype=object))
     last_t = f["timestamp_s"].to_numpy(np.float64)[frame_rows].reshape(-1, length)[:, -1]
     video_ids = first["video_id"].astype(str).to_numpy()
-    place = pd.Series(f["video_id"].astype(str).to_numpy()[starts]).groupby(
-        f["video_id"].astype(str).to_numpy()[starts]).cumcount().to_numpy()[rows]
+    clip_videos = f["video_id"].astype(str).to_numpy()[starts]  # every clip's, not only rows'
+    place = pd.Series(clip_videos).groupby(clip_videos).cumcount().to_numpy()[rows]
     return pd.DataFrame({
         "frame_id": [f"{v}@clip{k}" for v, k in zip(video_ids, place)],
         "video_id": video_ids, "label": first["label"].map(class_index).to_numpy(np.int64),
