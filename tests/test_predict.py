@@ -67,12 +67,12 @@ def sampled_frames_as_jpeg(video, *, n: int, size: int, quality: int) -> list[by
 
     Contract (vidfeat.ingestion.sample / decode docstrings): targets at the centres of ``n``
     equal segments of the stream's duration; a target ``t`` takes the last frame with
-    pts <= t; swscale resizes the short side to ``size`` (AREA when shrinking, BICUBIC when
-    enlarging) to RGB; Pillow writes the JPEG at ``quality``.
+    pts <= t; one swscale call resizes the short side to ``size`` (AREA when shrinking, BICUBIC
+    when enlarging) into full-range BT.601 YUV 4:2:0, and libjpeg-turbo (simplejpeg) encodes
+    those planes at ``quality``, each plane's edge pixels repeated to whole JPEG blocks.
     """
-    import io
-
     import av
+    import simplejpeg
 
     with av.open(str(video)) as container:
         stream = container.streams.video[0]
@@ -86,12 +86,16 @@ def sampled_frames_as_jpeg(video, *, n: int, size: int, quality: int) -> list[by
     out = []
     for frame in chosen:
         scale = size / min(frame.width, frame.height)
-        image = frame.reformat(width=round(frame.width * scale), height=round(frame.height * scale),
-                               format="rgb24",
-                               interpolation="AREA" if scale < 1 else "BICUBIC").to_image()
-        buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=quality)
-        out.append(buf.getvalue())
+        small = frame.reformat(width=round(frame.width * scale), height=round(frame.height * scale),
+                               format="yuv420p", interpolation="AREA" if scale < 1 else "BICUBIC",
+                               dst_color_range="JPEG", dst_colorspace="ITU601")
+        planes = []
+        for plane, block in zip(small.planes, (16, 8, 8)):
+            rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+            pixels = rows[:plane.height, :plane.width]
+            h, w = pixels.shape
+            planes.append(np.pad(pixels, ((0, -h % block), (0, -w % block)), mode="edge")[:h, :w])
+        out.append(simplejpeg.encode_jpeg_yuv_planes(*planes, quality=quality))
     return out
 
 
