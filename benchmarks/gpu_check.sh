@@ -15,7 +15,9 @@
 #   clips        75  HOOK: r2plus1d_18 clips row, when bench_extract has --clips (clip-models)
 #   ingest      110  bench_ingest --jobs-scaling <cores>: --jobs <cores> vs 1 over 64 small
 #                    videos; 16 frames/video and --keyframes on 5-min 720p vs full decode
-#   total       525  (< 600); about 330 expected. GPU_CHECK_STEPS="extract ingest" reruns some.
+#   total       525  (< 600); about 330 expected. GPU_CHECK_STEPS="extract ingest" reruns some;
+#   GPU_CHECK_EXTRACT_ARGS / GPU_CHECK_INGEST_ARGS append flags (the last one given wins), e.g.
+#   GPU_CHECK_INGEST_ARGS="--scaling-seconds 20" for longer small videos.
 #
 # The lead's device-tool call (after `bash benchmarks/gpu_wheels.sh` here):
 #   run(command='bash benchmarks/gpu_check.sh "$OUT"', carry=[".whl"], timeout_s=560)
@@ -164,7 +166,7 @@ else
 fi
 step extract 210 "$PY" benchmarks/bench_extract.py --cpu-frames 0 --checksum-frames 0 \
     "${SIZES[@]}" --compile --gpus-all --profile-out "$OUT/profile_extract.txt" \
-    "${NO_CLIPS[@]}" --json "$OUT/bench_extract_gpu_$CARD.json"
+    "${NO_CLIPS[@]}" --json "$OUT/bench_extract_gpu_$CARD.json" ${GPU_CHECK_EXTRACT_ARGS:-}
 
 # --- HOOK (issue 14, clip backbones): branch clip-models adds `--clips N` to bench_extract
 # (r2plus1d_18 clips/s, end to end vs the plain loop, on the CPU and on CUDA). Runs when the
@@ -186,7 +188,7 @@ else
             --scaling-size 640x360 --minutes 5)
 fi
 step ingest 110 "$PY" benchmarks/bench_ingest.py "${INGEST[@]}" --repeat 1 \
-    --cache "$WORK/ingest" --json "$OUT/bench_ingest_${CORES}c.json"
+    --cache "$WORK/ingest" --json "$OUT/bench_ingest_${CORES}c.json" ${GPU_CHECK_INGEST_ARGS:-}
 
 save_summary
 rm -rf "$WORK"
