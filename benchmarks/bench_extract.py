@@ -18,7 +18,9 @@ Extra rows (issue 14; on CUDA with resnet50 bf16 on the GPU section's frames, el
 relative difference); ``--gpus-all``, ``extract(gpus="all")`` (one shard per GPU, merged; CPU:
 ``cpu:2``) vs the single-device run; ``--profile-frames N``, ``torch.profiler`` over an
 ``extract`` of about N frames, its op table written to ``--profile-out`` (where the main
-process's time goes: waiting for decoded batches, H2D copy, model, the writer's D2H copy).
+process's time goes: waiting for decoded batches, H2D copy, model, the writer's D2H copy);
+``--late-decodes gpu`` measures nvjpeg after them. Issue 14's goals on an H200: extract end
+to end >= 0.8x of forward and >= 10,000 frames/s (``benchmarks/gpu_check.sh`` runs it all).
 
 Checksums: the same feature file (resnet50-sized rows, float16, real-looking ids) built and read
 back through ``FeatureFileBuilder``/``FeatureStore`` with and without integrity (fletcher32 on
