@@ -54,7 +54,7 @@ from vidfeat.extraction.backbones import (
     create_backbone,  # noqa: E402
     preprocess_for,  # noqa: E402
 )
-from vidfeat.extraction.cache import FeatureFileBuilder, FeatureStore  # noqa: E402
+from vidfeat.extraction.cache import FeatureFileBuilder, FeatureStore, merge  # noqa: E402
 from vidfeat.extraction.defaults import PRECISIONS, resolve_decode  # noqa: E402
 from vidfeat.extraction.defaults import loader_defaults as _defaults
 from vidfeat.extraction.inputs import input_batches  # noqa: E402
@@ -324,12 +324,29 @@ def bench_gpus_all(setup: dict, work: Path) -> dict:
     res = extract(setup["root"], work / "gpus-all.h5", gpus=gpus, **opts)
     multi_s = time.perf_counter() - t0
     Xs, Xm = _features(single), _features(work / "gpus-all.h5")
-    return {"gpus": gpus, "devices": res.device, "frames": res.n_frames,
-            "single_wall_s": single_s, "gpus_all_wall_s": multi_s,
-            "single_fps_end_to_end": setup["frames"] / single_s,
-            "gpus_all_fps_end_to_end": setup["frames"] / multi_s,
-            "ratio_gpus_all_vs_single": single_s / multi_s,
-            "max_rel_diff_vs_single": float(np.abs(Xm - Xs).max() / np.abs(Xs).max())}
+    out = {"gpus": gpus, "devices": res.device, "frames": res.n_frames,
+           "single_wall_s": single_s, "gpus_all_wall_s": multi_s,
+           "single_fps_end_to_end": setup["frames"] / single_s,
+           "gpus_all_fps_end_to_end": setup["frames"] / multi_s,
+           "ratio_gpus_all_vs_single": single_s / multi_s,
+           "max_rel_diff_vs_single": float(np.abs(Xm - Xs).max() / np.abs(Xs).max())}
+    out["two_shards_merged"] = _shards_merged(setup, work, opts, Xs)
+    return out
+
+
+def _shards_merged(setup: dict, work: Path, opts: dict, Xs: np.ndarray) -> dict:
+    """With one GPU, ``gpus="all"`` is one shard and merges nothing: two ``--shard`` runs on
+    the device, then ``merge``, exercise the merge and are compared with the single run."""
+    paths = [work / f"shard-{i}-of-2.h5" for i in range(2)]
+    t0 = time.perf_counter()
+    for i, path in enumerate(paths):
+        extract(setup["root"], path, device=setup["device"], shard=f"{i}/2", **opts)
+    t1 = time.perf_counter()
+    merge(paths, work / "merged.h5")
+    Xm = _features(work / "merged.h5")
+    return {"shards_wall_s": t1 - t0, "merge_wall_s": time.perf_counter() - t1,
+            "rows": len(Xm), "max_rel_diff_vs_single": float(np.abs(Xm - Xs).max()
+                                                             / np.abs(Xs).max())}
 
 
 def bench_profile(setup: dict, work: Path, frames: int, table_path: Path | None) -> dict:
@@ -597,6 +614,9 @@ def print_extra_rows(r: dict) -> None:
               f"frames/s vs one device {g['single_fps_end_to_end']:9.1f}  ratio "
               f"{g['ratio_gpus_all_vs_single']:.2f}x, max rel diff "
               f"{g['max_rel_diff_vs_single']:.1e}")
+        m = g["two_shards_merged"]
+        print(f"  2 shards + merge: {m['rows']} rows, shards {m['shards_wall_s']:.1f} s, merge "
+              f"{m['merge_wall_s']:.1f} s, max rel diff {m['max_rel_diff_vs_single']:.1e}")
     if "profile" in r:
         p = r["profile"]
         print(f"profile of {p['frames']} frames ({p['decode']} decode), top ops by {p['sort']}:")

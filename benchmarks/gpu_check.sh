@@ -10,15 +10,16 @@
 #   step      limit  expected  what
 #   setup        30      15    unpack .whl/ into /tmp/site, versions, ffmpeg, nvidia-smi
 #   tests        90      60    pytest -m cuda (every test file with a cuda mark; compile included)
-#   extract     240     185    bench_extract, resnet50 bf16 batch 256 on 50,000 stored frames:
+#   extract     240     195    bench_extract, resnet50 bf16 batch 256 on 50,000 stored frames:
 #                              forward-only, extract end to end with worker decode (libjpeg-turbo),
-#                              --compile vs eager (first compile ~60 s), --gpus all, profiler
-#                              (5,000 frames), then nvjpeg decode (slow, ~35 s: cut first)
+#                              --compile vs eager (first compile ~60 s), --gpus all and 2 shards
+#                              + merge, profiler (5,000 frames), then nvjpeg decode (slow, ~35 s:
+#                              a limit cuts it first)
 #   clips        60      30    HOOK: r2plus1d_18 clips row, when bench_extract has --clips
 #   ingest      110      80    bench_ingest --jobs-scaling <cores>: --jobs <cores> vs 1 over 64
 #                              small videos; 16 frames/video and --keyframes on 5-min 720p vs
 #                              full decode (videos generated first, ~15 s; best of 1)
-#   total       530     370    (< 600 with the start-up). GPU_CHECK_STEPS="extract ingest" reruns
+#   total       530     380    (< 600 with the start-up). GPU_CHECK_STEPS="extract ingest" reruns
 #   some steps only; GPU_CHECK_EXTRACT_ARGS / GPU_CHECK_INGEST_ARGS append flags (the last one
 #   given wins), e.g. GPU_CHECK_INGEST_ARGS="--scaling-seconds 20" for longer small videos.
 #

@@ -42,6 +42,8 @@ def test_gpu_check_dry_run_writes_every_result_within_the_device_tools_limits(tm
     assert c["max_rel_diff"] <= 1e-4 and c["within_tolerance"]  # fp32 on the CPU
     g = ex["gpus_all"]
     assert g["frames"] == 24 and g["max_rel_diff_vs_single"] <= 1e-4
+    m = g["two_shards_merged"]
+    assert m["rows"] == 24 and m["max_rel_diff_vs_single"] <= 1e-4
     assert ex["profile"]["top"] and (out / "profile_extract.txt").stat().st_size > 0
 
     [ingest_json] = out.glob("bench_ingest_*c.json")
