@@ -1,10 +1,26 @@
 """Ingest speed and memory, measured side by side in one run; prints ratios, writes JSON.
 
-Whole commands are timed (a subprocess each, start-up included), on generated 720p H.264 videos
-(GOP 250 and GOP 60, cached under ``.bench/ingest``):
+Whole commands are timed (a subprocess each, start-up included), on generated H.264 videos
+(cached under ``.bench/ingest``). Against the decoders a user would script themselves (peers
+that are not installed are skipped with a note; ``pip install vidfeat[bench]`` adds decord),
+each writing the same JPEGs (short side 256, quality 90); runs alternate, the median of
+``--runs`` is kept and the load average is printed with each row:
 
-* ``vidfeat ingest`` 16 frames/video vs the HowTo100M-style baseline (ffmpeg fps filter over a
-  full decode writing the same number of JPEGs): target >= 4x.
+* 20 short clips (10 s, 640x360, GOP 30), 16 frames each: ``vidfeat ingest`` vs a minimal
+  decord script (VideoReader + get_batch + PIL resize and save): target >= 1 (vidfeat faster).
+* keyframes of a 5-minute GOP-250 720p video: ``vidfeat ingest --keyframes`` vs PyAV with
+  ``skip_frame="NONKEY"`` (target >= 1) and vs ``ffmpeg -skip_frame nokey`` (target >= 0.83,
+  i.e. within 1.2x).
+* one GOP-250 video in isolation, 16 frames: the decode limit (the frames the 16 seeks must
+  decode, decoded front to back with the same threads, timed in this run) over the time
+  ``decode_frames`` takes in a fresh process: target >= 0.95.
+* start-up: ``vidfeat ingest`` of one 1-s video minus ``python -c "import av"``: <= 0.5 s
+  (``import pandas``, which the stage's tables need, is printed alongside).
+
+and, against the HowTo100M-style baseline (ffmpeg fps filter over a full decode, one process per
+video, GOP 250 and GOP 60 720p videos; ``--rows all``):
+
+* ``vidfeat ingest`` 16 frames/video vs that baseline: target >= 4x.
 * ``--keyframes`` on the GOP-250 videos vs that baseline writing as many JPEGs: target >= 10x.
 * dense ``--fps 1`` vs the plain ffmpeg command line writing the same JPEGs: within 10%.
 * ``--jobs 2`` vs ``--jobs 1`` (16 frames/video): target >= 1.7x.
@@ -13,7 +29,8 @@ Whole commands are timed (a subprocess each, start-up included), on generated 72
   slow-down over an ingest without hashing, target <= 1.05.
 * peak RSS of one worker (probe + decode in a fresh process) on a 30-minute video: < 500 MB.
 
-    python benchmarks/bench_ingest.py [--quick] [--json PATH]   (JSON only with --json)
+    python benchmarks/bench_ingest.py [--quick] [--rows peers|all] [--runs N] [--json PATH]
+    (JSON only with --json)
 
 ``--jobs-scaling N`` runs the many-core rows instead (issue 14, a 16-core machine; see
 ``many_core_rows``): ``--jobs N`` vs ``--jobs 1`` over 64 small generated videos (target
@@ -27,6 +44,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,9 +110,15 @@ def best_of(measure):
 
 
 def timed(cmd: list[str], env: dict | None = None) -> float:
+    """Seconds ``cmd`` ran; its output is dropped (its stderr shown if it fails)."""
     start = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})})
-    return time.perf_counter() - start
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          env={**os.environ, **(env or {})})
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(map(str, cmd[:6]))}... failed:\n"
+                           f"{proc.stderr.decode(errors='replace')[-3000:]}")
+    return seconds
 
 
 def ingest_cmd(src: Path, out: Path, *extra: str) -> list[str]:
@@ -180,33 +204,265 @@ def worker_peak_mb(video: Path, mode: str) -> tuple[float, int]:
     return int(out[1]) / 1024, int(out[0])
 
 
-def run(quick: bool, cache: Path) -> dict:
-    t0 = time.perf_counter()
-    videos = dataset(cache, quick)
-    print(f"videos ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    work = Path(tempfile.mkdtemp(prefix="bench_ingest-"))
+# --------------------------------------------------------------------------------------------
+# Side by side with the decoders a user would script: each peer is a whole process writing the
+# same JPEGs (short side SIZE, quality QUALITY); runs alternate and the median is kept.
+# --------------------------------------------------------------------------------------------
+
+SIZE, QUALITY, PER_VIDEO = 256, 90, 16
+RUNS = 5  # runs per command in the side-by-side rows (median kept)
+
+_RESIZE = f"""
+from PIL import Image
+def save(array_or_image, path):
+    im = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
+    w, h = im.size
+    s = {SIZE} / min(w, h)
+    im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR).save(path, quality={QUALITY})
+"""
+
+DECORD_CLIPS = _RESIZE + f"""
+import os, sys
+from decord import VideoReader, cpu
+src, out = sys.argv[1], sys.argv[2]
+for name in sorted(os.listdir(src)):
+    vr = VideoReader(os.path.join(src, name), ctx=cpu(0))
+    idx = [int((i + 0.5) * len(vr) / {PER_VIDEO}) for i in range({PER_VIDEO})]
+    folder = os.path.join(out, name)
+    os.makedirs(folder)
+    for i, frame in zip(idx, vr.get_batch(idx).asnumpy()):
+        save(frame, os.path.join(folder, f"{{i:06d}}.jpg"))
+"""
+
+PYAV_KEYFRAMES = _RESIZE + """
+import os, sys
+import av
+src, out = sys.argv[1], sys.argv[2]
+os.makedirs(out)
+with av.open(src) as c:
+    s = c.streams.video[0]
+    s.thread_type = "AUTO"
+    s.codec_context.skip_frame = "NONKEY"
+    for i, frame in enumerate(c.decode(s)):
+        save(frame.to_image(), os.path.join(out, f"{i:06d}.jpg"))
+"""
+
+# the frames the sampled seeks must decode, decoded front to back (no conversion) with the
+# threads vidfeat's one worker uses: the best any seeking decoder can do on this video
+DECODE_LIMIT = """
+import sys, time
+import av
+from vidfeat.system import decode_threads
+path, n = sys.argv[1], int(sys.argv[2])
+with av.open(path) as c:
+    s = c.streams.video[0]
+    s.thread_type = "AUTO"
+    s.codec_context.thread_count = decode_threads(1)
+    start = time.perf_counter()
+    done = sum(1 for _, f in zip(range(n), c.decode(s)))
+print(done, time.perf_counter() - start)
+"""
+
+DECODE_ONE = """
+import sys, tempfile, time
+from vidfeat.ingestion.decode import decode_frames
+from vidfeat.ingestion.probe import probe_video
+from vidfeat.ingestion.sample import SamplingSpec
+from vidfeat.system import decode_threads
+path = sys.argv[1]
+probe = probe_video(path)
+with tempfile.TemporaryDirectory() as out:
+    start = time.perf_counter()
+    n = len(decode_frames(path, probe, SamplingSpec(), out, threads=decode_threads(1)))
+print(n, time.perf_counter() - start)
+"""
+
+
+def have(module: str) -> bool:
+    """True when ``module`` imports here; else prints the note that its peer is skipped."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is not None:
+        return True
+    print(f"note: {module} is not installed: its peer is skipped (pip install vidfeat[bench])",
+          file=sys.stderr)
+    return False
+
+
+def make_clip(path: Path, i: int) -> Path:
+    """A 10-s 640x360 30 fps H.264 clip, GOP 30, its hue shifted by ``i`` (distinct bytes)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ffmpeg("-f", "lavfi", "-i", "testsrc2=s=640x360:r=30:d=10", "-vf", f"hue=h={i * 17}",
+               "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", "30",
+               "-keyint_min", "30", "-sc_threshold", "0", str(path))
+    return path
+
+
+def peer_videos(cache: Path, quick: bool) -> dict[str, Path]:
+    """Folders ``clips`` (20 clips), ``tiny`` (one 1-s video) and ``one`` (one GOP-250 video)."""
+    tag = "quick" if quick else "full"
+    for i in range(20):
+        make_clip(cache / "clips" / "x" / f"clip{i:02d}.mp4", i)
+    tiny = cache / "tiny" / "x" / "tiny.mp4"
+    if not tiny.exists():
+        tiny.parent.mkdir(parents=True, exist_ok=True)
+        ffmpeg("-f", "lavfi", "-i", "testsrc2=s=320x240:r=25:d=1", "-c:v", "libx264",
+               "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(tiny))
+    one = cache / tag / "one" / "x" / "g250.mp4"
+    if not one.exists():
+        minutes = 1 if quick else 5
+        make_long(one, gop=250, duration=60 * minutes, chunk=10 if quick else 60)
+    return {"clips": cache / "clips", "tiny": tiny.parent.parent, "one": one.parent.parent}
+
+
+def in_fresh_dir(cmd, work: Path):
+    """A measure: run ``cmd(out)`` (an argv) into a new folder under ``work``, timed, removed."""
+    def measure() -> float:
+        out = work / f"run-{time.monotonic_ns()}"
+        seconds = timed(cmd(out))
+        shutil.rmtree(out, ignore_errors=True)
+        return seconds
+    return measure
+
+
+def side_by_side(measures: dict, runs: int) -> dict[str, float]:
+    """Median seconds of each measure, the measures alternating (rotated order each round)."""
+    names, seconds = list(measures), {name: [] for name in measures}
+    for r in range(runs):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            seconds[name].append(measures[name]())
+    return {name: statistics.median(v) for name, v in seconds.items()}
+
+
+def frames_to_decode(path: Path) -> int:
+    """Frames the 16 uniform targets of ``path`` need decoded when each seeks to the keyframe
+    before it and decodes on (or decodes on from the previous target when no keyframe lies
+    between): from the container index, independently of vidfeat's cursor."""
+    import av
+
+    from vidfeat.ingestion.probe import probe_video
+    from vidfeat.ingestion.sample import SamplingSpec, plan_times
+
+    probe = probe_video(path)
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        keys = sorted(round((e.timestamp * s.time_base - probe.start_s) * probe.fps)
+                      for e in s.index_entries if e.is_keyframe)
+    total, pos = 0, -1
+    for t in sorted(plan_times(probe, SamplingSpec())):
+        frame = round((t - probe.start_s) * probe.fps)
+        key = max(k for k in keys if k <= frame)
+        total += frame - max(pos, key - 1)  # from pos+1 or from the keyframe
+        pos = frame
+    return total
+
+
+def peer_rows(videos: dict[str, Path], work: Path, runs: int) -> list[tuple]:
+    """The side-by-side rows: (name, ratio, target, ours s, other s, frames, load)."""
+    rows = []
+    clips = videos["clips"]
+    if have("decord"):
+        t = side_by_side({
+            "ours": in_fresh_dir(lambda o: ingest_cmd(clips, o), work),
+            "decord": in_fresh_dir(lambda o: [sys.executable, "-c", DECORD_CLIPS,
+                                               str(clips / "x"), str(o)], work)}, runs)
+        rows.append(("20 clips x16: decord script / vidfeat", t["decord"] / t["ours"], ">= 1",
+                     t["ours"], t["decord"], 320, os.getloadavg()[0]))
+    one = videos["one"] / "x" / "g250.mp4"  # not glob: the folder also holds .chunk-*.mp4
+    rows += keyframe_rows(videos["one"], one, work, runs)
+    rows.append(decode_limit_row(one, runs))
+    rows += startup_rows(videos["tiny"], work, runs)
+    return rows
+
+
+def keyframe_rows(src: Path, video: Path, work: Path, runs: int) -> list[tuple]:
+    ff = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-skip_frame", "nokey",
+          "-i", str(video), "-fps_mode", "passthrough", "-vf",
+          f"scale='if(lt(iw,ih),{SIZE},-2)':'if(lt(iw,ih),-2,{SIZE})'", "-q:v", "2"]
+    t = side_by_side({
+        "ours": in_fresh_dir(lambda o: ingest_cmd(src, o, "--keyframes"), work),
+        "pyav": in_fresh_dir(lambda o: [sys.executable, "-c", PYAV_KEYFRAMES, str(video), str(o)],
+                             work),
+        "ffmpeg": in_fresh_dir(lambda o: (o.mkdir(), [*ff, str(o / "%06d.jpg")])[1], work)}, runs)
+    load, n = os.getloadavg()[0], keyframe_count(video)
+    return [("keyframes: PyAV skip_frame NONKEY / vidfeat", t["pyav"] / t["ours"], ">= 1",
+             t["ours"], t["pyav"], n, load),
+            ("keyframes: ffmpeg -skip_frame nokey / vidfeat", t["ffmpeg"] / t["ours"], ">= 0.83",
+             t["ours"], t["ffmpeg"], n, load)]
+
+
+def keyframe_count(video: Path) -> int:
+    import av
+
+    with av.open(str(video)) as c:
+        return sum(1 for p in c.demux(c.streams.video[0]) if p.is_keyframe)
+
+
+def decode_limit_row(video: Path, runs: int) -> tuple:
+    need = frames_to_decode(video)
+
+    def seconds_of(code: str, *args: str):
+        return lambda: float(subprocess.run([sys.executable, "-c", code, *args], check=True,
+                                            capture_output=True, text=True).stdout.split()[1])
+    t = side_by_side({"ours": seconds_of(DECODE_ONE, str(video)),
+                      "limit": seconds_of(DECODE_LIMIT, str(video), str(need))}, runs)
+    return ("one GOP-250 video x16: decode limit / decode_frames", t["limit"] / t["ours"],
+            ">= 0.95", t["ours"], t["limit"], need, os.getloadavg()[0])
+
+
+def startup_rows(src: Path, work: Path, runs: int) -> list[tuple]:
+    t = side_by_side({
+        "ours": in_fresh_dir(lambda o: ingest_cmd(src, o), work),
+        "av": lambda: timed([sys.executable, "-c", "import av"]),
+        "pandas": lambda: timed([sys.executable, "-c", "import pandas"])}, runs)
+    print(f"start-up: vidfeat ingest (one 1-s video) {t['ours']:.2f} s, python -c 'import av' "
+          f"{t['av']:.2f} s, python -c 'import pandas' {t['pandas']:.2f} s", file=sys.stderr)
+    load = os.getloadavg()[0]
+    return [("start-up: vidfeat ingest - import av (s)", t["ours"] - t["av"], "<= 0.5",
+             t["ours"], t["av"], PER_VIDEO, load),
+            ("start-up: vidfeat ingest - import pandas (s)", t["ours"] - t["pandas"], "report",
+             t["ours"], t["pandas"], PER_VIDEO, load)]
+
+
+def baseline_rows(videos: dict[str, list[Path]], work: Path) -> list[tuple]:
+    """The rows against the ffmpeg fps-filter baseline and the scaling/hashing rows."""
     mix, g250 = videos["mix"][0].parent.parent, videos["g250"][0].parent.parent
     rows = []
+    t_ours, n = ours(mix, work, "--frames-per-video", "16")
+    t_base = baseline(videos["mix"], work, per_video=16)
+    rows.append(("16 frames/video vs ffmpeg fps filter (mix)", t_base / t_ours, ">= 4", t_ours, t_base, n))
+    t_kf, n_kf = ours(g250, work, "--keyframes")
+    t_base_kf = baseline(videos["g250"], work, per_video=n_kf // len(videos["g250"]))
+    rows.append(("--keyframes vs ffmpeg fps filter (GOP 250)", t_base_kf / t_kf, ">= 10", t_kf, t_base_kf, n_kf))
+    t_dense, n_dense = ours(mix, work, "--fps", "1")
+    t_ff = baseline(videos["mix"], work, fps=1)
+    rows.append(("--fps 1 time / ffmpeg command line time", t_dense / t_ff, "<= 1.10", t_dense, t_ff, n_dense))
+    t_j2, _ = ours(mix, work, "--frames-per-video", "16", "--jobs", "2")
+    rows.append(("--jobs 2 speed-up over --jobs 1", t_ours / t_j2, ">= 1.7", t_j2, t_ours, n))
+    # --jobs 1 already decodes with every core's threads; this row isolates worker scaling
+    one = {"VIDFEAT_DECODE_THREADS": "1"}
+    t_s1, _ = ours(mix, work, "--frames-per-video", "16", env=one)
+    t_s2, _ = ours(mix, work, "--frames-per-video", "16", "--jobs", "2", env=one)
+    rows.append(("--jobs 2 vs --jobs 1, 1 decoder thread each", t_s1 / t_s2, ">= 1.7", t_s2, t_s1, n))
+    t_h, t_hash, n_h = best_of(lambda: hashing_cost(mix, work, "--frames-per-video", "16"))
+    rows.append(("ingest time / ingest without hashing (16 f/v)", t_h / (t_h - t_hash),
+                 "<= 1.05", t_h, t_h - t_hash, n_h))
+    return [(*row, os.getloadavg()[0]) for row in rows]
+
+
+def run(quick: bool, cache: Path, *, rows_kind: str = "all", runs: int = RUNS) -> dict:
+    t0 = time.perf_counter()
+    peers = peer_videos(cache, quick)
+    videos = dataset(cache, quick) if rows_kind == "all" else {"long": [make_long(
+        cache / ("quick" if quick else "full") / "long" / "x" / "long.mp4", gop=250,
+        duration=180 if quick else 1800, chunk=10 if quick else 60)]}
+    print(f"videos ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    work = Path(tempfile.mkdtemp(prefix="bench_ingest-"))
     try:
-        t_ours, n = ours(mix, work, "--frames-per-video", "16")
-        t_base = baseline(videos["mix"], work, per_video=16)
-        rows.append(("16 frames/video vs ffmpeg fps filter (mix)", t_base / t_ours, ">= 4", t_ours, t_base, n))
-        t_kf, n_kf = ours(g250, work, "--keyframes")
-        t_base_kf = baseline(videos["g250"], work, per_video=n_kf // len(videos["g250"]))
-        rows.append(("--keyframes vs ffmpeg fps filter (GOP 250)", t_base_kf / t_kf, ">= 10", t_kf, t_base_kf, n_kf))
-        t_dense, n_dense = ours(mix, work, "--fps", "1")
-        t_ff = baseline(videos["mix"], work, fps=1)
-        rows.append(("--fps 1 time / ffmpeg command line time", t_dense / t_ff, "<= 1.10", t_dense, t_ff, n_dense))
-        t_j2, _ = ours(mix, work, "--frames-per-video", "16", "--jobs", "2")
-        rows.append(("--jobs 2 speed-up over --jobs 1", t_ours / t_j2, ">= 1.7", t_j2, t_ours, n))
-        # --jobs 1 already decodes with every core's threads; this row isolates worker scaling
-        one = {"VIDFEAT_DECODE_THREADS": "1"}
-        t_s1, _ = ours(mix, work, "--frames-per-video", "16", env=one)
-        t_s2, _ = ours(mix, work, "--frames-per-video", "16", "--jobs", "2", env=one)
-        rows.append(("--jobs 2 vs --jobs 1, 1 decoder thread each", t_s1 / t_s2, ">= 1.7", t_s2, t_s1, n))
-        t_h, t_hash, n_h = best_of(lambda: hashing_cost(mix, work, "--frames-per-video", "16"))
-        rows.append(("ingest time / ingest without hashing (16 f/v)", t_h / (t_h - t_hash),
-                     "<= 1.05", t_h, t_h - t_hash, n_h))
+        rows = peer_rows(peers, work, runs)
+        if rows_kind == "all":
+            rows += baseline_rows(videos, work)
         peak_u, _ = worker_peak_mb(videos["long"][0], "uniform")
         peak_f, n_f = worker_peak_mb(videos["long"][0], "fps")
     finally:
@@ -214,13 +470,14 @@ def run(quick: bool, cache: Path) -> dict:
     long_s = duration_of(videos["long"][0])
     results = {
         "quick": quick,
+        "runs": runs,
         "repeat": REPEAT,
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+                    "python": platform.python_version(), "loadavg_end": os.getloadavg()},
         "videos": {k: [p.name for p in v] for k, v in videos.items()},
         "ratios": [{"name": name, "ratio": round(r, 3), "target": target, "ours_s": round(a, 3),
-                    "other_s": round(b, 3), "frames": frames}
-                   for name, r, target, a, b, frames in rows],
+                    "other_s": round(b, 3), "frames": frames, "load1": round(load, 2)}
+                   for name, r, target, a, b, frames, load in rows],
         "worker_peak_rss_mb": {"video_s": long_s, "uniform16": round(peak_u, 1),
                                "fps1": round(peak_f, 1), "fps1_frames": n_f, "target": "< 500"},
     }
@@ -229,10 +486,11 @@ def run(quick: bool, cache: Path) -> dict:
 
 
 def print_table(results: dict) -> None:
-    print(f"{'measure':50s} {'ratio':>7s} {'target':>8s} {'ours s':>8s} {'other s':>8s} {'frames':>7s}")
+    print(f"{'measure':52s} {'ratio':>7s} {'target':>8s} {'ours s':>8s} {'other s':>8s} "
+          f"{'frames':>7s} {'load':>5s}")
     for r in results["ratios"]:
-        print(f"{r['name']:50s} {r['ratio']:7.2f} {r['target']:>8s} {r['ours_s']:8.2f} "
-              f"{r['other_s']:8.2f} {r['frames']:7d}")
+        print(f"{r['name']:52s} {r['ratio']:7.2f} {r['target']:>8s} {r['ours_s']:8.2f} "
+              f"{r['other_s']:8.2f} {r['frames']:7d} {r['load1']:5.2f}")
     m = results["worker_peak_rss_mb"]
     print(f"worker peak RSS on a {m['video_s'] / 60:.0f}-minute 720p video: uniform 16 "
           f"{m['uniform16']:.0f} MB, --fps 1 {m['fps1']:.0f} MB (target < 500 MB)")
@@ -347,7 +605,13 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the results here too (e.g. "
                         "benchmarks/results/bench_ingest.json); nothing is written without it")
     parser.add_argument("--cache", default=str(ROOT / ".bench" / "ingest"))
-    parser.add_argument("--repeat", type=int, default=REPEAT, help="best of N runs per timing")
+    parser.add_argument("--repeat", type=int, default=REPEAT,
+                        help="best of N runs per timing (rows against the ffmpeg baseline)")
+    parser.add_argument("--runs", type=int, default=None,
+                        help=f"runs per command in the side-by-side rows, median kept "
+                             f"(default {RUNS}, 3 with --quick)")
+    parser.add_argument("--rows", choices=("peers", "all"), default="all",
+                        help="peers: the side-by-side rows and memory only")
     parser.add_argument("--jobs-scaling", type=int, default=0, metavar="N",
                         help="only the many-core rows (many_core_rows), --jobs N vs --jobs 1")
     parser.add_argument("--scaling-videos", type=int, default=64)
@@ -362,13 +626,13 @@ def main(argv=None) -> int:
         print_many_core(results)
         _write_json(args.json, results)
         return 0
-    results = run(args.quick, Path(args.cache))
+    runs = args.runs or (3 if args.quick else RUNS)
+    results = run(args.quick, Path(args.cache), rows_kind=args.rows, runs=runs)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
-
 
 
 def _write_json(path: str | None, results: dict) -> None:

@@ -191,6 +191,56 @@ def test_parsing_imports_no_torch():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+# Run in a fresh interpreter: an import hook notes, when pandas is first imported, whether a
+# sandbox child is already starting (it imports PyAV meanwhile); then what the run imported.
+INGEST_IMPORTS = """
+import sys
+import vidfeat.sandbox as sandbox
+seen = {}
+class Hook:
+    def find_spec(self, name, path, target=None):
+        if name == "pandas" and "pandas" not in seen:
+            seen["pandas"] = bool(sandbox._SANDBOXES)
+        return None
+sys.meta_path.insert(0, Hook())
+from vidfeat.cli import main
+assert main(["ingest", sys.argv[1], "-o", sys.argv[2], "--no-progress", "--split", "1,0,0"]) == 0
+heavy = {"torch", "torchvision", "matplotlib", "sklearn", "joblib", "tqdm", "av"}
+print(seen.get("pandas"), sorted(heavy & set(sys.modules)))
+"""
+
+
+def test_ingest_imports_only_what_it_needs(tmp_path):
+    """``vidfeat ingest`` starts its sandbox child before importing pandas (the child's start-up
+    runs alongside), and never imports torch, joblib (threads: its own pool), tqdm (no bar) or
+    PyAV (the child decodes, and reports the library versions)."""
+    from videos import make_video
+
+    make_video(tmp_path / "src" / "a" / "a.mp4", duration=0.3, fps=10, size=(64, 48))
+    out = subprocess.run([sys.executable, "-c", INGEST_IMPORTS, str(tmp_path / "src"),
+                          str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "True []"
+
+
+def test_quick_exit_keeps_status_output_and_files(tmp_path):
+    """``python -m vidfeat ingest`` ends without module teardown (QUICK_EXIT), yet its status,
+    its last lines and every file it wrote are there: --strict with a failed video exits 1."""
+    from videos import make_video
+
+    from vidfeat.ingestion.manifest import read_manifest
+
+    make_video(tmp_path / "src" / "a" / "a.mp4", duration=0.3, fps=10, size=(64, 48))
+    (tmp_path / "src" / "a" / "broken.mp4").write_bytes(b"not a video" * 100)
+    proc = subprocess.run([sys.executable, "-m", "vidfeat", "ingest", str(tmp_path / "src"), "-o",
+                           str(tmp_path / "out"), "--split", "1,0,0", "--strict"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1].startswith("Ingested 1 of 2 videos")
+    manifest = read_manifest(tmp_path / "out", verify=True)
+    assert list(manifest.videos["status"]) == ["ok", "failed"] and len(manifest.frames) == 3
+
+
 def test_bad_choice_names_the_flag(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "vidfeat", "ingest", str(tmp_path), "-o",
                            str(tmp_path / "out"), "--format", "json"],

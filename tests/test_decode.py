@@ -14,11 +14,18 @@ from vidfeat.ingestion.probe import VideoError, probe_video
 from vidfeat.ingestion.sample import SamplingSpec, plan_times
 
 
+# swscale's default YUV -> RGB rounds down (up to one grey level low); the reference is the
+# correctly rounded BT.601 conversion, e.g. Y 44 -> (44 - 16) * 255 / 219 = 32.6 -> 33, not 32
+EXACT_RGB = (av.video.reformatter.Interpolation.BILINEAR | av.video.reformatter.Interpolation.ACCURATE_RND
+             | av.video.reformatter.Interpolation.FULL_CHR_H_INT)
+
+
 def full_decode(path):
     """Reference: every frame of a plain front-to-back decode, as (pts seconds, RGB array)."""
     with av.open(str(path)) as c:
         s = c.streams.video[0]
-        return [(float(f.pts * s.time_base), f.to_ndarray(format="rgb24")) for f in c.decode(s)]
+        return [(float(f.pts * s.time_base), f.to_ndarray(format="rgb24", interpolation=EXACT_RGB))
+                for f in c.decode(s)]
 
 
 def shown_at(ref, t):
@@ -162,6 +169,32 @@ def test_keyframe_images_match_full_decode(clips, tmp_path):
     assert len(recs) == 10
     for rec in recs:
         assert abs(load(tmp_path, rec).mean() - ref[rec.timestamp_s].mean()) < 0.6
+
+
+def test_mp4_keyframes_are_sought_not_demuxed(long_clip, clips, tmp_path, monkeypatch):
+    """In MP4 (a sample table lists every keyframe) keyframe mode reads the keyframe packets
+    only, and finds the same keyframes and pictures as a full demux, B-frames included."""
+    read = []
+    real = decode._packets
+
+    def counting(container, stream):
+        for packet in real(container, stream):
+            read.append(packet.is_keyframe)
+            yield packet
+    monkeypatch.setattr(decode, "_packets", counting)
+    recs = decode_frames(long_clip, probe_video(long_clip), SamplingSpec(mode="keyframes", size=24),
+                         tmp_path / "long")
+    assert len(recs) == 60 and len(read) == 60 and all(read)  # of 1500 packets
+    path = clips["bframes.mp4"]
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        keys = [float(p.pts * s.time_base) for p in c.demux(s) if p.is_keyframe]
+    recs = decode_frames(path, probe_video(path), SamplingSpec(mode="keyframes", size=48),
+                         tmp_path / "b")
+    assert [r.timestamp_s for r in recs] == pytest.approx(keys) and len(keys) == 9
+    ref = dict(full_decode(path))
+    for rec in recs:
+        assert abs(load(tmp_path / "b", rec).mean() - ref[rec.timestamp_s].mean()) < 0.6
 
 
 @pytest.mark.parametrize("rotation", [90, 180, 270])
@@ -372,3 +405,15 @@ def test_undecodable_video_with_clips_raises_and_leaves_nothing(video, tmp_path)
     with pytest.raises(VideoError, match="no frame decodes|does not decode"):
         decode_frames(p, probe, SamplingSpec(clips_per_video=2, clip_len=4, size=48), out)
     assert list(out.iterdir()) == []
+
+def test_same_frames_give_the_same_jpeg_bytes(video, tmp_path):
+    """A frame's JPEG bytes (hashed as provenance) depend on the frame only, also at sizes that
+    are no multiple of the JPEG's 16-pixel blocks, whatever was encoded before."""
+    odd = video("odd.mp4", size=(176, 144), duration=0.4, fps=10, source="mandelbrot")
+    other = video("other.mp4", size=(320, 240), duration=0.4, fps=10)
+    spec = SamplingSpec(frames_per_video=4, size=57)
+    hashes = []
+    for i, path in enumerate((odd, other, odd, other, odd)):
+        recs = decode_frames(path, probe_video(path), spec, tmp_path / str(i))
+        hashes.append([r.file_hash for r in recs])
+    assert hashes[0] == hashes[2] == hashes[4] and hashes[1] == hashes[3]

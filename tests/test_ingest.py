@@ -260,6 +260,36 @@ def test_resume_after_a_killed_run(tmp_path):
         assert im.size[1] == 256 or im.size[0] == 256  # a real JPEG, not the half-written bytes
 
 
+INTERRUPTED_RUN = KILLED_RUN.replace("jobs=1", "jobs=2, timeout=600")
+
+
+def test_ctrl_c_ends_the_run_at_once(tmp_path):
+    """Ctrl-C while a worker thread waits on a hung decode (600 s timeout): the run stops within
+    seconds, its sandbox children killed, and a rerun resumes."""
+    src = tmp_path / "src"
+    for name in ("a.mp4", "hang.mp4", "z.mp4"):
+        make_video(src / "x" / name, duration=1, fps=5)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), *sys.path]))
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_RUN, str(src), str(out)], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / PARTIAL).glob("*/000000.jpg")) and proc.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert list((out / PARTIAL).glob("*/000000.jpg")), "the run never reached the hang"
+        proc.send_signal(signal.SIGINT)
+        start = time.monotonic()
+        stderr = proc.communicate(timeout=60)[1]
+        assert time.monotonic() - start < 20 and "KeyboardInterrupt" in stderr
+    finally:
+        proc.kill()
+        proc.wait()
+    result = ingest(src, out, frames_per_video=2, split=(1, 0, 0), progress=False)
+    assert result.n_ok == 3 and result.n_reused >= 3  # all probed before the interrupt
+
+
 def test_cli_does_not_import_torch(tiny_dataset, tmp_path):
     code = ("import sys; from vidfeat.cli import main; "
             f"rc = main(['ingest', {str(tiny_dataset)!r}, '-o', {str(tmp_path / 'o')!r}, "
@@ -674,3 +704,15 @@ def test_2d_backbone_extracts_trains_and_predicts_on_clips(clip_src, tmp_path, c
     assert cli_main(["predict", str(model), str(video), "--device", "cpu"]) == 0
     [line] = capsys.readouterr().out.strip().splitlines()
     assert json.loads(line)["n_frames"] == 2 * 4
+
+def test_one_warm_child_per_worker_for_the_whole_run(tiny_dataset, tmp_path, monkeypatch):
+    """12 videos, 2 phases, --jobs 2: two sandbox children in all (started once, borrowed by
+    each video's probe and decode), not one per worker thread per phase."""
+    from vidfeat import sandbox
+
+    started = []
+    start = sandbox.Sandbox._start
+    monkeypatch.setattr(sandbox.Sandbox, "_start", lambda box: (started.append(1), start(box)))
+    result = ingest(tiny_dataset, tmp_path / "out", frames_per_video=2, size=32, jobs=2,
+                    progress=False)
+    assert result.n_ok == 12 and len(started) == 2

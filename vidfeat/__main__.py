@@ -1,5 +1,3 @@
-import sys
+from vidfeat.cli import script
 
-from vidfeat.cli import main
-
-sys.exit(main())
+script()

@@ -37,9 +37,7 @@ from vidfeat.ingestion.scan import mark_duplicates, scan_source
 from vidfeat.ingestion.stats import (
     failure_counts,
     jsonable,
-    library_versions,
     nested_counts,
-    package_version,
 )
 from vidfeat.ingestion.tasks import (
     FRAMES,
@@ -48,8 +46,12 @@ from vidfeat.ingestion.tasks import (
     PARTIAL,
     Journal,
     VideoTask,
+    cached_library_versions,
     frames_intact,
+    in_threads,
     run_video_task,
+    warm_workers,
+    worker_library_versions,
 )
 from vidfeat.media import check_local_path
 from vidfeat.options import check_choice, check_positive, checked
@@ -70,7 +72,7 @@ log = logging.getLogger(__name__)
 PROBE_VERSION = "probe-2"
 
 BACKENDS = {
-    "threading": "threads in this process, each driving its own sandbox child (default)",
+    "threading": "threads in this process, each borrowing a warm sandbox child (default)",
     "loky": "joblib's process pool; each worker drives its own sandbox child",
     "multiprocessing": "multiprocessing pool; each worker drives its own sandbox child",
     "dask": "a Dask cluster: scheduler=ADDRESS or scheduler file, else a local cluster of "
@@ -172,37 +174,20 @@ def ingest(src, outdir, *, labels: str | Path | None = None, unlabelled: bool = 
         from vidfeat.ingestion.cluster import describe
 
         arguments["scheduler"] = describe(scheduler)
-    from vidfeat.ingestion.balance import MODES as BALANCE_MODES
-    from vidfeat.ingestion.manifest import FORMATS, write_manifest
-    from vidfeat.ingestion.split import parse_ratios
+    if backend == "threading":
+        warm_workers(1)  # its child starts (PyAV...) while this process imports pandas
+    try:
+        spec = _checked_spec(arguments)
+        videos = scan_source(src, labels=labels, unlabelled=unlabelled)
+        out = check_output(check_local_path(outdir), kind="folder")
+        out.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        close_sandboxes()  # no run: the warm child goes too
+        raise
+    from vidfeat.ingestion.manifest import write_manifest
 
-    spec = sampling_spec(frames_per_video=frames_per_video, fps=fps, keyframes=keyframes,
-                         size=size, jpeg_quality=jpeg_quality, clips_per_video=clips_per_video,
-                         clip_len=clip_len, clip_fps=clip_fps, short_clips=short_clips)
-    check_choice("fmt", fmt, FORMATS)
-    check_choice("balance", balance, BALANCE_MODES)
-    check_choice("backend", backend, BACKENDS)
-    check_positive("jobs", jobs)
-    check_positive("timeout", timeout)
-    if backend == "dask":
-        from vidfeat.system import require_extra
-
-        require_extra("distributed", "dask", needed_for="backend='dask' (--backend dask)")
-    if scheduler is not None and backend != "dask":
-        raise ValueError(f"scheduler= needs backend='dask' (backend is {backend!r})")
-    parse_ratios(split)
-    if unlabelled:
-        _refuse_for_unlabelled(dict(split=split, seed=seed, balance=balance,
-                                    max_frames_per_video=max_frames_per_video,
-                                    max_per_class=max_per_class))
-    if balance == "frames" and spec.mode != "uniform":
-        raise ValueError("balance='frames' needs uniform sampling (frames_per_video), "
-                         "not fps or keyframes")
     if balance == "frames":  # the only mode that reads it
         max_frames_per_video = _clip_cap(spec, max_frames_per_video)
-    videos = scan_source(src, labels=labels, unlabelled=unlabelled)
-    out = check_output(check_local_path(outdir), kind="folder")
-    out.mkdir(parents=True, exist_ok=True)
     run = _Run(out, spec, timeout=timeout, jobs=jobs, backend=backend, progress=progress,
                retry_failed=retry_failed)
     with FileLock(out / INGEST_LOCK, what=f"into {out}"):
@@ -224,6 +209,36 @@ def ingest(src, outdir, *, labels: str | Path | None = None, unlabelled: bool = 
     if progress:
         print(result.summary(), file=sys.stderr)
     return result
+
+
+def _checked_spec(a: dict) -> SamplingSpec:
+    """The sampling spec of ``ingest``'s arguments ``a``, after checking every option."""
+    from vidfeat.ingestion.balance import MODES as BALANCE_MODES
+    from vidfeat.ingestion.manifest import FORMATS
+    from vidfeat.ingestion.split import parse_ratios
+
+    spec = sampling_spec(frames_per_video=a["frames_per_video"], fps=a["fps"],
+                         keyframes=a["keyframes"], size=a["size"], jpeg_quality=a["jpeg_quality"],
+                         clips_per_video=a["clips_per_video"], clip_len=a["clip_len"],
+                         clip_fps=a["clip_fps"], short_clips=a["short_clips"])
+    check_choice("fmt", a["fmt"], FORMATS)
+    check_choice("balance", a["balance"], BALANCE_MODES)
+    check_choice("backend", a["backend"], BACKENDS)
+    check_positive("jobs", a["jobs"])
+    check_positive("timeout", a["timeout"])
+    if a["backend"] == "dask":
+        from vidfeat.system import require_extra
+
+        require_extra("distributed", "dask", needed_for="backend='dask' (--backend dask)")
+    if a["scheduler"] is not None and a["backend"] != "dask":
+        raise ValueError(f"scheduler= needs backend='dask' (backend is {a['backend']!r})")
+    parse_ratios(a["split"])
+    if a["unlabelled"]:
+        _refuse_for_unlabelled({k: a[k] for k in UNLABELLED_REFUSES})
+    if a["balance"] == "frames" and spec.mode != "uniform":
+        raise ValueError("balance='frames' needs uniform sampling (frames_per_video), "
+                         "not fps or keyframes")
+    return spec
 
 
 def _refuse_for_unlabelled(given: dict) -> None:
@@ -294,6 +309,7 @@ class _Run:
         self.worked: set[str] = set()   # videos this run probed or decoded
         self.frames_written = 0
         self.runner = None  # the DaskRunner while backend='dask' runs
+        self.versions: dict | None = None  # tasks.cached_library_versions, from a warm child
         # decoder threads per worker; on Dask each worker sizes them for its own machine
         self.threads = None if backend == "dask" else decode_threads(jobs)
 
@@ -316,6 +332,8 @@ class _Run:
                                 max_per_class=max_per_class)
         todo = videos[(videos["status"] == "ok") & (videos["repeat"] > 0)]
         self._phase("decode", [self._decode_task(r) for r in todo.itertuples()])
+        if self.backend == "threading":  # its children have PyAV loaded: ask one (0.07 s here)
+            self.versions = worker_library_versions(self.timeout)
         videos = _with_outcomes(videos, self.entries, "decode")
         frames = _frames_table(videos, self.entries, clips=self.spec.clips)
         return _finish_videos(videos, self.entries), frames
@@ -361,9 +379,6 @@ class _Run:
 
     def _phase(self, phase: str, tasks: list[VideoTask]) -> None:
         """Run ``tasks`` (reusing finished ones) in parallel, journaling each outcome."""
-        from joblib import Parallel, delayed
-        from tqdm import tqdm
-
         todo = []
         for task in tasks:
             entry = self._reusable(task)
@@ -380,35 +395,46 @@ class _Run:
 
             unpublish(self.outdir)
         self.worked.update(t.video_id for t in todo)
-        if self.runner is not None:
-            results = self.runner.map(todo)
-        else:
-            parallel = Parallel(n_jobs=min(self.jobs, len(todo)), backend=self.backend,
-                                return_as="generator_unordered")
-            results = parallel(delayed(run_video_task)(t) for t in todo)
-        with tqdm(total=len(todo), desc=phase, unit="video", disable=not self.progress) as bar:
+        results = self._results(todo)
+        with _bar(total=len(todo), desc=phase, unit="video", disable=not self.progress) as bar:
             for entry in results:
                 self.journal.append(entry)
                 self.entries[phase, entry["video_id"]] = entry
                 self.frames_written += len(entry.get("frames", ()))
                 bar.update()
 
+    def _results(self, todo: list[VideoTask]):
+        """Journal entries of ``todo`` as they finish: on the Dask cluster, on this process's
+        threads (each borrowing a warm sandbox child; no joblib, whose import alone costs
+        0.07 s), or on joblib's process pools (loky, multiprocessing)."""
+        jobs = min(self.jobs, len(todo))
+        if self.runner is not None:
+            return self.runner.map(todo)
+        if self.backend == "threading":
+            warm_workers(jobs)
+            return in_threads(run_video_task, todo, jobs=jobs)
+        from joblib import Parallel, delayed
+
+        parallel = Parallel(n_jobs=jobs, backend=self.backend, return_as="generator_unordered")
+        return parallel(delayed(run_video_task)(t) for t in todo)
+
     def info(self, videos, frames, arguments: dict, elapsed: float) -> dict:
         """The ``ingest.json`` content."""
         from vidfeat.ingestion.manifest import FORMATS
 
+        versions = self.versions or cached_library_versions()
         ok = videos[videos["status"] == "ok"]
         failed = videos[videos["status"] == "failed"]
         times = sorted(((sum(self.entries.get((p, v), {}).get("elapsed_s", 0)
                              for p in ("probe", "decode")), v) for v in ok["video_id"]),
                        reverse=True)
         return {
-            "vidfeat_version": package_version("vidfeat"),
+            "vidfeat_version": versions["vidfeat"],
             "unlabelled": bool(arguments.get("unlabelled")),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "arguments": {k: jsonable(v) for k, v in arguments.items()},
             "sampling": self.spec.record(),
-            "versions": library_versions(),
+            "versions": versions["libraries"],
             "counts": {
                 "videos": {"total": len(videos), "ok": len(ok), "failed": len(failed),
                            "dropped": int((ok["repeat"] == 0).sum()), "reused": len(self.reused)},
@@ -435,6 +461,15 @@ class _Run:
                             len(failed), len(self.reused), len(manifest.frames),
                             manifest.info["elapsed_s"], failure_counts(failed["error"]),
                             strict=strict)
+
+
+def _bar(**kwargs):
+    """A tqdm progress bar, or (``disable=True``) a no-op one without importing tqdm."""
+    if kwargs.get("disable"):
+        return contextlib.nullcontext(type("NoBar", (), {"update": lambda self, n=1: None})())
+    from tqdm import tqdm
+
+    return tqdm(**kwargs)
 
 
 def _with_outcomes(videos, entries: dict, phase: str):

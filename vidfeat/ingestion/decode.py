@@ -9,15 +9,18 @@ How (PyAV, in-process, one frame in memory at a time whatever the video's length
   the last frame with pts <= t (what a player shows at t); a seek that lands after ``t`` (some
   containers, e.g. MPEG-TS) is retried further back. B-frames are handled by the decoder
   (frames come out in presentation order) and non-zero start times by using absolute pts.
-- ``keyframes``: only keyframe packets reach the decoder (``skip_frame="NONKEY"`` too).
+- ``keyframes``: only keyframe packets reach the decoder (``skip_frame="NONKEY"`` too). In MP4/MOV,
+  whose sample table lists every keyframe, each is reached by a seek and nothing else is read;
+  elsewhere every packet is demuxed and the keyframes kept.
 - clips (``spec.clips``): the cursor decides once per clip, at its first target, whether to seek
   (as above); within a clip it only decodes forward, so K sparse clips cost at most K seeks (more
   only where a seek lands late and is retried) and K short decodes. Each row of a clip is the
   frame shown at its target; a frame shown by several rows (clip_fps above the video's rate,
   overlapping clips, padding) is stored once and its JPEG shared (``ClipRecord``).
 
-Frames are resized with swscale (``reformat``) to a short side of ``spec.size``, rotated by the
-display matrix, and encoded with Pillow at ``spec.jpeg_quality`` into memory: the byte length and
+Frames are resized with swscale (``reformat``) to a short side of ``spec.size`` in the JPEG's own
+colour space (full-range YUV 4:2:0), rotated by the display matrix, and encoded from those planes
+by libjpeg-turbo (simplejpeg) at ``spec.jpeg_quality`` into memory: the byte length and
 content hash are taken there (no re-read), the bytes written under a temporary name, the written
 length checked (a full disk can make a library's save return after a short write) and the file
 renamed into place. A write that fails for the environment (disk full, read-only...) raises
@@ -31,6 +34,7 @@ from __future__ import annotations
 import bisect
 import math
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,9 +51,10 @@ from vidfeat.media import VideoError, error_reason, open_video
 __all__ = ["ClipRecord", "FrameRecord", "decode_frames"]
 
 MAX_BAD_PACKETS = 64      # consecutive undecodable packets before the video is declared broken
+KEY_BATCH = 8            # keyframe packets sought and read before they are decoded together
 NO_INDEX_GAP_S = 1.0      # without a keyframe index, keep decoding across gaps up to this long
 TIME_EPS = 1e-6          # float slack when a target is meant to hit a frame time exactly
-_TRANSPOSE = {90: "ROTATE_90", 180: "ROTATE_180", 270: "ROTATE_270"}  # counter-clockwise
+_LOCAL = threading.local()  # per-thread swscale reformatter
 
 
 @dataclass(frozen=True)
@@ -161,22 +166,54 @@ def publish_bytes(path: Path, data: bytes) -> None:
 
 
 def encode_jpeg(frame, *, size: int, quality: int) -> bytes:
-    """``frame`` resized to short side ``size`` (swscale), display rotation applied, as JPEG bytes."""
-    import io
+    """``frame`` resized to short side ``size``, display rotation applied, as JPEG bytes.
 
-    from PIL import Image
+    ``frame``: a decoded PyAV video frame. ``size``: the short side in pixels. ``quality``:
+    the JPEG quality (1-100). One swscale call scales and converts to full-range BT.601 YUV
+    4:2:0, the JPEG's own colour space, and libjpeg-turbo (simplejpeg) encodes those planes
+    as they are: no RGB image is made (7x faster than scaling to RGB for Pillow).
+    """
+    import numpy as np
+    import simplejpeg
 
     w, h = frame.width, frame.height
     scale = size / min(w, h)
     tw, th = max(1, round(w * scale)), max(1, round(h * scale))
-    interp = "AREA" if scale < 1 else "BICUBIC"
-    image = frame.reformat(width=tw, height=th, format="rgb24", interpolation=interp).to_image()
-    rotation = normalize_rotation(frame.rotation)
-    if rotation:
-        image = image.transpose(getattr(Image.Transpose, _TRANSPOSE[rotation]))
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
+    small = _reformatter().reformat(
+        frame, width=tw, height=th, format="yuv420p", interpolation="AREA" if scale < 1 else "BICUBIC",
+        src_color_range=frame.color_range or None, dst_color_range="JPEG", dst_colorspace="ITU601")
+    turns = normalize_rotation(frame.rotation) // 90  # counter-clockwise quarter turns
+    y, u, v = (np.rot90(_plane(p), turns) for p in small.planes)
+    return simplejpeg.encode_jpeg_yuv_planes(_mcu_padded(y, 16), _mcu_padded(u, 8),
+                                             _mcu_padded(v, 8), quality=quality)
+
+
+def _plane(plane):
+    """A frame plane as a (height, width) uint8 view (rows padded to ``line_size`` in memory)."""
+    import numpy as np
+
+    rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+    return rows[:plane.height, :plane.width]
+
+
+def _mcu_padded(plane, block: int):
+    """``plane`` as a view into a copy whose rows and columns are extended (edge pixels repeated)
+    to a multiple of ``block``: libjpeg-turbo reads whole MCUs, and past an odd-sized plane it
+    would read whatever lies in memory there (different JPEG bytes for the same frame)."""
+    import numpy as np
+
+    h, w = plane.shape
+    return np.pad(plane, ((0, -h % block), (0, -w % block)), mode="edge")[:h, :w]
+
+
+def _reformatter():
+    """This thread's swscale reformatter: its cached context is reused from frame to frame
+    (a frame's own ``reformat`` builds a new one every time, half the cost of the resize)."""
+    if getattr(_LOCAL, "reformatter", None) is None:
+        from av.video.reformatter import VideoReformatter
+
+        _LOCAL.reformatter = VideoReformatter()
+    return _LOCAL.reformatter
 
 
 def _packets(container, stream):
@@ -214,10 +251,44 @@ def _decode(packets):
 def _keyframes(container, stream):
     stream.codec_context.skip_frame = "NONKEY"
     tb = stream.time_base
-    keys = (p for p in _packets(container, stream) if p.is_keyframe or p.size == 0)
-    for frame in _decode(keys):
+    keys = _sample_table_keys(container, stream)
+    if keys:
+        packets = _indexed_key_packets(container, stream, keys)
+    else:
+        packets = (p for p in _packets(container, stream) if p.is_keyframe or p.size == 0)
+    for frame in _decode(packets):
         if frame.pts is not None:
             yield float(frame.pts * tb), frame
+
+
+def _sample_table_keys(container, stream) -> list[int]:
+    """Keyframe dts (stream time base) from an MP4/MOV sample table, which lists every sample;
+    empty for other containers, whose index may name only some keyframes (Matroska cues)."""
+    if "mp4" not in container.format.name.split(","):
+        return []
+    entries = list(stream.index_entries or ())
+    return [e.timestamp for e in entries if e.is_keyframe] if len(entries) >= 2 else []
+
+
+def _indexed_key_packets(container, stream, keys: list[int]):
+    """The keyframe packets at ``keys``, each found by a seek: the frames between them are never
+    read (all 7,500 packets of a 5-minute video demuxed cost more than decoding its 30
+    keyframes). Read KEY_BATCH at a time, then fed to the decoder with a drain packet: the next
+    seek flushes the decoder, so nothing may be left in flight when it comes."""
+    import av
+
+    drain = av.Packet()
+    drain.stream = stream
+    for start in range(0, len(keys), KEY_BATCH):
+        batch = []  # all read before any is decoded: a seek drops the frames in flight
+        for ts in keys[start:start + KEY_BATCH]:
+            container.seek(ts, stream=stream, backward=True, any_frame=False)
+            found = next((p for p in _packets(container, stream) if p.dts is not None
+                          and p.dts >= ts and (p.is_keyframe or p.dts > ts)), None)
+            if found is not None and found.is_keyframe:
+                batch.append(found)
+        yield from batch
+        yield drain
 
 
 class _Cursor:

@@ -50,7 +50,8 @@ def library_versions() -> dict:
     libs = {k: ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
             for k, v in getattr(av, "library_versions", {}).items()}
     return {"python": platform.python_version(), "platform": platform.platform(),
-            **{d: package_version(d) for d in ("av", "numpy", "pandas", "pyarrow", "pillow", "joblib")},
+            **{d: package_version(d) for d in ("av", "numpy", "pandas", "pyarrow", "pillow",
+                                               "simplejpeg", "joblib")},
             "ffmpeg_libs": libs}
 
 
