@@ -12,6 +12,11 @@ decode, resize, upload, normalise; no model) and ``extract`` itself, each as a r
 forward. Goals: extract >= 0.8x of forward, and >= 5,000 frames/s end to end on an H100.
 The input-only rate tells which side limits a miss.
 
+Clips: ``vidfeat.extract`` with the clip backbone r2plus1d_18 (16-frame clips, fp32 on the CPU,
+bf16 on a GPU) vs the plain loop (PIL reads each clip's JPEGs into a (T,C,H,W) uint8 tensor, the
+weights' own ``VideoClassification`` transform, the eager model with its classifier removed, in
+batches of 8 clips), clips/s side by side and their ratio, and the largest relative difference.
+
 Extra rows (issue 14; on CUDA with resnet50 bf16 on the GPU section's frames, else on the CPU on
 ``--cpu-rows-frames`` tiny frames, to prove the code): ``--compile``, eager vs ``torch.compile``
 (model alone and ``extract`` end to end, same batch; speed-up ratios and the features' largest
@@ -28,7 +33,8 @@ every dataset + fixed-length strings vs the older unfiltered, variable-length la
 alternated; the ratio of the best times. Goal: at most 1.05x (5% slower) for build + read.
 
     python benchmarks/bench_extract.py [--cpu-frames 2000] [--gpu-frames 50000]
-        [--checksum-frames 20000] [--compile] [--gpus-all] [--profile-frames N] [--json PATH]
+        [--clips 32] [--checksum-frames 20000] [--compile] [--gpus-all] [--profile-frames N]
+        [--late-decodes gpu] [--json PATH]
 """
 from __future__ import annotations
 
@@ -96,6 +102,70 @@ def make_frames(root: Path, n: int, *, size=(341, 256), unique: int = 64) -> Pat
                            n_frames=count, repeat=1))
     write_manifest(root, pd.DataFrame(videos), pd.DataFrame(frames), {"sampling": {}})
     return root
+
+
+def make_clips(root: Path, n_clips: int, clip_len: int = FRAMES_PER_VIDEO) -> Path:
+    """A clip ingest OUTDIR: ``make_frames``' videos, each one clip of its 16 frames."""
+    from vidfeat.ingestion.manifest import read_manifest
+
+    m = read_manifest(make_frames(root, n_clips * clip_len))
+    frames = m.frames.copy()
+    row = np.arange(len(frames))
+    frames["clip_id"], frames["clip_pos"] = row // clip_len, row % clip_len
+    frames["padded"] = False
+    frames["frame_id"] = [f"{f}@{c}.{k}" for f, c, k in
+                          zip(frames["frame_id"], frames["clip_id"], frames["clip_pos"])]
+    sampling = {"mode": "uniform", "clips_per_video": 1, "clip_len": clip_len, "clip_fps": 15.0,
+                "short_clips": "pad"}
+    write_manifest(root, m.videos, frames, {"sampling": sampling})
+    return root
+
+
+def plain_clip_loop(root: Path, name: str, device: str, batch_size: int = 8):
+    """The plain recipe for a video model: PIL -> (T,C,H,W) uint8 -> the weights' transform ->
+    eager model (bf16 autocast on CUDA), one process. Returns (clips/s, features)."""
+    from torchvision.models import get_model_weights
+
+    from vidfeat.ingestion.manifest import read_manifest
+
+    m = read_manifest(root)
+    clips = [g["path"].tolist() for _, g in m.frames.groupby("clip_id", sort=True)]
+    model = create_backbone(name, "none").model.eval().to(device)
+    transform = get_model_weights(name).DEFAULT.transforms()
+    cuda = device == "cuda"
+    t0 = time.perf_counter()
+    out = []
+    with torch.no_grad(), torch.autocast("cuda", torch.bfloat16, enabled=cuda):
+        for start in range(0, len(clips), batch_size):
+            batch = [transform(torch.stack([torch.from_numpy(np.array(
+                Image.open(root / p).convert("RGB"))).permute(2, 0, 1) for p in paths]))
+                for paths in clips[start:start + batch_size]]
+            out.append(model(torch.stack(batch).to(device)).float().cpu().numpy())
+    return len(clips) / (time.perf_counter() - t0), np.concatenate(out)
+
+
+def bench_clips(n: int, work: Path, device: str, repeats: int = 2) -> dict:
+    """r2plus1d_18 clips/s: ``extract`` (end to end) vs the plain loop, on ``device``; runs
+    alternated, best of ``repeats`` each (a shared machine's load hits both alike)."""
+    root = make_clips(work / f"clips_{device}", n)
+    plain, ours = [], []
+    for k in range(repeats):
+        base_cps, base_X = plain_clip_loop(root, "r2plus1d_18", device)
+        plain.append(base_cps)
+        out = work / f"clips_{device}_{k}.h5"
+        t0 = time.perf_counter()
+        res = extract(root, out, backbone="r2plus1d_18", weights="none", device=device,
+                      dtype="float32", progress=False)
+        ours.append(n / (time.perf_counter() - t0))
+    with FeatureStore(out) as s:
+        X = s.load().X
+    rel = float(np.abs(X - base_X).max() / np.abs(base_X).max())
+    return {"clips": n, "clip_len": FRAMES_PER_VIDEO, "backbone": "r2plus1d_18",
+            "device": device, "precision": res.precision, "threads": torch.get_num_threads(),
+            "repeats": repeats, "plain_clips_per_s": max(plain),
+            "vidfeat_clips_per_s_end_to_end": max(ours),
+            "vidfeat_clips_per_s_pipeline": res.frames_per_s, "ratio": max(ours) / max(plain),
+            "max_rel_diff_vs_plain": rel}
 
 
 def classic_loop(root: Path, paths: list[str], batch_size: int = 64) -> tuple[float, np.ndarray]:
@@ -475,6 +545,9 @@ def main(argv=None) -> int:
     ap.add_argument("--gpu-batch", type=int, default=256)
     ap.add_argument("--gpu-workers", type=int, default=None,
                     help="DataLoader workers for both decodes (default: extract's own)")
+    ap.add_argument("--clips", type=int, default=32,
+                    help="16-frame clips for the r2plus1d_18 section (CPU, and GPU when there "
+                         "is one); 0 skips it")
     ap.add_argument("--checksum-frames", type=int, default=20000,
                     help="frames of the with/without-checksums file; 0 skips it")
     ap.add_argument("--late-decodes", default="", metavar="gpu",
@@ -534,6 +607,9 @@ def main(argv=None) -> int:
             save({**result["gpu"], **gpu} if "error" in gpu else gpu)
         if args.cpu_frames:
             result["cpu"] = bench_cpu(args.cpu_frames, Path(tmp))
+        if args.clips:
+            devices = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+            result["clips"] = {d: bench_clips(args.clips, Path(tmp), d) for d in devices}
         if args.checksum_frames:
             result["checksums"] = bench_checksums(args.checksum_frames, Path(tmp))
     print_table(result)
@@ -560,6 +636,12 @@ def print_table(r: dict) -> None:
               f"(goal <= {c['goal']}x); +{c['extra_cpu_s_per_million_frames']:.1f} CPU s per "
               f"million frames = {100 * c['extract_slowdown_at_5000_fps']:.2f}% of an "
               "extraction at 5,000 frames/s")
+    for c in r.get("clips", {}).values():
+        print(f"Clips  {c['clips']} x {c['clip_len']} frames, {c['backbone']} on {c['device']} "
+              f"({c['precision']}, {c['threads']} threads)\n"
+              f"  plain loop           {c['plain_clips_per_s']:9.2f} clips/s\n"
+              f"  vidfeat extract      {c['vidfeat_clips_per_s_end_to_end']:9.2f} clips/s  "
+              f"ratio {c['ratio']:.2f}x  max rel diff {c['max_rel_diff_vs_plain']:.1e}")
     if "cpu" in r:
         c = r["cpu"]
         print(f"CPU  {c['frames']} frames, {c['threads']} threads, {c['precision']}\n"

@@ -428,3 +428,120 @@ def test_pipeline_takes_timm_names_and_checks_their_weights_first(tiny_dataset, 
     with pytest.raises(ValueError, match="unknown timm model 'resnet1'; close matches: resnet18"):
         run_pipeline(config, tmp_path / "w", progress=False)
     assert not (tmp_path / "w" / "ingest").exists()
+
+
+# ----------------------------------------------------------------------------- clip backbones
+# (clip_len, fps) that torchvision documents for each model's default Kinetics-400 weights
+# (the model docs / weights tables: "frame_rate=15 ... clip_len=16" and so on)
+CLIP_MODELS = {"r3d_18": (16, 15.0), "mc3_18": (16, 15.0), "r2plus1d_18": (16, 15.0),
+               "s3d": (128, 15.0), "mvit_v1_b": (16, 7.5), "mvit_v2_s": (16, 7.5),
+               "swin3d_t": (32, 15.0), "swin3d_s": (32, 15.0), "swin3d_b": (32, 15.0)}
+
+
+def test_clip_backbones_are_listed_with_their_weights_clip_sampling():
+    infos = {i.name: i for i in list_backbones(details=True)}
+    assert set(CLIP_MODELS) <= set(infos) and set(REQUIRED) <= set(infos)
+    assert list_backbones(kind="clip") == sorted(CLIP_MODELS)
+    assert set(list_backbones(kind="frame")) == set(list_backbones()) - set(CLIP_MODELS)
+    for name, (length, fps) in CLIP_MODELS.items():
+        assert (infos[name].kind, infos[name].clip_len, infos[name].clip_fps) == \
+            ("clip", length, fps)
+    assert (infos["resnet50"].kind, infos["resnet50"].clip_len) == ("frame", None)
+    with pytest.raises(ValueError, match="kind"):
+        list_backbones(kind="video")
+
+
+def _pre_logits(model, head: torch.nn.Module, x):
+    """What feeds ``head`` in the full torchvision model (its pooled pre-logits vector)."""
+    seen = []
+    hook = head.register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        hook.remove()
+    return seen[0].flatten(1)
+
+
+@pytest.mark.parametrize("name", sorted(CLIP_MODELS))
+def test_every_clip_backbone_returns_pooled_features_of_its_dim(name):
+    from vidfeat.extraction.video_backbones import VIDEO_HEADS, split_video_head
+
+    with torch.device("meta"):
+        model = get_model(name)
+    head = model.get_submodule(VIDEO_HEADS[name])
+    # the classifier's own input width, read off the torchvision module before it goes
+    linear = [m for m in head.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv3d))]
+    width = linear[-1].in_features if isinstance(linear[-1], torch.nn.Linear) \
+        else linear[-1].in_channels
+    assert split_video_head(model, name) == width
+    size, frames = preprocess_for(name).input_size, max(CLIP_MODELS[name][0] // 8, 2)
+    frames = 16 if name.startswith("mvit") else (14 if name == "s3d" else frames)
+    out = model.eval()(torch.empty(2, 3, frames, size, size, device="meta"))
+    assert tuple(out.shape) == (2, width)
+
+
+def _clip(frames, h=90, w=120, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (frames, 3, h, w), dtype=torch.uint8, generator=gen)
+
+
+@pytest.mark.parametrize("name", ["r2plus1d_18", "mvit_v2_s", "swin3d_t"])
+def test_clip_preprocess_is_the_weights_own_video_transform(name):
+    pre = preprocess_for(name)
+    reference = get_model_weights(name).DEFAULT.transforms()  # VideoClassification
+    assert list(pre.resize_size) == reference.resize_size
+    assert [pre.input_size] * 2 == reference.crop_size
+    clip = _clip(3)
+    small = pre.resize_crop(clip)
+    assert small.dtype == torch.uint8 and small.shape == (3, 3, pre.input_size, pre.input_size)
+    ours = pre.normalize(small[None])[0]
+    assert ours.shape == (3, 3, pre.input_size, pre.input_size)  # (C, T, S, S)
+    torch.testing.assert_close(ours, reference(clip), rtol=0, atol=1e-6)
+    from vidfeat.extraction.backbones import preprocess_from_attrs
+
+    assert preprocess_from_attrs(pre.as_attrs()) == pre
+    # as HDF5 keeps it: a list attribute comes back as its JSON text
+    import json
+
+    assert preprocess_from_attrs({**pre.as_attrs(),
+                                  "resize_size": json.dumps(list(pre.resize_size))}) == pre
+
+
+@pytest.mark.parametrize("name,frames", [("r3d_18", 4), ("r2plus1d_18", 4), ("s3d", 14),
+                                         ("swin3d_t", 2)])
+def test_clip_feature_equals_torchvisions_transform_and_model(tmp_path, name, frames):
+    # a saved random state dict of the full model (classifier included) is the weights file
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        full = get_model(name).eval()
+    torch.save(full.state_dict(), tmp_path / "w.pt")
+    bb = create_backbone(name, str(tmp_path / "w.pt"))
+    assert (bb.kind, bb.clip_len, bb.clip_fps) == ("clip", *CLIP_MODELS[name])
+    # larger than the resize target, so the resize downsamples (antialias would show)
+    clips = [_clip(frames, 150, 240, seed=s) for s in (1, 2)]
+    transform = get_model_weights(name).DEFAULT.transforms()
+    from vidfeat.extraction.video_backbones import VIDEO_HEADS
+
+    expected = _pre_logits(full, full.get_submodule(VIDEO_HEADS[name]),
+                           torch.stack([transform(c) for c in clips]))
+    if name == "s3d":  # its head is a 1x1x1 conv then a mean over (T,H,W): mean first, same
+        expected = expected.mean(dim=(2, 3, 4)) if expected.ndim == 5 else expected
+    with torch.no_grad():
+        got = bb.model(bb.preprocess.normalize(bb.preprocess.resize_crop(torch.stack(clips))))
+    assert got.shape == (2, bb.feature_dim)
+    assert _rel(got, expected) <= 1e-3
+
+
+def test_cli_lists_backbones_with_their_kind_and_clips(capsys):
+    from vidfeat.cli import main
+
+    assert main(["backbones", "--kind", "clip"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == sorted(CLIP_MODELS)
+    r2 = next(line for line in lines if line.startswith("r2plus1d_18 "))
+    assert r2.split()[1:5] == ["clip", "16", "frames", "at"] and "--clip-fps 15)" in r2
+    assert main(["backbones"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "resnet50            frame" in out and out[-1].startswith("timm:<model>")
+    assert len(out) == len(list_backbones()) + 1

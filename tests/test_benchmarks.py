@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # ~1.5 minutes on 2 cores (torch.compile of resnet18 on the CPU, ingests)
+@pytest.mark.slow  # 1.5 to 3 minutes on 2 cores (torch.compile of resnet18, r2plus1d_18, ingests)
 def test_gpu_check_dry_run_writes_every_result_within_the_device_tools_limits(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "GPU_CHECK_SITE": str(tmp_path / "site")}
@@ -45,6 +45,11 @@ def test_gpu_check_dry_run_writes_every_result_within_the_device_tools_limits(tm
     m = g["two_shards_merged"]
     assert m["rows"] == 24 and m["max_rel_diff_vs_single"] <= 1e-4
     assert ex["profile"]["top"] and (out / "profile_extract.txt").stat().st_size > 0
+
+    if "clips" in steps:  # the hook ran bench_extract's clip row (r2plus1d_18, 2 clips)
+        [clips_json] = out.glob("bench_clips_*.json")
+        c = json.loads(clips_json.read_text())["clips"]["cpu"]
+        assert c["clips"] == 2 and c["vidfeat_clips_per_s_end_to_end"] > 0
 
     [ingest_json] = out.glob("bench_ingest_*c.json")
     rows = {r["name"].split(" (")[0]: r for r in json.loads(ingest_json.read_text())["ratios"]}

@@ -340,3 +340,35 @@ def test_train_into_a_file_is_refused_before_any_work(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "is a file, but the output must be a folder" in lines[0]
     assert "Trained" not in proc.stdout
+
+
+def test_clip_rows_are_checksummed_verified_and_merged(tmp_path):
+    """A clip file's own datasets (clip_id, start_s, end_s): fletcher32 like the rest, their row
+    counts verified, carried through a merge of shards."""
+    meta = pd.DataFrame({"frame_id": ["v@clip0", "v@clip1", "w@clip0"], "video_id": ["v", "v", "w"],
+                         "label": [0, 0, 1], "split": ["train"] * 3, "repeat": [1, 1, 1],
+                         "row": [0, 1, 2], "clip_id": [0, 1, 2], "start_s": [0.0, 0.5, 0.0],
+                         "end_s": [0.4, 0.9, 0.4]})
+    X = np.arange(6, dtype=np.float32).reshape(3, 2)
+    attrs = {"class_names": ["x", "y"], "backbone": "r3d_18", "weights": "none",
+             "feature_dim": 2, "manifest_fingerprint": "0", "manifest_frames": 48,
+             "manifest_clips": 3}
+    shards = []
+    for i, rows in enumerate(([0, 1], [2])):
+        b = FeatureFileBuilder(tmp_path / f"s{i}.h5", meta.iloc[rows], 2, dtype="float32")
+        b.write(0, X[rows])
+        shards.append(b.finish({**attrs, "shard": f"{i}/2", "shard_index": i, "shard_count": 2}))
+    merged = merge(shards, tmp_path / "m.h5")
+    with h5py.File(merged, "r") as f:
+        for name, dtype in (("clip_id", np.int64), ("start_s", np.float64), ("end_s", np.float64)):
+            assert f[name].fletcher32 and f[name].dtype == dtype
+            np.testing.assert_array_equal(f[name][...], meta[name].to_numpy())
+        assert f["videos/n_frames"][...].tolist() == [2, 1]
+    with FeatureStore(merged) as s:
+        assert s.verify() == []
+    short = shutil.copy(merged, tmp_path / "short.h5")
+    with h5py.File(short, "r+") as f:
+        del f["end_s"]
+        f.create_dataset("end_s", data=[0.4, 0.9], chunks=True, fletcher32=True)
+    with FeatureStore(short) as s:
+        assert s.verify() == [f"{short}: /end_s has 2 rows, /features has 3"]

@@ -183,3 +183,39 @@ def test_full_disk_stops_with_one_line_and_a_rerun_completes(tmp_path, tiny_disk
     res = export(h5, tiny_disk / "out", progress=False)
     assert res.n_written + res.n_unchanged == 8 and res.n_unchanged == len(written)
     assert res.exit_code == 0
+
+
+def test_clip_file_exports_one_row_per_clip_with_its_span(tmp_path):
+    """An unlabelled clip ingest, r3d_18 clip features: per video, its clips in time order with
+    clip ids and start/end times (checked against frames.parquet read with pandas)."""
+    import warnings
+
+    for name, source in (("one.mp4", "testsrc2"), ("two.mp4", "smptebars")):
+        make_video(tmp_path / "src" / name, duration=1.2, fps=10, size=(32, 24), source=source)
+    ingest(tmp_path / "src", tmp_path / "ingest", unlabelled=True, clips_per_video=3,
+           clip_len=2, clip_fps=5.0, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extract(tmp_path / "ingest", tmp_path / "c.h5", backbone="r3d_18", weights="none",
+                device="cpu", progress=False, workers=0)
+    result = export(tmp_path / "c.h5", tmp_path / "out", progress=False)
+    assert result.exit_code == 0 and result.n_rows == 6 and result.timestamps
+    frames = pd.read_parquet(tmp_path / "ingest" / "frames.parquet")
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        X, vids = f["features"][...], f["video_id"].asstr()[...]
+    for vid in ("one.mp4", "two.mp4"):
+        clips = frames[frames["video_id"] == vid].groupby("clip_id", sort=True)["timestamp_s"]
+        meta = json.loads((tmp_path / "out" / f"{vid}.json").read_text())
+        assert meta["rows"] == 3 and meta["clip_id"] == sorted(clips.groups)
+        assert meta["start_s"] == pytest.approx(clips.first().tolist())
+        assert meta["end_s"] == pytest.approx((clips.last() + 1 / 5.0).tolist())
+        assert meta["start_s"] == sorted(meta["start_s"])
+        np.testing.assert_array_equal(np.load(tmp_path / "out" / f"{vid}.npy"), X[vids == vid])
+
+
+def test_frame_index_of_a_clip_ingests_rows():
+    from vidfeat.exporting import _frame_index
+
+    # a 2D backbone on a clip ingest: rows are <video_id>#<frame_index>@<clip_id>.<clip_pos>
+    assert [_frame_index(f) for f in ("a/b.mp4#12", "a/b.mp4#12@3.1", "x#y@1.0", "v@clip0")] \
+        == [12, 12, -1, -1]

@@ -13,6 +13,7 @@ import pytest
 import torch
 from featfiles import resize_disk, small_disk
 from PIL import Image
+from torchvision.models import get_model
 
 from vidfeat.cli import main
 from vidfeat.extraction._extract import extract
@@ -557,6 +558,249 @@ def test_shards_left_by_a_kill_after_the_merge_are_removed_on_rerun(reference, i
     result = extract(ingest_dir, out, **multi, gpus="cpu:2")
     assert result.skipped and not any(p.exists() for p in shards) and unrelated.exists()
     assert_same_file(out, reference)
+
+
+# ----------------------------------------------------------------------------------- clips
+CLIP_OPTS = dict(OPTS, backbone="r3d_18", batch_size=3)
+
+
+@pytest.fixture(scope="module")
+def clip_ingest(tmp_path_factory):
+    """A real clip ingest (2 clips of 3 frames at 8 fps per video; one video shorter than a
+    clip, so padded) and a saved random r3d_18 state dict (weights cannot be downloaded)."""
+    from videos import make_dataset, make_video
+
+    from vidfeat.ingestion._ingest import ingest
+
+    root = tmp_path_factory.mktemp("clips")
+    src = make_dataset(root / "src", {"a": 2, "b": 2})
+    make_video(src / "a" / "short.mp4", duration=0.2, fps=10, source="mandelbrot")
+    ingest(src, root / "ingest", clips_per_video=2, clip_len=3, clip_fps=8.0, size=64,
+           split=(0.6, 0.2, 0.2), progress=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        torch.save(get_model("r3d_18").state_dict(), root / "r3d.pt")
+    return root / "ingest", root / "r3d.pt"
+
+
+@pytest.fixture(scope="module")
+def clip_reference(clip_ingest, tmp_path_factory):
+    ing, weights = clip_ingest
+    out = tmp_path_factory.mktemp("clipref") / "clips.h5"
+    result = extract(ing, out, **dict(CLIP_OPTS, weights=str(weights)))
+    assert result.unit == "clip" and "clips/s" in result.summary()
+    return out
+
+
+def _clip_rows(m):
+    """The manifest's clips, computed here from the frames table: (first row, rows) each."""
+    f = m.frames
+    return [(idx[0], idx) for _, idx in f.groupby("clip_id", sort=False).indices.items()]
+
+
+def test_clip_feature_equals_torchvision_on_the_stored_frames(clip_ingest, clip_reference):
+    from torchvision.models import get_model_weights
+
+    ing, weights = clip_ingest
+    m = read_manifest(ing)
+    model = get_model("r3d_18")
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.fc = torch.nn.Identity()
+    transform = get_model_weights("r3d_18").DEFAULT.transforms()
+    with FeatureStore(clip_reference) as s:
+        X = s.load().X
+    clips = _clip_rows(m)
+    assert len(X) == len(clips) == 9
+    padded = [k for k, (_, rows) in enumerate(clips) if m.frames["padded"].iloc[rows].any()]
+    assert len(padded) == 1  # the short video's one clip
+    for k in (0, *padded, len(clips) - 1):
+        frames = [torch.from_numpy(np.array(Image.open(ing / p).convert("RGB"))).permute(2, 0, 1)
+                  for p in m.frames["path"].iloc[clips[k][1]]]
+        with torch.no_grad():
+            expected = model.eval()(transform(torch.stack(frames))[None])[0].numpy()
+        rel = np.linalg.norm(X[k] - expected) / np.linalg.norm(expected)
+        assert rel <= 1e-3, (k, rel)
+
+
+def test_clip_file_has_one_row_per_clip_and_video_means(clip_ingest, clip_reference):
+    ing, _ = clip_ingest
+    m = read_manifest(ing)
+    clips = _clip_rows(m)
+    first = m.frames.iloc[[c[0] for c in clips]]
+    last_t = [m.frames["timestamp_s"].iloc[c[1][-1]] for c in clips]
+    with h5py.File(clip_reference, "r") as f:
+        assert f["features"].shape == (9, 512)
+        assert f["clip_id"][...].tolist() == first["clip_id"].tolist()
+        assert list(f["video_id"].asstr()[...]) == first["video_id"].tolist()
+        assert list(f["split"].asstr()[...]) == first["split"].tolist()
+        names = json.loads(f.attrs["class_names"])
+        assert [names[i] for i in f["label"][...]] == first["label"].tolist()
+        np.testing.assert_allclose(f["start_s"][...], first["timestamp_s"].to_numpy())
+        np.testing.assert_allclose(f["end_s"][...], np.array(last_t) + 1 / 8.0)
+        assert f["row"][...].tolist() == list(range(9))
+        X, vid = f["features"][...], f["video_id"].asstr()[...]
+        for j, v in enumerate(f["videos/video_id"].asstr()[...]):
+            np.testing.assert_allclose(f["videos/features"][j], X[vid == v].mean(0), rtol=1e-6)
+        assert f["videos/n_frames"][...].tolist() == [2, 2, 1, 2, 2]  # clips per video
+        a = f.attrs
+        assert (a["input_kind"], a["clip_len"], a["clip_fps"]) == ("clip", 3, 8.0)
+        assert json.loads(a["resize_size"]) == [128, 171] and a["input_size"] == 112
+        assert a["manifest_clips"] == 9 and a["manifest_frames"] == 27
+    with FeatureStore(clip_reference) as s:
+        assert s.verify() == []
+
+
+def test_clip_backbone_on_a_frame_ingest_is_one_line(ingest_dir, tmp_path, capsys):
+    with pytest.raises(ValueError, match=r"^backbone r3d_18 is a clip .* --clips-per-video"):
+        extract(ingest_dir, tmp_path / "c.h5", **CLIP_OPTS)
+    argv = _extract_argv(ingest_dir, tmp_path / "c.h5")
+    argv[argv.index("resnet18")] = "r2plus1d_18"
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ingest with --clips-per-video" in err[0]
+    assert not (tmp_path / "c.h5").exists() and not Path(f"{tmp_path / 'c.h5'}.partial").exists()
+
+
+@pytest.mark.slow
+def test_clip_shards_merge_and_resume_into_the_single_run(clip_ingest, clip_reference, tmp_path,
+                                                          monkeypatch):
+    ing, weights = clip_ingest
+    opts = dict(CLIP_OPTS, weights=str(weights))
+    shards = [tmp_path / f"s{i}.h5" for i in range(2)]
+    for i, path in enumerate(shards):
+        assert extract(ing, path, **opts, shard=f"{i}/2").n_frames in (4, 5)
+    merge(shards[::-1], tmp_path / "merged.h5")
+    merged, whole = read_all(tmp_path / "merged.h5"), read_all(clip_reference)
+    assert set(merged) == set(whole)
+    for key in set(whole) - {"attrs", "features", "videos/features"}:
+        assert np.array_equal(merged[key], whole[key]), key
+    for key in ("features", "videos/features"):  # batches of 3 clips fall otherwise in shards:
+        np.testing.assert_allclose(merged[key], whole[key], rtol=1e-4, atol=1e-5)  # fp32 sums
+    with FeatureStore(tmp_path / "merged.h5") as s, FeatureStore(clip_reference) as r:
+        assert s.features_fingerprint == r.features_fingerprint and s.verify() == []
+    # interrupted after one batch of 3 clips, then rerun: resumed, the same file bit for bit
+    import vidfeat.extraction.single as single
+
+    real, calls = single.forward, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(single, "forward", failing)
+    with pytest.raises(KeyboardInterrupt):
+        extract(ing, tmp_path / "resumed.h5", **opts)
+    monkeypatch.setattr(single, "forward", real)
+    result = extract(ing, tmp_path / "resumed.h5", **opts)
+    assert result.resumed_rows == 3 and not result.skipped
+    assert_same_file(tmp_path / "resumed.h5", clip_reference)
+    # a 2D backbone on the same clip ingest: one row per stored frame row, as before
+    result = extract(ing, tmp_path / "frames.h5", **OPTS)
+    assert result.unit == "frame" and result.n_frames == 27
+
+
+def test_reingested_clips_bring_a_clip_file_up_to_date(tmp_path):
+    """One video replaced: its clips are computed again, the other videos' kept bit for bit,
+    and the file equals a fresh extraction of the new ingest."""
+    from videos import make_video
+
+    from vidfeat.ingestion._ingest import ingest
+
+    src, ing = tmp_path / "src", tmp_path / "ingest"
+    for name, source in (("a", "testsrc2"), ("b", "smptebars"), ("c", "mandelbrot")):
+        make_video(src / "x" / f"{name}.mp4", duration=1, fps=10, source=source)
+    opts = dict(CLIP_OPTS, batch_size=2)
+    clip_args = dict(clips_per_video=2, clip_len=2, clip_fps=5.0, split=(1, 0, 0), progress=False)
+    ingest(src, ing, **clip_args)
+    out = tmp_path / "f.h5"
+    extract(ing, out, **opts)
+    before = _features(out)
+    time.sleep(0.01)
+    make_video(src / "x" / "b.mp4", duration=1, fps=10, source="rgbtestsrc")  # same name
+    ingest(src, ing, **clip_args)
+    result = extract(ing, out, **opts)
+    assert result.update == "kept 4 rows of unchanged frames, computing 2 new or changed, dropping 2"
+    after, fresh = _features(out), _features(extract(ing, tmp_path / "fresh.h5", **opts).output)
+    assert list(after) == list(fresh) == [f"x/{v}.mp4@clip{k}" for v in "abc" for k in (0, 1)]
+    for key, x in after.items():
+        assert np.allclose(x, fresh[key], rtol=1e-5, atol=1e-6), key
+        if not key.startswith("x/b.mp4"):
+            assert np.array_equal(x, before[key])
+        else:
+            assert not np.allclose(x, before[key])
+    assert extract(ing, out, **opts).skipped
+
+
+@pytest.mark.slow
+def test_clip_shards_on_two_cpu_processes_merge_into_the_single_run(clip_ingest, clip_reference,
+                                                                    tmp_path, capsys):
+    ing, weights = clip_ingest
+    multi = {k: v for k, v in CLIP_OPTS.items() if k != "device"}
+    result = extract(ing, tmp_path / "multi.h5", **dict(multi, weights=str(weights),
+                                                          progress=True), gpus="cpu:2")
+    assert result.unit == "clip" and result.n_frames == 9
+    assert "Extracted 9 clips" in capsys.readouterr().out
+    with FeatureStore(tmp_path / "multi.h5") as s, FeatureStore(clip_reference) as r:
+        assert s.features_fingerprint == r.features_fingerprint and s.verify() == []
+        got, want = s.load().X, r.load().X  # one thread per shard: other fp32 sum orders
+        assert (np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)).max() <= 1e-4
+        assert s.column("clip_id").tolist() == r.column("clip_id").tolist()
+
+
+@pytest.mark.cuda
+def test_cuda_clip_extraction_in_workers_or_nvjpeg(clip_ingest, clip_reference, tmp_path,
+                                                   no_tf32):
+    ing, weights = clip_ingest
+    common = {**CLIP_OPTS, "weights": str(weights), "device": "cuda", "precision": "fp32",
+              "workers": 2}
+    rc = extract(ing, tmp_path / "cpu.h5", **common, decode="cpu")
+    rg = extract(ing, tmp_path / "gpu.h5", **common, decode="gpu")
+    assert (rc.unit, rc.decode, rg.decode) == ("clip", "cpu", "gpu")
+    with FeatureStore(tmp_path / "cpu.h5") as c, FeatureStore(tmp_path / "gpu.h5") as g, \
+            FeatureStore(clip_reference) as ref:
+        Xc, Xg, Xref = c.load().X, g.load().X, ref.load().X
+    # worker decode: the CPU run's very uint8 clips; only the convolution arithmetic differs
+    assert (np.linalg.norm(Xc - Xref, axis=1) / np.linalg.norm(Xref, axis=1)).max() < 1e-3
+    # nvjpeg upsamples chroma unlike libjpeg: near, and nearest to, its own clip's row
+    assert (np.linalg.norm(Xg - Xc, axis=1) / np.linalg.norm(Xc, axis=1)).max() < 0.2
+    dist = ((Xg[:, None, :] - Xc[None, :, :]) ** 2).sum(-1)
+    assert dist.argmin(axis=1).tolist() == list(range(len(Xc)))
+    bf = extract(ing, tmp_path / "bf16.h5", **{**common, "precision": "auto", "dtype": "float16",
+                                                "batch_size": None, "workers": None})
+    assert bf.precision in ("bf16", "fp16")
+    with FeatureStore(tmp_path / "bf16.h5") as b:
+        Xb = b.load().X
+    assert ((Xb[:, None, :] - Xc[None, :, :]) ** 2).sum(-1).argmin(axis=1).tolist() == \
+        list(range(len(Xc)))
+
+
+def test_clip_batches_of_jpeg_bytes_regroup_into_the_decoded_clips(clip_ingest):
+    """The nvjpeg route's batching (a clip's JPEG bytes flattened clip after clip, decoded
+    together, regrouped into (B,T,...) clips), run with the CPU decoder: the same clips as the
+    workers' decode route."""
+    from torch.utils.data import DataLoader
+
+    from vidfeat.extraction.backbones import preprocess_for
+    from vidfeat.extraction.clips import clip_meta, clip_table, flat_inputs
+    from vidfeat.extraction.inputs import FrameFiles, _collate, _nvjpeg_input
+
+    ing, _ = clip_ingest
+    m = read_manifest(ing)
+    meta = clip_meta(m, np.arange(len(clip_table(m))), {n: i for i, n in enumerate(m.class_names)})
+    paths, hashes = flat_inputs(meta)
+    pre = preprocess_for("r3d_18")
+    batches = {}
+    for decode in (True, False):
+        files = FrameFiles(ing, paths, pre, decode=decode, hashes=hashes, group=3)
+        batches[decode] = list(DataLoader(files, batch_size=4, collate_fn=_collate(decode)))
+    to_device = _nvjpeg_input(paths, pre, torch.device("cpu"), torch.float32, group=3)
+    start = 0
+    for (clips, errors), (data, _) in zip(batches[True], batches[False]):
+        assert not errors and clips.shape[1:] == (3, 3, 112, 112) and len(data) == 3 * len(clips)
+        torch.testing.assert_close(to_device(data, start), pre.normalize(clips), rtol=0, atol=0)
+        start += len(data)
+    assert start == len(paths) == 27
 
 
 def test_compile_gives_eager_features_within_fp32_rounding_and_is_recorded(reference,

@@ -252,6 +252,8 @@ def test_bad_choices_and_ranges_of_later_stages_fail_before_ingest(small_videos,
     cases = [("train", {"epoch": 5}, r"^\[train\] has unknown option 'epoch'; allowed: "),
              ("extract", {"backbone": "resnet5"}, r'\[extract\] backbone = "resnet5": not one of'),
              ("extract", {"precision": "fp8"}, r'\[extract\] precision = "fp8": not one of'),
+             ("extract", {"backbone": "r3d_18"}, r"^\[extract\] backbone r3d_18 is a clip .*\[ingest\] "
+                                                 "clips_per_video"),
              ("train", {"epochs": 0}, r"^\[train\] epochs = 0: must be > 0$"),
              ("train", {"sweep": "lr=1e-3,-1"}, r'^\[train\] sweep = "lr=1e-3,-1": lr must be > 0'),
              ("train", {"class_weight": "effective:2"}, r"^\[train\] class_weight='effective:2'"),

@@ -306,3 +306,41 @@ def test_predict_warns_once_when_the_training_features_changed(clips, tmp_path, 
         path.unlink()
         assert list(predict(model, [red], device="cpu")) == before[:1]
     assert changed() == []
+
+
+def test_clip_model_predicts_as_its_cached_clip_features(tiny_dataset, tmp_path):
+    """clip ingest -> r3d_18 extract -> train -> predict a training video: predict samples the
+    recorded clips again, and its probabilities are the head on the cached clip features,
+    averaged over the video's clips (the mean of clip logits)."""
+    import warnings
+
+    from vidfeat.extraction._extract import extract
+    from vidfeat.extraction.cache import FeatureStore
+    from vidfeat.ingestion._ingest import ingest
+    from vidfeat.training._train import train
+    from vidfeat.training.model_dir import load_head
+
+    src = tmp_path / "src"
+    for label in ("alpha", "gamma"):  # 2 + 2 videos: a cheap r3d_18 run
+        (src / label).mkdir(parents=True)
+        for video in sorted((tiny_dataset / label).iterdir())[:2]:
+            shutil.copy(video, src / label / video.name)
+    ingest(src, tmp_path / "ing", clips_per_video=2, clip_len=2, clip_fps=8.0, size=48,
+           split=(0.5, 0.5, 0), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extract(tmp_path / "ing", tmp_path / "f.h5", backbone="r3d_18", weights="none",
+                device="cpu", dtype="float32", progress=False, workers=0)
+        train(tmp_path / "f.h5", tmp_path / "model", device="cpu", epochs=5, progress=False)
+        with FeatureStore(tmp_path / "f.h5") as store:
+            fs = store.load("train")
+            names = store.class_names
+        _, head = load_head(tmp_path / "model")
+        video_id = fs.video_id[0]
+        entry = next(predict(tmp_path / "model", [src / video_id], top_k=2, device="cpu"))
+    assert entry["n_frames"] == (fs.video_id == video_id).sum() == 2  # its two clips
+    with torch.no_grad():
+        cached = head.eval()(torch.from_numpy(fs.X[fs.video_id == video_id]))[0].mean(0)
+    expected = torch.softmax(cached.double(), 0).numpy()
+    for t in entry["top_k"]:
+        assert t["probability"] == pytest.approx(expected[names.index(t["label"])], abs=2e-3)

@@ -712,3 +712,62 @@ def test_select_config_rule_on_a_table():
     assert [r["selected"] for r in rows] == [False, False, False, True]
     best, note = select_config(rows[:2], "accuracy")
     assert best == 0 and note == "" and rows[0]["selected_by"] == "highest val accuracy"
+
+
+@pytest.fixture(scope="module")
+def clip_features(tiny_dataset, tmp_path_factory):
+    """A real clip ingest (2 clips of 2 frames per video) and its r3d_18 (random) clip file."""
+    import shutil
+    import warnings
+
+    from vidfeat.extraction._extract import extract
+    from vidfeat.ingestion._ingest import ingest
+
+    root = tmp_path_factory.mktemp("clipfeats")
+    for label in ("alpha", "gamma"):  # 2 + 2 videos: one train, one val of each
+        (root / "src" / label).mkdir(parents=True)
+        for video in sorted((tiny_dataset / label).iterdir())[:2]:
+            shutil.copy(video, root / "src" / label / video.name)
+    ingest(root / "src", root / "ing", clips_per_video=2, clip_len=2, clip_fps=8.0, size=48,
+           split=(0.5, 0.5, 0), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extract(root / "ing", root / "c.h5", backbone="r3d_18", weights="none", device="cpu",
+                dtype="float32", progress=False, workers=0)
+    return root / "ing", root / "c.h5"
+
+
+def test_heads_train_on_clip_rows_and_videos_average_clip_logits(clip_features, tmp_path):
+    from vidfeat.extraction.cache import FeatureStore
+    from vidfeat.training.model_dir import load_head
+
+    _, path = clip_features
+    res = run(path, tmp_path / "m", epochs=5)
+    with FeatureStore(path) as s:
+        val = s.load("val")
+        names = s.class_names
+    assert res.metrics["val"]["frame"]["n"] == len(val.y) == 2 * len(set(val.video_id))
+    _, head = load_head(tmp_path / "m")
+    with torch.no_grad():
+        logits = head.eval()(torch.from_numpy(val.X))[0].numpy()
+    videos = sorted(set(val.video_id))
+    mean = np.stack([logits[val.video_id == v].mean(0) for v in videos])
+    truth = [val.y[val.video_id == v][0] for v in videos]
+    cm = np.zeros((len(names), len(names)), int)
+    for t, p in zip(truth, mean.argmax(1)):
+        cm[t, p] += 1
+    assert res.metrics["val"]["video"]["confusion_matrix"] == cm.tolist()
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["preprocessing"]["input_kind"] == "clip"
+    assert config["sampling"]["clip_len"] == 2
+    assert evaluate(tmp_path / "m", path, split="val", device="cpu")["video"] == \
+        res.metrics["val"]["video"]
+
+
+def test_unfreeze_fine_tunes_a_clip_backbone_on_the_stored_clips(clip_features, tmp_path):
+    _, path = clip_features
+    res = unfreeze_run(path, tmp_path / "m", unfreeze_epochs=1, unfreeze_batch_size=4, epochs=3)
+    best = torch.load(tmp_path / "m/backbone.pt", weights_only=True)
+    assert "stem.0.weight" in best and best["stem.0.weight"].ndim == 5  # r3d_18's Conv3d
+    assert [h["epoch"] for h in res.config["unfreeze"]["history"]] == [0, 1]
+    assert res.metrics["val"]["frame"]["n"] == 2 * res.metrics["val"]["video"]["n"]  # clips

@@ -3,7 +3,9 @@
 For users who want one file per video rather than one HDF5: ``DIR/<video_id>.npy`` holds the
 video's frame features (rows x D, in time order, the file's stored dtype, so every value is the
 one the feature file holds), ``DIR/<video_id>.json`` the frame ids, frame indices and timestamps
-of those rows. ``video_id`` is a relative POSIX path (``class/clip.mp4``): its folders become
+of those rows (a clip backbone's file: one row per clip, in time order, and the JSON holds each
+clip's ``clip_id``, ``start_s`` and ``end_s``, from the feature file itself). ``video_id`` is a
+relative POSIX path (``class/clip.mp4``): its folders become
 folders under DIR; an id that would leave DIR (absolute, ``..``, a symlinked folder pointing
 out) is refused for that video, never written. Timestamps come from the ingest manifest the
 feature file records (``ingest_dir``); when it is gone the JSON says timestamps are unavailable.
@@ -106,9 +108,13 @@ class _Plan:
 
         video_id = store.column("video_id").astype(str)
         self.frame_id = store.column("frame_id").astype(str)
-        self.index = np.array([_frame_index(f) for f in self.frame_id], dtype=np.int64)
         self.ingest_dir = str(store.attrs.get("ingest_dir", ""))
-        self.timestamps = _timestamps(self.ingest_dir, self.frame_id)
+        self.clips = _clip_columns(store)
+        if self.clips is not None:  # a clip file holds its own times: no manifest needed
+            self.index, self.timestamps = self.clips["clip_id"], self.clips["start_s"]
+        else:
+            self.index = np.array([_frame_index(f) for f in self.frame_id], dtype=np.int64)
+            self.timestamps = _timestamps(self.ingest_dir, self.frame_id)
         ts = self.timestamps if self.timestamps is not None else np.zeros(len(video_id))
         codes, uniques = pd.factorize(video_id, sort=False)
         # stable: by video (first-frame order), then timestamp, then frame index
@@ -119,9 +125,19 @@ class _Plan:
 
 
 def _frame_index(frame_id: str) -> int:
-    """The frame's index in its video (``frame_id`` is ``<video_id>#<index>``; -1 if not)."""
-    tail = frame_id.rpartition("#")[2]
+    """The frame's index in its video (``frame_id`` is ``<video_id>#<index>``, a clip ingest's
+    row ``<video_id>#<index>@<clip_id>.<clip_pos>``; -1 if not)."""
+    tail = frame_id.rpartition("#")[2].partition("@")[0]
     return int(tail) if tail.isdigit() else -1
+
+
+def _clip_columns(store) -> dict | None:
+    """A clip file's ``clip_id``, ``start_s``, ``end_s`` per row; None for a frame file."""
+    clip_id = store.optional_column("clip_id")
+    if clip_id is None:
+        return None
+    return {"clip_id": clip_id.astype(np.int64), "start_s": store.column("start_s"),
+            "end_s": store.column("end_s")}
 
 
 def _timestamps(ingest_dir: str, frame_id: np.ndarray) -> np.ndarray | None:
@@ -192,7 +208,10 @@ def _npy_bytes(block: np.ndarray) -> bytes:
 def _json_bytes(plan: _Plan, vid: str, rows: np.ndarray) -> bytes:
     entry = {"video_id": vid, "rows": len(rows), "frame_id": plan.frame_id[rows].tolist(),
              "frame_index": plan.index[rows].tolist(), "ingest_dir": plan.ingest_dir}
-    if plan.timestamps is None:
+    if plan.clips is not None:  # rows are clips: their ids and spans, no frame indices
+        del entry["frame_index"]
+        entry.update({k: v[rows].tolist() for k, v in plan.clips.items()})
+    elif plan.timestamps is None:
         entry["timestamp_s"] = None
         entry["note"] = (f"timestamps unavailable: the ingest folder {plan.ingest_dir} could not "
                          "be read; rows are in frame-index order")

@@ -206,6 +206,23 @@ def check_values(opts: dict[str, dict]) -> None:
             raise OptionError(exc.name, exc.value, exc.allowed, text) from None
         except ValueError as exc:
             raise ValueError(f"[{section}] {exc}") from None
+    _clips_fit(opts["ingest"], opts["extract"]["backbone"])
+
+
+def _clips_fit(ingest: dict, backbone: str) -> None:
+    """A clip backbone needs a clip ingest of a length it takes: said before any stage runs."""
+    from vidfeat.extraction.backbones import backbone_kind
+    from vidfeat.extraction.video_backbones import check_clip_len
+
+    if backbone_kind(backbone) != "clip":
+        return
+    if ingest.get("clips_per_video") is None:
+        raise ValueError(f"[extract] backbone {backbone} is a clip (video) model: set [ingest] "
+                         "clips_per_video (and clip_len, clip_fps)")
+    try:
+        check_clip_len(backbone, int(ingest["clip_len"]))
+    except ValueError as exc:
+        raise ValueError(f"[extract] {exc}") from None
 
 
 def _ingest_values(o: dict) -> None:

@@ -5,7 +5,8 @@ settings recorded in ``config.json``: same frame count, or the same clips, short
 quality; a clip ingest's short videos padded or refused as it did), its frames
 go through the recorded preprocessing, the backbone (the fine-tuned one when the model was
 unfrozen) and the head; the video's score is the mean of its frame logits, as in training's
-video-level metrics.
+video-level metrics. A clip model's video is sampled into clips as its ingest was (the recorded
+clips per video, clip length and rate) and scored by the mean of its clip logits.
 
 Bad input: a missing, unreadable, hostile (URL, playlist) or undecodable video gives an entry with
 ``error`` set and no ``top_k``; the other videos go on. As in ingest, each video's probe and
@@ -36,7 +37,7 @@ def load_model(model_dir, device: torch.device):
 
     ``model_dir``: a trained MODEL_DIR. ``device``: the torch device to load onto.
     """
-    from vidfeat.extraction.backbones import Preprocess, create_backbone
+    from vidfeat.extraction.backbones import create_backbone, preprocess_from_attrs
     from vidfeat.ingestion.sample import SamplingSpec
     from vidfeat.training.model_dir import load_head, warn_features_changed
 
@@ -47,7 +48,7 @@ def load_model(model_dir, device: torch.device):
     bb_file = config["files"].get("backbone")
     weights = str(Path(model_dir) / bb_file) if bb_file else config.get("weights")
     backbone = create_backbone(config["backbone"], weights).model.to(device).eval()
-    preprocess = Preprocess.from_attrs(config["preprocessing"])
+    preprocess = preprocess_from_attrs(config["preprocessing"])  # a clip model's: clips
     known = set(SamplingSpec.__dataclass_fields__)
     spec = SamplingSpec(**{k: v for k, v in (config.get("sampling") or {}).items() if k in known})
     return config, backbone, head.to(device).eval(), preprocess, spec
@@ -57,7 +58,8 @@ def load_model(model_dir, device: torch.device):
 def predict(model_dir, videos: Iterable[str | os.PathLike] | str | os.PathLike, *, top_k: int = 3,
             device: str = "auto", batch_size: int = 64, timeout: float = 600.0) -> Iterator[dict]:
     """Yield one dict per video, in order: ``{"video", "top_k": [{"label", "probability"}],
-    "n_frames"}``, or ``{"video", "error"}`` for a video that cannot be used.
+    "n_frames"}`` (a clip model: the number of clips), or ``{"video", "error"}`` for a video
+    that cannot be used.
 
     ``model_dir``: a trained MODEL_DIR. ``videos``: one video path or several. ``top_k``: how
     many labels per video (capped at the number of classes). ``device``: "auto", "cpu",
@@ -124,9 +126,14 @@ def _video_logits(model, video, *, batch_size: int, dev, sandbox, timeout: float
         if not records:
             raise VideoError("no frames decoded")
         # same route as training: stored JPEG -> load_image -> recorded preprocessing
-        images = [preprocess.resize_crop(load_image(Path(tmp) / r.filename)[None])[0]
-                  for r in records]
-    return _run(backbone, head, preprocess, torch.stack(images), batch_size, dev)
+        images = torch.stack([preprocess.resize_crop(load_image(Path(tmp) / r.filename)[None])[0]
+                              for r in records])
+    if preprocess.kind == "clip":  # ClipRecords, clip after clip in clip_pos order: (n, T, ...)
+        if not spec.clips:
+            raise ValueError("the model is a clip model but its recorded sampling has no clips")
+        images = images.view(-1, spec.clip_len, *images.shape[1:])
+        batch_size = max(1, batch_size // spec.clip_len)  # batch_size counts frames
+    return _run(backbone, head, preprocess, images, batch_size, dev)
 
 
 def _in_child(sandbox, timeout: float, fn, *args):

@@ -23,7 +23,7 @@ from vidfeat.cli._options import HelpFormatter
 
 # order in ``vidfeat --help``; modules not listed come after, alphabetically
 _ORDER = ["demo", "run", "pipeline", "ingest", "extract", "merge", "train", "evaluate",
-          "predict", "report", "export", "verify"]
+          "predict", "report", "export", "verify", "backbones"]
 
 # flags of earlier versions -> their name now (a hint instead of a bare "unrecognized")
 RENAMED = {"--outdir": "-o/--output", "--model-dir": "-o/--output", "--workdir": "-o/--output",

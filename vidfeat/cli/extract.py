@@ -17,7 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="feature file to write (reruns resume or skip)")
     parser.add_argument("--backbone", default=d["backbone"],
                         help="a torchvision name (vidfeat.list_backbones()) or timm:<model> "
-                             "(pip install 'vidfeat[timm]')")
+                             "(pip install 'vidfeat[timm]'); the video models r3d_18, mc3_18, "
+                             "r2plus1d_18, s3d, mvit_v1_b, mvit_v2_s, swin3d_t/s/b give one row "
+                             "per clip of a clip ingest (vidfeat ingest --clips-per-video K; "
+                             "their weights' clip length and fps: "
+                             "vidfeat backbones)")
     parser.add_argument("--weights", default=d["weights"],
                         help="DEFAULT | a torchvision weights name | none (random init) | PATH "
                              "to a local state dict")

@@ -23,6 +23,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vidfeat.extraction.video_backbones import (
+    VIDEO_HEADS,
+    ClipPreprocess,
+    clip_defaults,
+    clip_preprocess_for,
+    is_clip_model,
+    split_video_head,
+)
 
 # name -> dotted path of the final Linear layer (the one replaced by Identity). The feature is
 # whatever feeds that layer: the pooled (and, for mobilenet_v3, projected) penultimate vector.
@@ -75,6 +83,11 @@ class Preprocess:
     std: tuple
     interpolation: str = "bilinear"
     crop_mode: str = "center"
+    kind = "frame"  # what it takes: frames (N,3,H,W); a ClipPreprocess takes clips
+
+    @property
+    def memory_format(self):
+        return torch.channels_last
 
     def resize_crop(self, images_uint8: torch.Tensor) -> torch.Tensor:
         """Resize short side and centre-crop; (…,3,H,W) uint8 in, (…,3,S,S) uint8 out."""
@@ -116,23 +129,73 @@ class Preprocess:
                    crop_mode=str(attrs.get("crop_mode") or "center"))
 
 
+def preprocess_from_attrs(attrs) -> Preprocess | ClipPreprocess:
+    """The preprocessing recorded in ``attrs`` (feature-file attributes or config.json): a
+    :class:`ClipPreprocess` where ``input_kind`` is "clip", else a :class:`Preprocess`."""
+    if attrs.get("input_kind") == "clip":
+        return ClipPreprocess.from_attrs(attrs)
+    return Preprocess.from_attrs(attrs)
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """One registry entry: ``kind`` "frame" (2D) or "clip" (video); a clip model's default
+    ``clip_len`` frames at ``clip_fps`` (from its default weights' metadata), else None."""
+
+    name: str
+    kind: str
+    clip_len: int | None = None
+    clip_fps: float | None = None
+
+
 @dataclass
 class Backbone:
-    """A headless classifier: ``model(x)`` -> (B, ``feature_dim``) pooled penultimate features."""
+    """A headless classifier: ``model(x)`` -> (B, ``feature_dim``) pooled penultimate features.
+
+    ``kind`` "frame": x is (B,3,S,S) frames; "clip": x is (B,3,T,S,S) clips, ``clip_len`` and
+    ``clip_fps`` the default clip sampling of its weights.
+    """
 
     name: str
     weights: str          # resolved: "ResNet50_Weights.IMAGENET1K_V2", "timm:resnet18.a1_in1k",
     #                       "none", or a file path
     model: nn.Module
     feature_dim: int
-    preprocess: Preprocess
+    preprocess: Preprocess | ClipPreprocess
     weights_sha256: str = ""   # of the state-dict file, when weights is a path
+    kind: str = "frame"
+    clip_len: int | None = None
+    clip_fps: float | None = None
 
 
-def list_backbones() -> list[str]:
+def list_backbones(*, kind: str | None = None, details: bool = False) -> list:
     """The torchvision names accepted by :func:`create_backbone`; any ``timm:<model>`` (a name
-    of ``timm.list_models()``, optionally with a pretrained tag) is accepted too."""
-    return sorted(_HEADS)
+    of ``timm.list_models()``, optionally with a pretrained tag) is accepted too.
+
+    ``kind``: None (all), "frame" (2D image models) or "clip" (video models). ``details``:
+    :class:`BackboneInfo` entries (kind, a clip model's default clip length and fps) instead of
+    names.
+    """
+    if kind is not None:
+        from vidfeat.options import check_choice
+
+        check_choice("kind", kind, ("frame", "clip"))
+    names = sorted(n for n in (*_HEADS, *VIDEO_HEADS)
+                   if kind is None or backbone_kind(n) == kind)
+    return [backbone_info(n) for n in names] if details else names
+
+
+def backbone_kind(name: str) -> str:
+    """"clip" for a video backbone, else "frame" (2D torchvision or timm models)."""
+    return "clip" if is_clip_model(name) else "frame"
+
+
+def backbone_info(name: str) -> BackboneInfo:
+    """:class:`BackboneInfo` of backbone ``name`` (no download, no model)."""
+    if not is_clip_model(check_backbone(name)):
+        return BackboneInfo(name, "frame")
+    d = clip_defaults(name)
+    return BackboneInfo(name, "clip", d.clip_len, d.clip_fps)
 
 
 def is_timm(name: str) -> bool:
@@ -148,7 +211,7 @@ def check_backbone(name: str) -> str:
     if is_timm(name):
         _timm_model_name(name)
         return name
-    if name not in _HEADS:
+    if name not in _HEADS and name not in VIDEO_HEADS:
         raise ValueError(f"unknown backbone {name!r}; known: {', '.join(list_backbones())}, "
                          "or timm:<model> (pip install 'vidfeat[timm]')")
     return name
@@ -288,8 +351,10 @@ def _weights_enum(name: str):
     return get_model_weights(name)
 
 
-def preprocess_for(name: str) -> Preprocess:
+def preprocess_for(name: str) -> Preprocess | ClipPreprocess:
     """The preprocessing of ``name``'s default weights (no download, no model)."""
+    if is_clip_model(name):
+        return clip_preprocess_for(name)
     if is_timm(name):
         from timm.data import resolve_data_config
 
@@ -331,6 +396,11 @@ def _build(name: str, weights_obj=None) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         return get_model(name, weights=None)
+
+
+def _split(model: nn.Module, name: str) -> int:
+    """Remove backbone ``name``'s classifier in place; the feature width."""
+    return split_video_head(model, name) if is_clip_model(name) else _split_head(model, _HEADS[name])
 
 
 def _split_head(model: nn.Module, head_path: str) -> int:
@@ -479,26 +549,28 @@ def create_backbone(name: str, weights: str | None = "DEFAULT") -> Backbone:
     _check_name(name)
     if is_timm(name):
         return _create_timm(name, weights)
-    head = _HEADS[name]
+    head = VIDEO_HEADS.get(name) or _HEADS[name]
     sha = ""
     if weights is None or str(weights).lower() == "none":
         _warn_random(name)
         model, resolved = _build(name), "none"
-        dim = _split_head(model, head)
+        dim = _split(model, name)
     elif _is_path(str(weights)):
         path = Path(weights).expanduser().resolve()
         sd = _read_state_dict(path)
         model = _build(name)
-        dim = _split_head(model, head)
+        dim = _split(model, name)
         _load_state_dict(model, sd, head, path)
         resolved, sha = str(path), _sha256(path)
     else:
         wobj = _resolve_torchvision_weights(name, str(weights))
         model, resolved = _build(name, wobj), f"{type(wobj).__name__}.{wobj.name}"
-        dim = _split_head(model, head)
+        dim = _split(model, name)
     model.eval().requires_grad_(False)
+    info = backbone_info(name)
     return Backbone(name=name, weights=resolved, model=model, feature_dim=dim,
-                    preprocess=preprocess_for(name), weights_sha256=sha)
+                    preprocess=preprocess_for(name), weights_sha256=sha, kind=info.kind,
+                    clip_len=info.clip_len, clip_fps=info.clip_fps)
 
 
 def _warn_random(name: str) -> None:

@@ -6,8 +6,9 @@ Layout (all row datasets in ``frames.parquet`` order)::
     /videos/features (V, D)  mean of each video's frame features, videos in first-frame order
     /videos/video_id /videos/split (str)   /videos/label /videos/repeat /videos/n_frames (int64)
 
-``/row`` is each frame's index in ``frames.parquet`` (shards hold a subset). Root attributes
-describe the backbone, preprocessing, precision, manifest fingerprint and shard; ``complete`` and
+``/row`` is each frame's index in ``frames.parquet`` (shards hold a subset; a clip file: per clip,
+its index among the clips, and ``/clip_id /start_s /end_s``). Root attributes describe the
+backbone, preprocessing, precision, manifest fingerprint and shard; ``complete`` and
 ``attrs_sha256`` are set last. A file is only ever built under a temporary name and renamed into
 place once complete, so a killed writer never leaves a file that looks finished; readers also
 refuse ``complete=False``.
@@ -16,8 +17,8 @@ Integrity. Every dataset is chunked with the fletcher32 checksum filter and stri
 fixed-length (variable-length strings live in the global heap, which no filter covers), so a
 flipped bit in any stored value fails the read: every reader turns that into one
 ``CorruptFeatureFile`` line. Attributes are covered by ``attrs_sha256`` (sha256 of the canonical
-JSON of all other attributes), checked on open. A full disk while building is one
-``StorageError``; the temporary file is closed once and removed.
+JSON of all other attributes), checked on open. A full disk while building is one ``StorageError``
+(the temporary file closed once and removed).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from vidfeat.extraction.integrity import (
+    CLIP_DATASETS,
     DERIVED_ATTRS,
     FRAME_DATASETS,
     RE_EXTRACT,
@@ -59,6 +61,7 @@ LEVELS = ("frame", "video")
 # per-row strings written when the caller has them: file_hash, the hash of the JPEG bytes each
 # row's features were computed from (extract keeps unchanged rows when the manifest changes)
 OPTIONAL_STRINGS = ("file_hash",)
+_NUMERIC = {"label": "int64", "repeat": "int64", "row": "int64", **CLIP_DATASETS}
 
 
 @dataclass
@@ -161,8 +164,8 @@ class FeatureFileBuilder:
             for col in ("frame_id", "video_id", "split", *OPTIONAL_STRINGS):
                 if col in self.meta.columns:
                     self._dataset(self.f, col, data=_strings(self.meta[col], checksums))
-            for col in ("label", "repeat", "row"):
-                self._dataset(self.f, col, data=self.meta[col].to_numpy(np.int64))
+            for col in (c for c in _NUMERIC if c in self.meta.columns):  # clips: clip_id...
+                self._dataset(self.f, col, data=self.meta[col].to_numpy(_NUMERIC[col]))
 
     def _dataset(self, group, name: str, **kwargs):
         if self.checksums:
@@ -504,7 +507,7 @@ def _check_shards(stores: Sequence[FeatureStore]) -> int:
 
 def _merged_meta(stores: Sequence[FeatureStore], total: int) -> pd.DataFrame:
     cols = ("frame_id", "video_id", "split", "label", "repeat", "row")
-    cols += tuple(c for c in OPTIONAL_STRINGS if all(c in s._f for s in stores))
+    cols += tuple(c for c in (*OPTIONAL_STRINGS, *CLIP_DATASETS) if all(c in s._f for s in stores))
     parts = [pd.DataFrame({c: s.column(c) for c in cols}).assign(_shard=i, _local=np.arange(len(s)))
              for i, s in enumerate(stores)]
     meta = pd.concat(parts, ignore_index=True).sort_values("row", kind="stable")
@@ -540,7 +543,7 @@ def merge(shards: Sequence[str | os.PathLike], output: str | os.PathLike, *,
 def _merge_into(stores: Sequence[FeatureStore], output: Path, chunk_rows: int) -> Path:
     _check_shards(stores)
     first = stores[0]
-    meta = _merged_meta(stores, int(first.attrs.get("manifest_frames", 0)))
+    meta = _merged_meta(stores, int(first.attrs.get("manifest_clips", first.attrs.get("manifest_frames", 0))))
     dtype = first._f["features"].dtype
     builder = FeatureFileBuilder(output, meta, first.feature_dim, dtype=dtype,
                                  chunk_rows=first._f["features"].chunks[0]

@@ -58,15 +58,19 @@ def resolve_decode(decode: str, device: torch.device, workers: int | None = None
 
 
 def loader_defaults(device: torch.device, decode: str, batch_size: int | None,
-                    workers: int | None, cores: int | None = None) -> tuple[int, int]:
+                    workers: int | None, cores: int | None = None, *,
+                    clips: bool = False) -> tuple[int, int]:
     """``(batch_size, workers)`` with the defaults filled in and both checked.
 
     ``device``: the compute device. ``decode``: the resolved decode site (cpu|gpu).
     ``batch_size``/``workers``: the caller's values, None for the default. ``cores``: the cores
     this extraction may use (default :func:`vidfeat.system.usable_cores`; a shard of
-    ``extract_multi`` passes its share).
+    ``extract_multi`` passes its share). ``clips``: batches of clips (a clip backbone), 32 on
+    CUDA and 4 on CPU by default (a 16-frame clip costs a 2D model's ~16 frames and more).
     """
     cores = cores or usable_cores()
+    if batch_size is None and clips:
+        batch_size = 32 if device.type == "cuda" else 4
     if batch_size is None:
         batch_size = 256 if device.type == "cuda" else 64
     if workers is None:

@@ -33,15 +33,29 @@ class FrameFiles(Dataset):
     against it before use (~1% of a decode): a frame rewritten since the manifest was read (an
     ingest running into the folder) is an error, never a feature mixed into the file.
     A frame that cannot be read yields its error text instead, which the main process turns
-    into a clear failure."""
+    into a clear failure. ``group`` > 1: item i is the clip of frames ``i*group ..
+    (i+1)*group - 1``, a (T,3,S,S) uint8 stack (cpu decode) or the list of its T JPEGs."""
 
     def __init__(self, root: Path, paths: list[str], preprocess: Preprocess, *, decode: bool,
-                 hashes: list[str] | None = None):
+                 hashes: list[str] | None = None, group: int = 1):
         self.root, self.paths, self.preprocess, self.decode = root, paths, preprocess, decode
-        self.hashes = hashes
+        self.hashes, self.group = hashes, group
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.paths) // self.group
+
+    def __getitem__(self, i: int):
+        if self.group == 1:
+            return self._frame(i)
+        seen: dict[str, tuple] = {}  # a short video's padded frames repeat one JPEG
+        items = []
+        for j in range(i * self.group, (i + 1) * self.group):
+            if self.paths[j] not in seen:
+                seen[self.paths[j]] = self._frame(j)
+            items.append(seen[self.paths[j]])
+        errors = [e for _, e in items if e]
+        frames = [t for t, _ in items]
+        return (torch.stack(frames) if self.decode else frames), (errors[0] if errors else "")
 
     def _read(self, i: int) -> bytes:
         from vidfeat.files import hash_bytes
@@ -52,7 +66,7 @@ class FrameFiles(Dataset):
                              "folder ran meanwhile?): rerun ingest, then extract")
         return data
 
-    def __getitem__(self, i: int):
+    def _frame(self, i: int):
         from vidfeat.extraction.backbones import load_image
 
         try:
@@ -75,7 +89,9 @@ def _collate(decode: bool):
     def collate(items):
         tensors, errors = zip(*items)
         # default_collate stacks straight into shared memory in a worker: no extra copy
-        batch = default_collate(list(tensors)) if decode else [torch.from_numpy(t) for t in tensors]
+        # (nvjpeg: a clip's frames are flattened, clip after clip)
+        batch = default_collate(list(tensors)) if decode else \
+            [torch.from_numpy(a) for t in tensors for a in (t if isinstance(t, list) else [t])]
         return batch, [e for e in errors if e]
     return collate
 
@@ -134,56 +150,68 @@ def _device_batches(loader: DataLoader, to_device, device: torch.device):
     for data, errors in loader:
         _raise_frame_errors(errors)
         with torch.cuda.stream(stream):
-            x = to_device(data, start).contiguous(memory_format=torch.channels_last)
+            x = to_device(data, start)
+            x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else
+                             torch.channels_last_3d)
             ready = torch.cuda.Event()
             ready.record(stream)
         start += len(data)
         yield x, ready
 
 
-def _nvjpeg_input(paths: list[str], preprocess: Preprocess, device: torch.device, in_dtype):
+def _nvjpeg_input(paths: list[str], preprocess: Preprocess, device: torch.device, in_dtype,
+                  group: int = 1):
     def to_device(data: list[torch.Tensor], start: int) -> torch.Tensor:
-        images = _gpu_decode(data, paths[start:start + len(data)], device)
-        return preprocess.normalize(resize_crop_batch(images, preprocess), dtype=in_dtype)
+        images = resize_crop_batch(_gpu_decode(data, paths[start:start + len(data)], device),
+                                   preprocess)
+        if group > 1:  # frames of whole clips, clip after clip: (B,T,3,S,S)
+            images = images.view(-1, group, *images.shape[1:])
+        return preprocess.normalize(images, dtype=in_dtype)
     return to_device
 
 
 def _upload_input(preprocess: Preprocess, device: torch.device, in_dtype):
     def to_device(images: torch.Tensor, start: int) -> torch.Tensor:
         # pinned uint8 (N,3,S,S): async copy, then channels_last while still 1 byte a value
-        x = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        # (clips (B,T,3,S,S): normalize's permute to (B,3,T,S,S) comes first)
+        x = images.to(device, non_blocking=True)
+        if x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return preprocess.normalize(x, dtype=in_dtype)
     return to_device
 
 
 def input_batches(root: Path, paths: list[str], preprocess: Preprocess, *, device: torch.device,
                   decode: str, precision: str, batch_size: int, workers: int,
-                  hashes: list[str] | None = None):
+                  hashes: list[str] | None = None, group: int = 1):
     """(normalised channels_last batch, ready event or None) for each batch of ``paths``.
 
     ``root``: the ingest folder ``paths`` are relative to. ``preprocess``: the backbone's
     resize/crop/normalise. ``device``: where the batches go. ``decode``: the resolved decode
     site (cpu|gpu). ``precision``: fp32|bf16|fp16, the dtype of CUDA batches. ``batch_size``,
     ``workers``: DataLoader batch size and worker processes (0: in this process). ``hashes``:
-    the expected content hash of each path (checked before use), or None. On CUDA the
+    the expected content hash of each path (checked before use), or None. ``group``: frames
+    per clip (a clip backbone's ``ClipPreprocess``; batches are (B,3,T,S,S) channels_last_3d
+    clips, ``batch_size`` of them), else 1. On CUDA the
     batches are built by a prefetch thread on a side stream; the consumer waits on the event
     (``torch.cuda.current_stream().wait_event``).
     """
     cpu_decode = device.type != "cuda" or decode == "cpu"
-    files = FrameFiles(root, paths, preprocess, decode=cpu_decode, hashes=hashes)
+    files = FrameFiles(root, paths, preprocess, decode=cpu_decode, hashes=hashes, group=group)
     loader = _loader(files, batch_size, workers, pin=device.type == "cuda" and cpu_decode)
     if device.type != "cuda":
         return _cpu_batches(loader, preprocess)
     in_dtype = PRECISIONS[precision]
     to_device = _upload_input(preprocess, device, in_dtype) if cpu_decode else \
-        _nvjpeg_input(paths, preprocess, device, in_dtype)
+        _nvjpeg_input(paths, preprocess, device, in_dtype, group)
     return _prefetch(_device_batches(loader, to_device, device))
 
 
 def _cpu_batches(loader: DataLoader, preprocess: Preprocess):
     for images, errors in loader:
         _raise_frame_errors(errors)
-        yield preprocess.normalize(images).contiguous(memory_format=torch.channels_last), None
+        x = preprocess.normalize(images)
+        yield x.contiguous(memory_format=preprocess.memory_format), None
 
 
 def _prefetch(iterator, depth: int = 3):

@@ -27,6 +27,8 @@ DERIVED_ATTRS = ("complete", "features_fingerprint", "attrs_sha256")  # set by f
 RE_EXTRACT = "re-extract it (vidfeat extract ... --overwrite)"
 FRAME_DATASETS = ("features", "frame_id", "video_id", "label", "split", "repeat", "row")
 VIDEO_DATASETS = ("features", "video_id", "label", "split", "repeat", "n_frames")
+# a clip file's rows (one per clip, ``extraction.clips``) carry these too; their numpy dtypes
+CLIP_DATASETS = {"clip_id": "int64", "start_s": "float64", "end_s": "float64"}
 
 
 class CorruptFeatureFile(ValueError):
@@ -106,7 +108,7 @@ def read_error(path: Path, name: str, exc: BaseException) -> Exception:
 def table_problems(path: Path, cols: dict, n: int, n_classes: int) -> list[str]:
     """Row counts of the frame and video tables, labels in range, videos listed as framed."""
     out = [f"{path}: /{name} has {len(cols[name])} rows, /features has {n}"
-           for name in FRAME_DATASETS if name in cols and len(cols[name]) != n]
+           for name in (*FRAME_DATASETS, *CLIP_DATASETS) if name in cols and len(cols[name]) != n]
     lengths = {f"videos/{d}": len(cols[f"videos/{d}"]) for d in VIDEO_DATASETS
                if f"videos/{d}" in cols}
     if len(set(lengths.values())) > 1:

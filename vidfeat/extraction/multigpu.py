@@ -160,7 +160,7 @@ def _run_shards(ingest_dir: Path, paths: list[Path], slots: list[Slot], options:
     procs = [_start(ingest_dir, path, i, len(paths), slot, options)
              for i, (path, slot) in enumerate(zip(paths, slots))]
     try:
-        _watch(procs, paths, ingest_dir, progress=progress)
+        _watch(procs, paths, ingest_dir, progress=progress, backbone=options["backbone"])
     finally:
         for proc in procs:  # only reached alive on an exception (Ctrl-C) in this process
             if proc.poll() is None:
@@ -221,16 +221,17 @@ def _last_line(log: Path) -> str:
 
 # ------------------------------------------------------------------------------- progress
 def _watch(procs: list[subprocess.Popen], paths: list[Path], ingest_dir: Path, *,
-           progress: bool) -> None:
+           progress: bool, backbone: str) -> None:
     """Wait for the children; one bar over all shards' rows, read from their partial files."""
     from tqdm.auto import tqdm
 
-    total = None
+    total, unit = None, "frame"
     if progress:
+        from vidfeat.extraction.clips import file_rows
         from vidfeat.ingestion.manifest import read_manifest
 
-        total = len(read_manifest(ingest_dir).frames)
-    with tqdm(total=total, unit="frame", desc=f"extract x{len(procs)}",
+        total, unit = file_rows(read_manifest(ingest_dir), backbone)
+    with tqdm(total=total, unit=unit, desc=f"extract x{len(procs)}",
               disable=not progress) as bar:
         while any(p.poll() is None for p in procs):
             time.sleep(POLL_S)
@@ -295,7 +296,7 @@ def _combined(output: Path, results: list[dict], slots: list[Slot], elapsed: flo
         weights=first["weights"], feature_dim=first["feature_dim"],
         device=f"{len(slots)} devices: {devices}", precision=first["precision"],
         dtype=first["dtype"], shard="0/1", elapsed_s=elapsed, decode=first.get("decode", ""),
-        frames_per_s=sum(r["frames_per_s"] for r in results))
+        frames_per_s=sum(r["frames_per_s"] for r in results), unit=first.get("unit", "frame"))
     if progress:
         print(result.summary())
     return result

@@ -35,6 +35,14 @@ from vidfeat.extraction.backbones import (
     resolve_weights,
 )
 from vidfeat.extraction.cache import FeatureFileBuilder, FeatureStore, output_lock
+from vidfeat.extraction.clips import (
+    check_fits,
+    clip_fps,
+    clip_len,
+    clip_meta,
+    clip_table,
+    flat_inputs,
+)
 from vidfeat.extraction.defaults import (
     DECODES,
     DTYPES,
@@ -78,18 +86,21 @@ class ExtractResult:
     frames_per_s: float    # frames computed in this call per second of model pipeline
     decode: str = ""       # where JPEGs were decoded: "cpu" (workers) or "gpu" (nvjpeg)
     update: str = ""       # brought an older file up to date: what was kept, computed, dropped
+    unit: str = "frame"    # what a row is: "frame", or "clip" (a clip backbone; then n_frames
+    #                        and frames_per_s count clips)
 
     def summary(self) -> str:
+        unit = self.unit
         if self.skipped:
-            return (f"{self.output} is already complete ({self.n_frames} frames, "
+            return (f"{self.output} is already complete ({self.n_frames} {unit}s, "
                     f"{self.n_videos} videos, {self.backbone}); nothing to do.")
         resumed = f", {self.resumed_rows} resumed from an earlier run" if self.resumed_rows else ""
         if self.update:
             resumed += f"; the manifest changed since the last extraction: {self.update}"
         decode = f", {self.decode} decode" if self.decode else ""
-        return (f"Extracted {self.n_frames} frames of {self.n_videos} videos (shard {self.shard}"
-                f"{resumed}) with {self.backbone} [{self.weights}] on {self.device} at "
-                f"{self.precision}{decode}: {self.frames_per_s:.1f} frames/s, "
+        return (f"Extracted {self.n_frames} {unit}s of {self.n_videos} videos (shard "
+                f"{self.shard}{resumed}) with {self.backbone} [{self.weights}] on {self.device} at "
+                f"{self.precision}{decode}: {self.frames_per_s:.1f} {unit}s/s, "
                 f"{self.elapsed_s:.1f} s in all. {self.feature_dim}-d {self.dtype} features in "
                 f"{self.output}.")
 
@@ -127,6 +138,14 @@ def shard_rows(frames: pd.DataFrame, index: int, count: int) -> np.ndarray:
     return np.flatnonzero(video_shard[codes] == index)
 
 
+def _rows_meta(m: Manifest, i: int, n: int, kind: str) -> pd.DataFrame:
+    """The file rows of shard ``i`` of ``n``: one per frame, or one per clip (``kind`` clip)."""
+    if kind == "clip":
+        index = {name: k for k, name in enumerate(m.class_names)}
+        return clip_meta(m, shard_rows(clip_table(m), i, n), index)
+    return _frame_meta(m, shard_rows(m.frames, i, n))
+
+
 def _frame_meta(m: Manifest, rows: np.ndarray) -> pd.DataFrame:
     index = {name: i for i, name in enumerate(m.class_names)}
     f = m.frames.iloc[rows]
@@ -151,9 +170,10 @@ def forward(model: torch.nn.Module, x: torch.Tensor, precision: str) -> torch.Te
 
 
 def prepare_model(backbone: Backbone, device: torch.device) -> torch.nn.Module:
-    """A copy of the backbone for inference on ``device``: eval, channels_last, and each
-    BatchNorm folded into the convolution before it (fp32 relative change ~1e-6; ~10% faster
-    resnet50 on CPU). A model that torch.fx cannot trace runs unfolded."""
+    """A copy of the backbone for inference on ``device``: eval, channels_last (clip models:
+    channels_last_3d), and each BatchNorm folded into the convolution before it (fp32 relative
+    change ~1e-6; ~10% faster resnet50 on CPU). A model that torch.fx cannot trace runs
+    unfolded."""
     from torch.fx.experimental.optimization import fuse
 
     model = backbone.model.eval()
@@ -161,7 +181,7 @@ def prepare_model(backbone: Backbone, device: torch.device) -> torch.nn.Module:
         model = fuse(model)  # a traced copy: backbone.model itself is left alone
     except Exception as exc:  # noqa: BLE001 - any tracing failure just means no folding
         log.debug("%s: BatchNorm not folded (%s)", backbone.name, exc)
-    return model.to(device, memory_format=torch.channels_last)
+    return model.to(device, memory_format=backbone.preprocess.memory_format)
 
 
 _LAYOUTS = {4: torch.channels_last, 5: torch.channels_last_3d}  # frames, clips
@@ -269,11 +289,12 @@ def extract_single(ingest_dir: str | os.PathLike, output: str | os.PathLike, *,
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     decode = resolve_decode(decode, dev, workers)
-    batch_size, workers = loader_defaults(dev, decode, batch_size, workers)
     output = check_output(output, kind="file")
     m = read_manifest(ingest_dir)
+    kind = check_fits(m, backbone)  # a clip model on single frames: one line, before any work
+    batch_size, workers = loader_defaults(dev, decode, batch_size, workers, clips=kind == "clip")
     resolved, sha = resolve_weights(backbone, weights)
-    meta = _frame_meta(m, shard_rows(m.frames, i, n))
+    meta = _rows_meta(m, i, n, kind)
     settings = {"manifest_fingerprint": manifest_fingerprint(m), "backbone": backbone,
                 "weights": resolved, "weights_sha256": sha, "dtype": dtype, "precision": prec,
                 "shard": f"{i}/{n}", "batch_size": batch_size, "rows": len(meta), "decode": decode,
@@ -288,6 +309,7 @@ def extract_single(ingest_dir: str | os.PathLike, output: str | os.PathLike, *,
             res = _compute(m, meta, output, settings, plan, backbone=backbone, weights=weights,
                            dev=dev, workers=workers, progress=progress)
     res.elapsed_s = 0.0 if res.skipped else time.perf_counter() - t0
+    res.unit = kind
     if progress:
         print(res.summary())
     return res
@@ -353,11 +375,16 @@ def _run(root: Path, meta: pd.DataFrame, bb: Backbone, bin_path: Path, done: int
     model = prepare_model(bb, dev)
     model = compile_model(model, batch_size) if compiled else model
     cuda = dev.type == "cuda"
-    batches = input_batches(root, meta["path"].tolist()[done:], bb.preprocess, device=dev,
-                            decode=decode, precision=precision, batch_size=batch_size,
-                            workers=workers, hashes=meta["file_hash"].tolist()[done:])
+    if bb.kind == "clip":  # a clip's frames, clip after clip
+        (paths, hashes) = flat_inputs(meta.iloc[done:])
+        group = len(meta["paths"].iloc[0]) if len(meta) else 1
+    else:
+        paths, hashes, group = meta["path"].tolist()[done:], meta["file_hash"].tolist()[done:], 1
+    batches = input_batches(root, paths, bb.preprocess, device=dev, decode=decode,
+                            precision=precision, batch_size=batch_size, workers=workers,
+                            hashes=hashes, group=group)
     writer = RowWriter(bin_path, dtype)
-    bar = tqdm(total=len(meta), initial=done, unit="frame", desc=f"extract {bb.name}",
+    bar = tqdm(total=len(meta), initial=done, unit=bb.kind, desc=f"extract {bb.name}",
                disable=not progress, smoothing=0.1)
     cudnn_benchmark = torch.backends.cudnn.benchmark
     torch.backends.cudnn.benchmark = cuda  # fixed input shape: let cuDNN pick its fastest kernels
@@ -380,7 +407,8 @@ def _assemble(output: Path, meta: pd.DataFrame, bb: Backbone, m: Manifest, setti
     file), complete set last and renamed over ``output``; then drop the partial run."""
     dim, np_dtype = bb.feature_dim, DTYPES[settings["dtype"]]
     rows = partial.read_rows(output, settings["rows"], dim, np_dtype)
-    builder = FeatureFileBuilder(output, meta.drop(columns=["path"]), dim,
+    inputs = [c for c in ("path", "paths", "hashes") if c in meta.columns]  # not stored
+    builder = FeatureFileBuilder(output, meta.drop(columns=inputs), dim,
                                  dtype=settings["dtype"], chunk_rows=settings["batch_size"])
     try:
         with contextlib.ExitStack() as stack:
@@ -422,4 +450,13 @@ def _attrs(bb: Backbone, m: Manifest, settings: dict) -> dict:
             "manifest_fingerprint": settings["manifest_fingerprint"],
             "ingest_dir": str(Path(m.root).absolute()), "sampling": m.info.get("sampling", {}),
             "shard": f"{i}/{n}", "shard_index": i, "shard_count": n,
-            "manifest_frames": len(m.frames)}
+            "manifest_frames": len(m.frames), **_clip_attrs(bb, m)}
+
+
+def _clip_attrs(bb: Backbone, m: Manifest) -> dict:
+    """A clip file's own attributes: the clips' length and rate, and how many the manifest has
+    (what a merge of its shards must cover)."""
+    if bb.kind != "clip":
+        return {}
+    return {"clip_len": clip_len(m), "clip_fps": clip_fps(m),
+            "manifest_clips": len(clip_table(m))}

@@ -170,7 +170,8 @@ def model_config(store, *, head: str, spec: dict, hyper: dict, selected: dict,
         "precision": attr_json(a.get("precision")),
         "preprocessing": {k: attr_json(a.get(k)) for k in
                           ("resize_size", "input_size", "mean", "std", "interpolation",
-                           "crop_mode") if k != "crop_mode" or k in a},
+                           "crop_mode", "input_kind")  # the last two: only where recorded
+                          if k not in ("crop_mode", "input_kind") or k in a},
         "sampling": attr_json(a.get("sampling"), {}),
         "ingest_dir": attr_json(a.get("ingest_dir")),
         "features": md.features_record(store),

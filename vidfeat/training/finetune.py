@@ -34,7 +34,10 @@ CHECKPOINT_FILE = md.CHECKPOINT_FILE
 
 
 class _FrameImages(torch.utils.data.Dataset):
-    """Stored JPEG frames -> resized, centre-cropped uint8 tensors (normalised on the device)."""
+    """Stored JPEG frames -> resized, centre-cropped uint8 tensors (normalised on the device).
+
+    An item of ``paths`` is one frame's path, or a clip's list of paths (a clip backbone):
+    then the item is the clip's (T,3,S,S) stack."""
 
     def __init__(self, root: Path, paths: Sequence[str], labels: np.ndarray, preprocess):
         self.root, self.paths, self.labels, self.preprocess = root, list(paths), labels, preprocess
@@ -45,8 +48,12 @@ class _FrameImages(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         from vidfeat.extraction.backbones import load_image
 
-        img = self.preprocess.resize_crop(load_image(self.root / self.paths[i])[None])[0]
-        return img, int(self.labels[i])
+        paths = self.paths[i]
+        one = isinstance(paths, str)
+        # a clip's frames come from one video: one size, resized together
+        images = torch.stack([load_image(self.root / p) for p in ([paths] if one else paths)])
+        out = self.preprocess.resize_crop(images)
+        return (out[0] if one else out), int(self.labels[i])
 
 
 @dataclass
@@ -61,10 +68,10 @@ class _FineTune:
 
 
 def _recorded_preprocess(store):
-    from vidfeat.extraction.backbones import Preprocess
+    from vidfeat.extraction.backbones import preprocess_from_attrs
 
     try:
-        return Preprocess.from_attrs(store.attrs)
+        return preprocess_from_attrs(store.attrs)
     except KeyError as exc:
         raise ValueError(f"{store.path} lacks preprocessing attribute {exc}; cannot unfreeze") from None
 
@@ -78,16 +85,29 @@ def _frame_splits(frames_dir, names: list[str], preprocess) -> dict:
     if len(frames) < len(m.frames):
         log.warning("%d stored frames have labels unknown to the feature file; skipped",
                     len(m.frames) - len(frames))
+    rows = _clip_rows(m, frames, index) if preprocess.kind == "clip" else \
+        frames.assign(label=frames["label"].map(index), paths=frames["path"])
     data = {}
     for split in ("train", "val", "test"):
-        f = frames[frames["split"] == split]
-        labels = f["label"].map(index).to_numpy(np.int64)
-        data[split] = (_FrameImages(m.root, f["path"].tolist(), labels, preprocess),
+        f = rows[rows["split"] == split]
+        data[split] = (_FrameImages(m.root, f["paths"].tolist(), f["label"].to_numpy(np.int64),
+                                    preprocess),
                        f["repeat"].to_numpy(np.int64), f["video_id"].to_numpy().astype(str))
     for split in ("train", "val"):
         if len(data[split][0]) == 0:
             raise ValueError(f"split {split!r} of the stored frames in {frames_dir} has no samples")
     return data
+
+
+def _clip_rows(m, frames, index: dict):
+    """One row per clip of clip ingest ``m`` (its frames with known labels): split, label,
+    repeat, video_id and ``paths`` (the clip's JPEGs in order), as extraction reads them."""
+    from vidfeat.extraction.clips import clip_meta, clip_table
+    from vidfeat.ingestion.manifest import Manifest
+
+    known = Manifest(m.root, m.videos, frames.reset_index(drop=True), m.info)
+    meta = clip_meta(known, np.arange(len(clip_table(known))), index)
+    return meta.assign(paths=[list(p) for p in meta["paths"]])
 
 
 def _prepare_unfreeze(store, head: StackedHead, frames, hyper: dict) -> _FineTune:
