@@ -17,13 +17,24 @@ bf16 on a GPU) vs the plain loop (PIL reads each clip's JPEGs into a (T,C,H,W) u
 weights' own ``VideoClassification`` transform, the eager model with its classifier removed, in
 batches of 8 clips), clips/s side by side and their ratio, and the largest relative difference.
 
+Extra rows (issue 14; on CUDA with resnet50 bf16 on the GPU section's frames, else on the CPU on
+``--cpu-rows-frames`` tiny frames, to prove the code): ``--compile``, eager vs ``torch.compile``
+(model alone and ``extract`` end to end, same batch; speed-up ratios and the features' largest
+relative difference); ``--gpus-all``, ``extract(gpus="all")`` (one shard per GPU, merged; CPU:
+``cpu:2``) vs the single-device run; ``--profile-frames N``, ``torch.profiler`` over an
+``extract`` of about N frames, its op table written to ``--profile-out`` (where the main
+process's time goes: waiting for decoded batches, H2D copy, model, the writer's D2H copy);
+``--late-decodes gpu`` measures nvjpeg after them. Issue 14's goals on an H200: extract end
+to end >= 0.8x of forward and >= 10,000 frames/s (``benchmarks/gpu_check.sh`` runs it all).
+
 Checksums: the same feature file (resnet50-sized rows, float16, real-looking ids) built and read
 back through ``FeatureFileBuilder``/``FeatureStore`` with and without integrity (fletcher32 on
 every dataset + fixed-length strings vs the older unfiltered, variable-length layout), runs
 alternated; the ratio of the best times. Goal: at most 1.05x (5% slower) for build + read.
 
     python benchmarks/bench_extract.py [--cpu-frames 2000] [--gpu-frames 50000]
-        [--clips 32] [--checksum-frames 20000] [--json PATH]
+        [--clips 32] [--checksum-frames 20000] [--compile] [--gpus-all] [--profile-frames N]
+        [--late-decodes gpu] [--json PATH]
 """
 from __future__ import annotations
 
@@ -49,11 +60,11 @@ from vidfeat.extraction.backbones import (
     create_backbone,  # noqa: E402
     preprocess_for,  # noqa: E402
 )
-from vidfeat.extraction.cache import FeatureFileBuilder, FeatureStore  # noqa: E402
+from vidfeat.extraction.cache import FeatureFileBuilder, FeatureStore, merge  # noqa: E402
 from vidfeat.extraction.defaults import PRECISIONS, resolve_decode  # noqa: E402
 from vidfeat.extraction.defaults import loader_defaults as _defaults
 from vidfeat.extraction.inputs import input_batches  # noqa: E402
-from vidfeat.extraction.single import forward, prepare_model  # noqa: E402
+from vidfeat.extraction.single import compile_model, forward, prepare_model  # noqa: E402
 from vidfeat.ingestion.manifest import write_manifest  # noqa: E402
 
 warnings.filterwarnings("ignore", message="backbone .* RANDOM")
@@ -246,8 +257,9 @@ def bench_decode(root: Path, work: Path, decode: str, batch: int, workers: int |
     return out
 
 
-def bench_gpu(n: int, work: Path, batch: int, workers: int | None, save) -> dict:
-    """Forward-only, then decode=cpu and decode=gpu; ``save(partial)`` after each step."""
+def bench_gpu(n: int, work: Path, batch: int, workers: int | None, save,
+              decodes=("cpu", "gpu")) -> dict:
+    """Forward-only, then each of ``decodes``; ``save(partial)`` after each step."""
     root = make_frames(work / "gpu_ingest", n)
     fwd = forward_only("resnet50", batch, "bf16")
     dev = torch.device("cuda")
@@ -256,16 +268,216 @@ def bench_gpu(n: int, work: Path, batch: int, workers: int | None, save) -> dict
            "auto_decode": resolve_decode("auto", dev, workers), "goal_ratio": 0.8,
            "goal_resnet50_bf16_fps_h100": 5000}
     save(out)
-    for decode in ("cpu", "gpu"):  # the expected winner first: a time limit still leaves it
+    for decode in decodes:  # the expected winner first: a time limit still leaves it
         out[f"decode_{decode}"] = bench_decode(root, work, decode, batch, workers, fwd)
+        summarize(out)
         save(out)
-    best = max(("cpu", "gpu"), key=lambda d: out[f"decode_{d}"]["extract_fps_pipeline"])
+    return out
+
+
+def bench_late_decodes(gpu: dict, work: Path, decodes: list[str], batch: int,
+                       workers: int | None, save) -> dict:
+    """The decode rows that ``--late-decodes`` put after the extra rows (nvjpeg, the slow one:
+    a time limit then cuts it, not them), on the GPU section's frames."""
+    for decode in decodes:
+        gpu[f"decode_{decode}"] = bench_decode(work / "gpu_ingest", work, decode, batch, workers,
+                                               gpu["forward_only_fps"])
+        summarize(gpu)
+        save(gpu)
+    return gpu
+
+
+def summarize(out: dict) -> None:
+    """The best decode measured so far (by pipeline rate), its ratios and the goals met."""
+    best = max((d for d in ("cpu", "gpu") if f"decode_{d}" in out),
+               key=lambda d: out[f"decode_{d}"]["extract_fps_pipeline"])
     b = out[f"decode_{best}"]
     out.update(best_decode=best, ratio_pipeline_vs_forward=b["ratio_pipeline_vs_forward"],
                resnet50_bf16_fps_end_to_end=b["extract_fps_end_to_end"],
                goal_ratio_met=b["ratio_pipeline_vs_forward"] >= 0.8,
-               goal_fps_met=b["extract_fps_end_to_end"] >= 5000)
+               goal_fps_met=b["extract_fps_end_to_end"] >= 5000,
+               ratio_end_to_end_vs_forward=b["ratio_end_to_end_vs_forward"],
+               goal_end_to_end_ratio_met=b["ratio_end_to_end_vs_forward"] >= 0.8,
+               goal_fps_h200=10000, goal_fps_h200_met=b["extract_fps_end_to_end"] >= 10000)
+
+
+# ------------------------------------------------------------------ issue 14: extra rows
+def rows_setup(work: Path, gpu_frames: int, cpu_frames: int, backbone: str, *,
+               gpu_batch: int, cpu_batch: int) -> dict:
+    """Device, precision, batch and frames of the extra rows: the GPU section's frames and
+    settings on CUDA, else ``cpu_frames`` tiny frames on the CPU (fp32): a proof of the code."""
+    if torch.cuda.is_available():
+        root = work / "gpu_ingest"
+        if not (root / "frames.parquet").exists():
+            root = make_frames(root, gpu_frames)
+        return {"root": root, "device": "cuda", "precision": "bf16", "batch": gpu_batch,
+                "backbone": backbone, "frames": len(pd.read_parquet(root / "frames.parquet"))}
+    root = make_frames(work / "cpu_rows_ingest", cpu_frames, size=(80, 64), unique=8)
+    return {"root": root, "device": "cpu", "precision": "fp32", "batch": cpu_batch,
+            "backbone": backbone, "frames": cpu_frames}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_rate(model: torch.nn.Module, x: torch.Tensor, precision: str, seconds: float) -> float:
+    """Frames/s of ``model`` alone on the preloaded batch ``x`` (after a warm-up)."""
+    for _ in range(3):
+        forward(model, x, precision)
+    _sync(x.device)
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        for _ in range(5):
+            forward(model, x, precision)
+        n += 5 * len(x)
+        _sync(x.device)
+    return n / (time.perf_counter() - t0)
+
+
+def _features(path: Path) -> np.ndarray:
+    with FeatureStore(path) as s:
+        return s.load().X.astype(np.float32)
+
+
+def bench_compile(setup: dict, work: Path, seconds: float = 3.0) -> dict:
+    """Eager vs ``torch.compile`` (the first call compiles: timed apart), the model alone on
+    one batch, then ``extract`` end to end with ``compile`` off and on, same batch size."""
+    dev, prec, batch = torch.device(setup["device"]), setup["precision"], setup["batch"]
+    bb = create_backbone(setup["backbone"], "none")
+    eager = prepare_model(bb, dev)
+    size = bb.preprocess.input_size
+    x = torch.randn(batch, 3, size, size, device=dev).to(PRECISIONS[prec])
+    x = x.contiguous(memory_format=torch.channels_last)
+    torch.backends.cudnn.benchmark = dev.type == "cuda"
+    t0 = time.perf_counter()
+    compiled = compile_model(eager, batch)
+    forward(compiled, x, prec)
+    _sync(dev)
+    out = {"backbone": setup["backbone"], "device": setup["device"], "precision": prec,
+           "batch_size": batch, "frames": setup["frames"],
+           "first_call_compile_s": time.perf_counter() - t0,
+           "forward_eager_fps": model_rate(eager, x, prec, seconds),
+           "forward_compiled_fps": model_rate(compiled, x, prec, seconds)}
+    torch.backends.cudnn.benchmark = False
+    out["ratio_forward_compiled_vs_eager"] = out["forward_compiled_fps"] / out["forward_eager_fps"]
+    opts = dict(backbone=setup["backbone"], weights="none", device=setup["device"],
+                precision=prec, batch_size=batch, progress=False)
+    for flag in (False, True):
+        t0 = time.perf_counter()
+        res = extract(setup["root"], work / f"compile-{flag}.h5", compile=flag, **opts)
+        key = "compiled" if flag else "eager"
+        out[f"extract_{key}_wall_s"] = time.perf_counter() - t0
+        out[f"extract_{key}_fps_end_to_end"] = setup["frames"] / out[f"extract_{key}_wall_s"]
+        out[f"extract_{key}_fps_pipeline"] = res.frames_per_s
+    Xe, Xc = _features(work / "compile-False.h5"), _features(work / "compile-True.h5")
+    out.update(ratio_end_to_end_compiled_vs_eager=out["extract_compiled_fps_end_to_end"]
+               / out["extract_eager_fps_end_to_end"],
+               max_rel_diff=float(np.abs(Xc - Xe).max() / np.abs(Xe).max()),
+               tolerance=3e-2 if prec != "fp32" else 1e-4)
+    out["within_tolerance"] = out["max_rel_diff"] <= out["tolerance"]
     return out
+
+
+def bench_gpus_all(setup: dict, work: Path) -> dict:
+    """``extract(gpus="all")`` (one shard process per GPU, merged; ``cpu:2`` without CUDA) vs
+    one in-process ``extract`` of the same frames, and the two files' largest difference."""
+    gpus = "all" if setup["device"] == "cuda" else "cpu:2"
+    opts = dict(backbone=setup["backbone"], weights="none", precision=setup["precision"],
+                batch_size=setup["batch"], progress=False)
+    single = work / "gpus-single.h5"
+    t0 = time.perf_counter()
+    extract(setup["root"], single, device=setup["device"], **opts)
+    single_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    res = extract(setup["root"], work / "gpus-all.h5", gpus=gpus, **opts)
+    multi_s = time.perf_counter() - t0
+    Xs, Xm = _features(single), _features(work / "gpus-all.h5")
+    out = {"gpus": gpus, "devices": res.device, "frames": res.n_frames,
+           "single_wall_s": single_s, "gpus_all_wall_s": multi_s,
+           "single_fps_end_to_end": setup["frames"] / single_s,
+           "gpus_all_fps_end_to_end": setup["frames"] / multi_s,
+           "ratio_gpus_all_vs_single": single_s / multi_s,
+           "max_rel_diff_vs_single": float(np.abs(Xm - Xs).max() / np.abs(Xs).max())}
+    out["two_shards_merged"] = _shards_merged(setup, work, opts, Xs)
+    return out
+
+
+def _shards_merged(setup: dict, work: Path, opts: dict, Xs: np.ndarray) -> dict:
+    """With one GPU, ``gpus="all"`` is one shard and merges nothing: two ``--shard`` runs on
+    the device, then ``merge``, exercise the merge and are compared with the single run."""
+    paths = [work / f"shard-{i}-of-2.h5" for i in range(2)]
+    t0 = time.perf_counter()
+    for i, path in enumerate(paths):
+        extract(setup["root"], path, device=setup["device"], shard=f"{i}/2", **opts)
+    t1 = time.perf_counter()
+    merge(paths, work / "merged.h5")
+    Xm = _features(work / "merged.h5")
+    return {"shards_wall_s": t1 - t0, "merge_wall_s": time.perf_counter() - t1,
+            "rows": len(Xm), "max_rel_diff_vs_single": float(np.abs(Xm - Xs).max()
+                                                             / np.abs(Xs).max())}
+
+
+def bench_profile(setup: dict, work: Path, frames: int, table_path: Path | None) -> dict:
+    """``torch.profiler`` over an ``extract`` of about ``frames`` frames (a shard of the
+    frames): the main process's ops by self time (decoding runs in the loader workers, so it
+    shows as the wait for the next batch)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = setup["device"] == "cuda"
+    count = max(1, setup["frames"] // max(frames, 1))
+    acts = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=acts) as prof:
+        res = extract(setup["root"], work / "profile.h5", backbone=setup["backbone"],
+                      weights="none", device=setup["device"], precision=setup["precision"],
+                      batch_size=setup["batch"], shard=f"0/{count}", progress=False)
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = prof.key_averages()
+    table = events.table(sort_by=sort, row_limit=30)
+    if table_path is not None:
+        table_path.parent.mkdir(parents=True, exist_ok=True)
+        table_path.write_text(table + "\n")
+    top = sorted(events, key=lambda e: getattr(e, sort, 0.0), reverse=True)[:12]
+    return {"frames": res.n_frames, "decode": res.decode, "sort": sort,
+            "fps_pipeline_profiled": res.frames_per_s,
+            "top": [{"name": e.key, "count": e.count,
+                     "self_cpu_ms": e.self_cpu_time_total / 1e3,
+                     "self_device_ms": getattr(e, sort, 0.0) / 1e3} for e in top],
+            "table": str(table_path) if table_path is not None else None}
+
+
+def run_extra_rows(args, work: Path, save_extra) -> None:
+    """The rows that ``--compile``, ``--gpus-all`` and ``--profile-frames`` ask for, each saved
+    as soon as it is measured."""
+    if not (args.compile or args.gpus_all or args.profile_frames):
+        return
+    setup = rows_setup(work, args.gpu_frames or 50000, args.cpu_rows_frames, args.rows_backbone,
+                       gpu_batch=args.gpu_batch, cpu_batch=args.cpu_rows_batch)
+    if setup["device"] == "cpu":
+        print("note: no CUDA here: the compile/gpus-all/profile rows run on the CPU, tiny "
+              f"({setup['frames']} frames, {setup['backbone']}): they prove the code, not the "
+              "speed", flush=True)
+    table = Path(args.profile_out) if args.profile_out else None
+    rows = {"compile": (args.compile, lambda: bench_compile(setup, work)),
+            "gpus_all": (args.gpus_all, lambda: bench_gpus_all(setup, work)),
+            "profile": (args.profile_frames,
+                        lambda: bench_profile(setup, work, args.profile_frames, table))}
+    for key, (wanted, measure) in rows.items():
+        if wanted:
+            save_extra(key, guarded(measure))
+
+
+def guarded(measure) -> dict:
+    """``measure()``, or ``{"error": ...}`` if it fails: one failed row (in a one-shot run on a
+    lent GPU) must not lose the rows after it."""
+    try:
+        return measure()
+    except Exception as exc:  # noqa: BLE001 - recorded in the JSON, the exit code says it
+        import traceback
+
+        traceback.print_exc()
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _file_once(path: Path, meta: pd.DataFrame, X: np.ndarray, checksums: bool) -> dict:
@@ -338,6 +550,21 @@ def main(argv=None) -> int:
                          "is one); 0 skips it")
     ap.add_argument("--checksum-frames", type=int, default=20000,
                     help="frames of the with/without-checksums file; 0 skips it")
+    ap.add_argument("--late-decodes", default="", metavar="gpu",
+                    help="decodes of the GPU section measured after the extra rows instead")
+    ap.add_argument("--compile", action="store_true",
+                    help="eager vs torch.compile rows (model alone and extract end to end)")
+    ap.add_argument("--gpus-all", action="store_true",
+                    help="extract(gpus='all') vs one device (cpu:2 without CUDA)")
+    ap.add_argument("--profile-frames", type=int, default=0,
+                    help="torch.profiler over an extract of about N frames; 0 skips it")
+    ap.add_argument("--profile-out", default=None, metavar="PATH",
+                    help="write the profiler's op table here (text)")
+    ap.add_argument("--rows-backbone", default="resnet50",
+                    help="backbone of the compile/gpus-all/profile rows")
+    ap.add_argument("--cpu-rows-frames", type=int, default=64,
+                    help="frames of those rows without CUDA (tiny: a proof of the code)")
+    ap.add_argument("--cpu-rows-batch", type=int, default=8)
     ap.add_argument("--json", default=None, metavar="PATH",
                     help="also write the results here (e.g. benchmarks/results/bench_extract.json)")
     args = ap.parse_args(argv)
@@ -356,10 +583,28 @@ def main(argv=None) -> int:
         write()
         print(json.dumps(gpu), flush=True)
 
+    def save_extra(key: str, row: dict) -> None:
+        result[key] = row
+        write()
+        print(json.dumps({key: row}), flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         # GPU first and JSON after each step: a time limit still leaves what was measured
-        if args.gpu_frames and torch.cuda.is_available():
-            save(bench_gpu(args.gpu_frames, Path(tmp), args.gpu_batch, args.gpu_workers, save))
+        cuda = bool(args.gpu_frames) and torch.cuda.is_available()
+        late = [d for d in args.late_decodes.split(",") if d]
+        if cuda:
+            early = tuple(d for d in ("cpu", "gpu") if d not in late)
+            gpu = guarded(lambda: bench_gpu(args.gpu_frames, Path(tmp), args.gpu_batch,
+                                            args.gpu_workers, save, early))
+            save({**result.get("gpu", {}), **gpu} if "error" in gpu else gpu)  # keep the rows
+        elif args.gpu_frames:
+            print("note: no CUDA here: the GPU section (forward-only vs extract per decode) is "
+                  "skipped", flush=True)
+        run_extra_rows(args, Path(tmp), save_extra)
+        if cuda and late and "forward_only_fps" in result["gpu"]:
+            gpu = guarded(lambda: bench_late_decodes(result["gpu"], Path(tmp), late,
+                                                     args.gpu_batch, args.gpu_workers, save))
+            save({**result["gpu"], **gpu} if "error" in gpu else gpu)
         if args.cpu_frames:
             result["cpu"] = bench_cpu(args.cpu_frames, Path(tmp))
         if args.clips:
@@ -371,7 +616,10 @@ def main(argv=None) -> int:
     write()
     if out is not None:
         print(f"wrote {out}")
-    return 0
+    failed = [k for k, v in result.items() if isinstance(v, dict) and "error" in v]
+    if failed:
+        print(f"failed rows: {', '.join(failed)} (see their 'error')", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def print_table(r: dict) -> None:
@@ -401,7 +649,11 @@ def print_table(r: dict) -> None:
               f"  vidfeat extract      {c['vidfeat_fps_end_to_end']:9.1f} frames/s  "
               f"ratio {c['ratio']:.2f}x (goal >= {c['goal']}x)  "
               f"max rel diff {c['max_rel_diff_vs_classic']:.1e}")
-    if "gpu" in r:
+    print_extra_rows(r)
+    for key, row in r.items():
+        if isinstance(row, dict) and "error" in row:
+            print(f"{key}: FAILED {row['error']}")
+    if "forward_only_fps" in r.get("gpu", {}):
         g = r["gpu"]
         print(f"GPU  {g['device_name']}, {g['frames']} frames, {g['backbone']} batch "
               f"{g['batch_size']}, {g['precision']} (auto decode here: {g['auto_decode']})\n"
@@ -417,6 +669,42 @@ def print_table(r: dict) -> None:
                   f"ratio {d['ratio_pipeline_vs_forward']:.2f}x (goal >= {g['goal_ratio']}x)\n"
                   f"    extract (end to end)      {d['extract_fps_end_to_end']:9.1f} frames/s  "
                   f"ratio {d['ratio_end_to_end_vs_forward']:.2f}x")
+        if "best_decode" in g:
+            print(f"  best: decode={g['best_decode']}, end to end "
+                  f"{g['resnet50_bf16_fps_end_to_end']:9.1f} frames/s = "
+                  f"{g['ratio_end_to_end_vs_forward']:.2f}x forward (issue 14 goals: >= 0.8x, "
+                  f">= {g['goal_fps_h200']:,} frames/s)")
+
+
+def print_extra_rows(r: dict) -> None:
+    r = {k: v for k, v in r.items() if not (isinstance(v, dict) and "error" in v)}
+    if "compile" in r:
+        c = r["compile"]
+        print(f"--compile  {c['backbone']} {c['precision']} batch {c['batch_size']} on "
+              f"{c['device']}, {c['frames']} frames (first call compiles: "
+              f"{c['first_call_compile_s']:.1f} s)\n"
+              f"  forward only  eager {c['forward_eager_fps']:9.1f}  compiled "
+              f"{c['forward_compiled_fps']:9.1f} frames/s  "
+              f"speed-up {c['ratio_forward_compiled_vs_eager']:.2f}x\n"
+              f"  extract e2e   eager {c['extract_eager_fps_end_to_end']:9.1f}  compiled "
+              f"{c['extract_compiled_fps_end_to_end']:9.1f} frames/s  speed-up "
+              f"{c['ratio_end_to_end_compiled_vs_eager']:.2f}x (compiling included)\n"
+              f"  features max rel diff {c['max_rel_diff']:.1e} (tolerance {c['tolerance']:.0e})")
+    if "gpus_all" in r:
+        g = r["gpus_all"]
+        print(f"--gpus {g['gpus']} ({g['devices']}): {g['gpus_all_fps_end_to_end']:9.1f} "
+              f"frames/s vs one device {g['single_fps_end_to_end']:9.1f}  ratio "
+              f"{g['ratio_gpus_all_vs_single']:.2f}x, max rel diff "
+              f"{g['max_rel_diff_vs_single']:.1e}")
+        m = g["two_shards_merged"]
+        print(f"  2 shards + merge: {m['rows']} rows, shards {m['shards_wall_s']:.1f} s, merge "
+              f"{m['merge_wall_s']:.1f} s, max rel diff {m['max_rel_diff_vs_single']:.1e}")
+    if "profile" in r:
+        p = r["profile"]
+        print(f"profile of {p['frames']} frames ({p['decode']} decode), top ops by {p['sort']}:")
+        for e in p["top"][:8]:
+            print(f"  {e['name'][:48]:48s} x{e['count']:<6d} self cpu {e['self_cpu_ms']:9.1f} ms"
+                  f"  self {e['self_device_ms']:9.1f} ms")
 
 
 if __name__ == "__main__":

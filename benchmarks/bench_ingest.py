@@ -31,6 +31,11 @@ video, GOP 250 and GOP 60 720p videos; ``--rows all``):
 
     python benchmarks/bench_ingest.py [--quick] [--rows peers|all] [--runs N] [--json PATH]
     (JSON only with --json)
+
+``--jobs-scaling N`` runs the many-core rows instead (issue 14, a 16-core machine; see
+``many_core_rows``): ``--jobs N`` vs ``--jobs 1`` over 64 small generated videos (target
+>= 10x), and on ``--minutes``-minute 720p videos 16 frames/video (>= 10x) and ``--keyframes``
+(>= 20x) vs the full-decode baseline.
 """
 from __future__ import annotations
 
@@ -491,6 +496,109 @@ def print_table(results: dict) -> None:
           f"{m['uniform16']:.0f} MB, --fps 1 {m['fps1']:.0f} MB (target < 500 MB)")
 
 
+# ---------------------------------------------------------- issue 14: the many-core rows
+def small_videos(root: Path, n: int, *, seconds: float, size: tuple[int, int]) -> Path:
+    """``n`` distinct small H.264 videos (4 class folders, GOP 50), made in parallel."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vidfeat.synth import make_video
+
+    sources = ("testsrc2", "smptebars", "mandelbrot", "rgbtestsrc")
+
+    def one(i: int) -> None:
+        path = root / f"c{i % 4}" / f"v{i:03d}.mp4"
+        if not path.exists():  # the title tag keeps same-source videos distinct files
+            make_video(path, duration=seconds, fps=25, size=size, source=sources[i % 4],
+                       gop=50, extra=("-metadata", f"title=v{i}"))
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        list(pool.map(one, range(n)))
+    return root
+
+
+def long_720p(cache: Path, minutes: float) -> dict[str, list[Path]]:
+    """Two GOP-250 and two GOP-60 ``minutes``-minute 720p videos (one encoded chunk each,
+    stream-copied), in class folders ``g250``/``mix`` as ``dataset`` lays them out."""
+    seconds = max(1, round(60 * minutes))
+    chunk = next(c for c in (60, 30, 20, 10, 5, 2, 1) if seconds % c == 0 and c <= seconds)
+    base = cache / f"m{seconds}s"
+    videos = {}
+    for gop in (250, 60):
+        first = make_long(base / f"g{gop}" / "x" / f"g{gop}_0.mp4", gop=gop, duration=seconds,
+                          chunk=chunk)
+        second = first.with_name(f"g{gop}_1.mp4")
+        if not second.exists():  # a stream copy with a tag: ingest skips byte-identical files
+            ffmpeg("-i", str(first), "-c", "copy", "-metadata", "title=second", str(second))
+        videos[f"g{gop}"] = [first, second]
+    mix = base / "mix" / "x"
+    mix.mkdir(parents=True, exist_ok=True)
+    for v in videos["g250"] + videos["g60"]:
+        if not (mix / v.name).exists():
+            os.link(v, mix / v.name)
+    videos["mix"] = sorted(mix.iterdir())
+    return videos
+
+
+def jobs_rows(src: Path, work: Path, jobs: int, n_videos: int) -> list[tuple]:
+    """``--jobs N`` vs ``--jobs 1``, 16 frames/video, whole commands (start-up included)."""
+    t1, n = ours(src, work, "--frames-per-video", "16", "--jobs", "1")
+    tn, _ = ours(src, work, "--frames-per-video", "16", "--jobs", str(jobs))
+    return [(f"--jobs {jobs} speed-up over --jobs 1 ({n_videos} small videos)", t1 / tn,
+             ">= 10", tn, t1, n)]
+
+
+def long_rows(videos: dict[str, list[Path]], work: Path, minutes: float) -> list[tuple]:
+    """16 frames/video and ``--keyframes`` vs the ffmpeg full-decode baseline (fps filter)."""
+    mix, g250 = videos["mix"][0].parent.parent, videos["g250"][0].parent.parent
+    t_ours, n = ours(mix, work, "--frames-per-video", "16")
+    t_base = baseline(videos["mix"], work, per_video=16)
+    t_kf, n_kf = ours(g250, work, "--keyframes")
+    t_base_kf = baseline(videos["g250"], work, per_video=max(1, n_kf // len(videos["g250"])))
+    return [(f"16 frames/video vs full decode ({minutes:g}-min 720p, mix)", t_base / t_ours,
+             ">= 10", t_ours, t_base, n),
+            (f"--keyframes vs full decode ({minutes:g}-min 720p, GOP 250)", t_base_kf / t_kf,
+             ">= 20", t_kf, t_base_kf, n_kf)]
+
+
+def many_core_rows(args, save=None) -> dict:
+    """Issue 14's rows for a many-core machine, each saved (``save(results)``) once measured:
+    ``--jobs N`` vs ``--jobs 1`` over ``--scaling-videos`` small videos, then (unless
+    ``--minutes 0``) the 720p rows. Video generation time is reported apart."""
+    cache = Path(args.cache)
+    w, h = (int(v) for v in args.scaling_size.split("x"))
+    results = {"cores": len(os.sched_getaffinity(0)), "jobs": args.jobs_scaling,
+               "repeat": REPEAT, "minutes": args.minutes, "scaling_videos": args.scaling_videos,
+               "scaling_video": {"seconds": args.scaling_seconds, "size": args.scaling_size},
+               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                           "python": platform.python_version()},
+               "generate_s": {}, "ratios": []}
+    save = save or (lambda r: None)
+    work = Path(tempfile.mkdtemp(prefix="bench_ingest-"))
+    try:
+        t0 = time.perf_counter()
+        src = small_videos(cache / f"small-{args.scaling_videos}-{args.scaling_seconds:g}s-"
+                           f"{args.scaling_size}", args.scaling_videos,
+                           seconds=args.scaling_seconds, size=(w, h))
+        results["generate_s"]["small"] = round(time.perf_counter() - t0, 2)
+        rows = jobs_rows(src, work, args.jobs_scaling, args.scaling_videos)
+        results["ratios"] += _ratio_dicts(rows)
+        save(results)
+        if args.minutes > 0:
+            t0 = time.perf_counter()
+            videos = long_720p(cache, args.minutes)
+            results["generate_s"]["720p"] = round(time.perf_counter() - t0, 2)
+            results["ratios"] += _ratio_dicts(long_rows(videos, work, args.minutes))
+            save(results)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def _ratio_dicts(rows: list[tuple]) -> list[dict]:
+    return [{"name": name, "ratio": round(r, 3), "target": target, "ours_s": round(a, 3),
+             "other_s": round(b, 3), "frames": frames} for name, r, target, a, b, frames in rows]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1-minute videos, 3-minute 'long'")
@@ -504,8 +612,20 @@ def main(argv=None) -> int:
                              f"(default {RUNS}, 3 with --quick)")
     parser.add_argument("--rows", choices=("peers", "all"), default="all",
                         help="peers: the side-by-side rows and memory only")
+    parser.add_argument("--jobs-scaling", type=int, default=0, metavar="N",
+                        help="only the many-core rows (many_core_rows), --jobs N vs --jobs 1")
+    parser.add_argument("--scaling-videos", type=int, default=64)
+    parser.add_argument("--scaling-seconds", type=float, default=10.0)
+    parser.add_argument("--scaling-size", default="640x360", metavar="WxH")
+    parser.add_argument("--minutes", type=float, default=5.0,
+                        help="720p video length of the many-core rows; 0 skips those rows")
     args = parser.parse_args(argv)
     globals()["REPEAT"] = args.repeat
+    if args.jobs_scaling:
+        results = many_core_rows(args, save=lambda r: _write_json(args.json, r))
+        print_many_core(results)
+        _write_json(args.json, results)
+        return 0
     runs = args.runs or (3 if args.quick else RUNS)
     results = run(args.quick, Path(args.cache), rows_kind=args.rows, runs=runs)
     if args.json:
@@ -513,6 +633,21 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
+
+
+def _write_json(path: str | None, results: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def print_many_core(results: dict) -> None:
+    print(f"{results['cores']} cores; videos generated in {results['generate_s']} s")
+    print(f"{'measure':58s} {'ratio':>7s} {'target':>8s} {'ours s':>8s} {'other s':>8s} "
+          f"{'frames':>7s}")
+    for r in results["ratios"]:
+        print(f"{r['name']:58s} {r['ratio']:7.2f} {r['target']:>8s} {r['ours_s']:8.2f} "
+              f"{r['other_s']:8.2f} {r['frames']:7d}")
 
 
 if __name__ == "__main__":

@@ -74,6 +74,8 @@ def features_fingerprint(attrs: Mapping) -> str:
     file (shard 0/1) gets the value that one unsharded run of the same settings gets.
     """
     data = {k: plain_attr(attrs.get(k)) for k in FINGERPRINT_ATTRS}
+    if plain_attr(attrs.get("compile", False)):  # not bit-identical to eager; eager files
+        data["compile"] = True  # (and those made before the option) keep their value
     if int(plain_attr(attrs.get("shard_count", 1))) > 1:
         data.update(shard_index=plain_attr(attrs["shard_index"]),
                     shard_count=plain_attr(attrs["shard_count"]))

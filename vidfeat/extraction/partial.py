@@ -63,7 +63,7 @@ def load_state(output: str | os.PathLike, settings: dict, must_match) -> int:
     rows -= rows % int(state["batch_size"])
     with open(bin_path, "ab") as f:
         f.truncate(rows * row_bytes)
-    for key in ("batch_size", "decode"):  # old partials have no decode: nothing to compare
+    for key in ("batch_size", "decode", "compile"):  # old partials lack some: nothing to compare
         if state.get(key, settings[key]) != settings[key]:
             log.warning("resuming with %s=%r (was %r): the new rows may differ slightly from "
                         "the earlier ones", key, settings[key], state[key])
