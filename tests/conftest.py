@@ -33,3 +33,27 @@ def tiny_dataset(tmp_path_factory):
     """Three classes of 1-second 64x48 videos, imbalanced 6:4:2 (shared; do not modify)."""
     root = tmp_path_factory.mktemp("tiny_dataset")
     return make_dataset(root, {"alpha": 6, "beta": 4, "gamma": 2})
+
+
+@pytest.fixture(scope="session")
+def clip_features(tiny_dataset, tmp_path_factory):
+    """A real clip ingest (2 clips of 2 frames per video) and its r3d_18 (random) clip file:
+    (ingest folder, feature file), shared; do not modify."""
+    import shutil
+    import warnings
+
+    from vidfeat.extraction._extract import extract
+    from vidfeat.ingestion._ingest import ingest
+
+    root = tmp_path_factory.mktemp("clipfeats")
+    for label in ("alpha", "gamma"):  # 2 + 2 videos: one train, one val of each
+        (root / "src" / label).mkdir(parents=True)
+        for video in sorted((tiny_dataset / label).iterdir())[:2]:
+            shutil.copy(video, root / "src" / label / video.name)
+    ingest(root / "src", root / "ing", clips_per_video=2, clip_len=2, clip_fps=8.0, size=48,
+           split=(0.5, 0.5, 0), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        extract(root / "ing", root / "c.h5", backbone="r3d_18", weights="none", device="cpu",
+                dtype="float32", progress=False, workers=0)
+    return root / "ing", root / "c.h5"

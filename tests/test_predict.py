@@ -154,6 +154,7 @@ def test_predict_matches_an_independent_pipeline(model_dir, clips, moving):
     names = ["red", "blue", "green"]
     for entry, video in zip(out, videos):
         assert entry["n_frames"] == 4 and len(entry["top_k"]) == 3
+        assert "n_clips" not in entry  # a frame model's rows are frames
         probs = [t["probability"] for t in entry["top_k"]]
         assert probs == sorted(probs, reverse=True)
         expected = expected_probabilities(model_dir, video)
@@ -343,6 +344,7 @@ def test_clip_model_predicts_as_its_cached_clip_features(tiny_dataset, tmp_path)
         video_id = fs.video_id[0]
         entry = next(predict(tmp_path / "model", [src / video_id], top_k=2, device="cpu"))
     assert entry["n_frames"] == (fs.video_id == video_id).sum() == 2  # its two clips
+    assert entry["n_clips"] == 2  # says what its rows are; n_frames kept for existing readers
     with torch.no_grad():
         cached = head.eval()(torch.from_numpy(fs.X[fs.video_id == video_id]))[0].mean(0)
     expected = torch.softmax(cached.double(), 0).numpy()

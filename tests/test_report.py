@@ -25,7 +25,7 @@ from videos import make_video
 
 from vidfeat.ingestion.manifest import ManifestError, write_manifest
 from vidfeat.ingestion.probe import probe_video
-from vidfeat.reporting._report import BETAS, report
+from vidfeat.reporting._report import BETAS, report, summarize
 from vidfeat.training.metrics import classification_metrics
 
 # (label, split, frames stored, repeat, duration_s) -- balancing oversampled gamma in train and
@@ -215,6 +215,41 @@ def test_model_section_matches_sklearn(outdir, tmp_path):
     assert r.data["model"]["train_frequency"]["source"] == "manifest"
     assert "gamma" in codes(r)["zero_recall"]
     assert {"confusion_val_frame", "confusion_test_video", "recall_vs_frequency"} <= set(r.files)
+    # a model without row_level (written before clip features) counts frames
+    assert r.data["model"]["row_level"] == "frame"
+    md = r.files["md"].read_text()
+    assert "### val, frame level" in md and "clip" not in md
+    assert any(w["message"].startswith("val frame level: the model never recognises")
+               for w in r.warnings)
+
+
+def test_a_clip_model_is_reported_at_clip_level(clip_features, tmp_path, monkeypatch):
+    """train on real clip features, then report: every place that names the row level says
+    "clip" (Markdown, HTML, plot titles and legend, the summary); report.json keeps the
+    "frame" key and says row_level "clip"."""
+    from vidfeat.reporting import plots
+    from vidfeat.training._train import train
+
+    ingest_dir, path = clip_features
+    train(path, tmp_path / "m", device="cpu", epochs=3, progress=False)
+    drawn = []
+    heatmap, curves = plots.confusion_heatmap, plots.recall_vs_frequency
+    monkeypatch.setattr(plots, "confusion_heatmap",
+                        lambda *a: drawn.append(a[-1]) or heatmap(*a))
+    monkeypatch.setattr(plots, "recall_vs_frequency",
+                        lambda out, series: drawn.extend(series) or curves(out, series))
+    r = report(ingest_dir, tmp_path / "rep", model=tmp_path / "m", progress=False)
+    data = strict_json(r.files["json"])
+    assert data["model"]["row_level"] == "clip"
+    assert data["model"]["results"]["val"]["frame"]["n"] == 4  # 2 val videos x 2 clips
+    md = r.files["md"].read_text()
+    model_part = md[md.index("## Model evaluation"):]
+    assert "### val, clip level" in model_part and "### val, video level" in model_part
+    assert "confusion matrix val clip" in model_part and "frame level" not in md
+    assert "val, clip level" in r.files["html"].read_text()
+    assert drawn == ["val, clip level (row-normalised)", "val, video level (row-normalised)",
+                     "val clip", "val video"]
+    assert "Model val balanced accuracy: clip " in summarize(r, 0.0)
 
 
 def test_model_train_counts_from_config_win(outdir, tmp_path):

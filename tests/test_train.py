@@ -51,7 +51,9 @@ def test_train_writes_model_dir(feats, tmp_path):
     data = feats[0]
     assert metrics["test"]["video"]["n"] == len(set(data["video_id"][data["split"] == "test"]))
     assert metrics["test"]["frame"]["n"] == (data["split"] == "test").sum()
+    assert metrics["row_level"] == "frame"  # frame features: rows are frames
     assert "Model written to" in res.summary()
+    assert "val frame accuracy" in res.summary() and "clip" not in res.summary()
 
 
 def test_accuracy_matches_logistic_regression(feats, tmp_path):
@@ -222,6 +224,7 @@ def test_cli_train_and_evaluate(feats, tmp_path, capsys):
     assert "selected" in capsys.readouterr().out
     assert main(["evaluate", str(out), str(path), "--split", "val", "--device", "cpu"]) == 0
     assert "val, frame level: n=" in capsys.readouterr().out
+    assert json.loads((out / "evaluate_val.json").read_text())["row_level"] == "frame"
     assert main(["train", str(tmp_path / "nope.h5"), "-o", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "feature file not found" in err[0]
@@ -714,29 +717,6 @@ def test_select_config_rule_on_a_table():
     assert best == 0 and note == "" and rows[0]["selected_by"] == "highest val accuracy"
 
 
-@pytest.fixture(scope="module")
-def clip_features(tiny_dataset, tmp_path_factory):
-    """A real clip ingest (2 clips of 2 frames per video) and its r3d_18 (random) clip file."""
-    import shutil
-    import warnings
-
-    from vidfeat.extraction._extract import extract
-    from vidfeat.ingestion._ingest import ingest
-
-    root = tmp_path_factory.mktemp("clipfeats")
-    for label in ("alpha", "gamma"):  # 2 + 2 videos: one train, one val of each
-        (root / "src" / label).mkdir(parents=True)
-        for video in sorted((tiny_dataset / label).iterdir())[:2]:
-            shutil.copy(video, root / "src" / label / video.name)
-    ingest(root / "src", root / "ing", clips_per_video=2, clip_len=2, clip_fps=8.0, size=48,
-           split=(0.5, 0.5, 0), progress=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        extract(root / "ing", root / "c.h5", backbone="r3d_18", weights="none", device="cpu",
-                dtype="float32", progress=False, workers=0)
-    return root / "ing", root / "c.h5"
-
-
 def test_heads_train_on_clip_rows_and_videos_average_clip_logits(clip_features, tmp_path):
     from vidfeat.extraction.cache import FeatureStore
     from vidfeat.training.model_dir import load_head
@@ -764,6 +744,29 @@ def test_heads_train_on_clip_rows_and_videos_average_clip_logits(clip_features, 
         res.metrics["val"]["video"]
 
 
+def test_clip_features_are_named_clips_wherever_a_user_reads_the_row_level(clip_features,
+                                                                           tmp_path, capsys):
+    """Rows of clip features are clips: train's summary, metrics.json, evaluate's JSON and its
+    printed tables say "clip" (the "frame" key stays, for existing readers)."""
+    from vidfeat.cli import main
+
+    _, path = clip_features
+    out = tmp_path / "m"
+    assert main(["train", str(path), "-o", str(out), "--device", "cpu", "--epochs", "3",
+                 "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "val clip accuracy" in printed and "test: no samples" in printed
+    assert "frame" not in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["row_level"] == "clip" and metrics["val"]["frame"]["n"] == 4  # 2 videos x 2
+    assert main(["evaluate", str(out), str(path), "--split", "val", "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "val, clip level: n=4" in printed and "val, video level: n=2" in printed
+    assert "frame" not in printed
+    written = json.loads((out / "evaluate_val.json").read_text())
+    assert written["row_level"] == "clip" and written["frame"]["n"] == 4
+
+
 def test_unfreeze_fine_tunes_a_clip_backbone_on_the_stored_clips(clip_features, tmp_path):
     _, path = clip_features
     res = unfreeze_run(path, tmp_path / "m", unfreeze_epochs=1, unfreeze_batch_size=4, epochs=3)
@@ -771,3 +774,4 @@ def test_unfreeze_fine_tunes_a_clip_backbone_on_the_stored_clips(clip_features, 
     assert "stem.0.weight" in best and best["stem.0.weight"].ndim == 5  # r3d_18's Conv3d
     assert [h["epoch"] for h in res.config["unfreeze"]["history"]] == [0, 1]
     assert res.metrics["val"]["frame"]["n"] == 2 * res.metrics["val"]["video"]["n"]  # clips
+    assert res.metrics["row_level"] == "clip" and "val clip accuracy" in res.summary()

@@ -58,8 +58,9 @@ def load_model(model_dir, device: torch.device):
 def predict(model_dir, videos: Iterable[str | os.PathLike] | str | os.PathLike, *, top_k: int = 3,
             device: str = "auto", batch_size: int = 64, timeout: float = 600.0) -> Iterator[dict]:
     """Yield one dict per video, in order: ``{"video", "top_k": [{"label", "probability"}],
-    "n_frames"}`` (a clip model: the number of clips), or ``{"video", "error"}`` for a video
-    that cannot be used.
+    "n_frames"}``, or ``{"video", "error"}`` for a video that cannot be used. A clip model's
+    entry adds ``"n_clips"``, the clips scored; its ``n_frames`` is the same number (the rows
+    the head scored, as before ``n_clips`` existed), not the frames in those clips.
 
     ``model_dir``: a trained MODEL_DIR. ``videos``: one video path or several. ``top_k``: how
     many labels per video (capped at the number of classes). ``device``: "auto", "cpu",
@@ -98,8 +99,10 @@ def _predict_all(model, videos: list, *, top_k: int, batch_size: int, dev,
                 log.debug("predict failed for %s", video, exc_info=True)
                 yield {"video": str(video), "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
                 continue
-            yield {"video": str(video), "n_frames": int(len(logits)),
-                   "top_k": _top_k(logits.mean(0), names, top_k)}
+            rows = {"n_frames": int(len(logits))}
+            if model[3].kind == "clip":  # the rows are clips: say so, keep n_frames for readers
+                rows["n_clips"] = rows["n_frames"]
+            yield {"video": str(video), **rows, "top_k": _top_k(logits.mean(0), names, top_k)}
     finally:
         sandbox.close()
 

@@ -5,7 +5,7 @@ import argparse
 
 from vidfeat.cli._options import choices, defaults
 
-HELP = "evaluate a trained model on a feature file's split (frame and video level)"
+HELP = "evaluate a trained model on a feature file's split (frame or clip, and video level)"
 LIBRARY = ("vidfeat.training._train", "evaluate")
 
 
@@ -27,10 +27,13 @@ def run(args: argparse.Namespace) -> int:
 
     from vidfeat.training import evaluate
     from vidfeat.training.model_dir import evaluation_path
+    from vidfeat.training.scoring import level_name
 
     metrics = evaluate(args.model_dir, args.features, split=args.split, device=args.device,
                        output=args.output, max_memory=args.max_memory)
-    print("\n\n".join(summary_table(f"{args.split}, {level} level", metrics[level])
+    rows = metrics["row_level"]  # the "frame" metrics count clips for clip features
+    print("\n\n".join(summary_table(f"{args.split}, {level_name(level, rows)} level",
+                                    metrics[level])
                       for level in ("frame", "video")))
     out = Path(args.output) if args.output else evaluation_path(args.model_dir, args.split)
     print(f"wrote {out.absolute()}")

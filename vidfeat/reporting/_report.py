@@ -65,7 +65,11 @@ distribution of videos and train's.
                                           "counts": {class: int}},
                       "features": null | {"path", "fingerprint", "features_fingerprint": str},
                           # the feature file the model was trained from (its config.json)
+                      "row_level": "frame" | "clip",   # what the "frame" results count:
+                          # frames, or clips for clip features (metrics.json's row_level;
+                          # "frame" for a model without one)
                       "results": {split: {"frame" | "video": EVAL}}},
+                          # "frame": the row level (displays name it by row_level)
          # EVAL = classification_metrics' dict ("n", "accuracy", "balanced_accuracy", "macro_f1",
          #        "per_class", "confusion_matrix") plus "confusion_matrix_normalized" (rows sum
          #        to 1, or 0 for a class without support) and "recall_vs_train_frequency":
@@ -91,7 +95,14 @@ from vidfeat.ingestion.manifest import ManifestError, manifest_path, read_manife
 from vidfeat.options import check_positive, checked
 from vidfeat.reporting.data import BETAS, build_report, usable_classes, video_table
 from vidfeat.reporting.evaluation import add_model
-from vidfeat.reporting.render import _fmt, _safe, document, render_html, render_markdown
+from vidfeat.reporting.render import (
+    _fmt,
+    _safe,
+    display_level,
+    document,
+    render_html,
+    render_markdown,
+)
 
 __all__ = ["BETAS", "ReportResult", "report", "load_source", "write_report", "summarize"]
 
@@ -270,13 +281,13 @@ def _model_plots(model: dict, out: Path) -> dict[str, Path]:
     made, curves = {}, {}
     for split, levels in model["results"].items():
         for level, m in levels.items():
-            key = f"confusion_{_safe(split)}_{level}"
+            key, shown = f"confusion_{_safe(split)}_{level}", display_level(model, level)
             made[key] = plots.confusion_heatmap(
                 out / f"{key}.png", model["class_names"], m["confusion_matrix"],
-                m["confusion_matrix_normalized"], f"{split}, {level} level (row-normalised)")
+                m["confusion_matrix_normalized"], f"{split}, {shown} level (row-normalised)")
             pts = [p for p in m["recall_vs_train_frequency"]
                    if p["train_count"] is not None and p["recall"] is not None]
-            curves[f"{split} {level}"] = ([p["class"] for p in pts], [p["train_count"] for p in pts],
+            curves[f"{split} {shown}"] = ([p["class"] for p in pts], [p["train_count"] for p in pts],
                                           [p["recall"] for p in pts])
     if model["train_frequency"]["source"] is not None:
         made["recall_vs_frequency"] = plots.recall_vs_frequency(out / "recall_vs_frequency.png",
@@ -319,7 +330,8 @@ def summarize(result: ReportResult, elapsed: float) -> str:
                      f"{_fmt(before['normalized_entropy'])}, Gini {_fmt(before['gini'])}.")
     if d["model"]:
         for split, levels in d["model"]["results"].items():
-            accs = ", ".join(f"{lvl} {_fmt(m['balanced_accuracy'])}" for lvl, m in levels.items())
+            accs = ", ".join(f"{display_level(d['model'], lvl)} {_fmt(m['balanced_accuracy'])}"
+                             for lvl, m in levels.items())
             parts.append(f"Model {split} balanced accuracy: {accs}.")
     warnings = d["warnings"]
     if warnings:

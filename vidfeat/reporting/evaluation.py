@@ -32,7 +32,10 @@ def add_model(data: dict, model_dir, table: pd.DataFrame) -> None:
     if not results:
         raise ValueError(f"{metrics_path}: no split with 'frame' or 'video' metrics "
                          "(expected {\"val\": {\"frame\": ..., \"video\": ...}, ...})")
+    from vidfeat.training.scoring import recorded_row_level
+
     data["model"] = {"path": str(model_dir), "class_names": class_names,
+                     "row_level": recorded_row_level(metrics),  # what "frame" results count
                      "train_frequency": {"source": freq_source, "counts": freq},
                      "features": config.get("features"),  # what the model was trained from
                      "results": results}
@@ -110,6 +113,8 @@ def _undefined_without_support(scores) -> dict:
 
 
 def _model_warnings(data: dict) -> list:
+    from vidfeat.training.scoring import level_name
+
     model, out = data["model"], []
     unknown = [c for c in model["class_names"] if data["classes"] and c not in data["classes"]]
     if unknown:
@@ -121,8 +126,8 @@ def _model_warnings(data: dict) -> list:
                     if v.get("support", 0) > 0 and v.get("recall", 0) == 0]
             if zero:
                 names = ", ".join(map(repr, zero[:8])) + (", ..." if len(zero) > 8 else "")
-                out.append(_warn("zero_recall", f"{split} {level} level: the model never recognises "
-                                 f"{names} (recall 0)", zero))
+                out.append(_warn("zero_recall", f"{split} {level_name(level, model['row_level'])} "
+                                 f"level: the model never recognises {names} (recall 0)", zero))
     return out
 
 

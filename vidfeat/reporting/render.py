@@ -190,6 +190,10 @@ def _model_section(data: dict) -> list:
     for split, levels in model["results"].items():
         for level, m in levels.items():
             blocks += _evaluation_blocks(model, split, level, m)
+    if row_level(model) == "clip":
+        blocks.append(("p", ("Clip level: one row per clip of the clip ingest (the clip "
+                             "backbone's input); video level: the mean of a video's clip "
+                             "logits.")))
     if src is not None:
         blocks += [("h3", "Recall against training frequency"),
                    ("img", "recall_vs_frequency", "recall against training frequency")]
@@ -206,7 +210,7 @@ def _left_out_of_plot(model: dict) -> list[str]:
         for level, m in levels.items():
             names = tuple(p["class"] for p in m["recall_vs_train_frequency"] if not p["support"])
             if names:
-                absent.setdefault(names, []).append(f"{split} {level}")
+                absent.setdefault(names, []).append(f"{split} {display_level(model, level)}")
     for names, where in absent.items():
         notes.append(f"Not plotted for {' and '.join(where)}: {_names(list(names))} (no "
                      "examples there, so no recall).")
@@ -216,23 +220,39 @@ def _left_out_of_plot(model: dict) -> list[str]:
     return notes
 
 
+def row_level(model: dict) -> str:
+    """"clip" or "frame": what the model section's "frame" results count (``model["row_level"]``;
+    a report dict without it, written before clip features: "frame")."""
+    from vidfeat.training.scoring import recorded_row_level
+
+    return recorded_row_level(model)
+
+
+def display_level(model: dict, level: str) -> str:
+    """The name a reader sees for results key ``level`` of ``model``: "frame" or "clip" for the
+    row level, "video" for video."""
+    from vidfeat.training.scoring import level_name
+
+    return level_name(level, row_level(model))
+
+
 def _names(classes: list[str], limit: int = 12) -> str:
     more = len(classes) - limit
     return ", ".join(classes[:limit]) + (f" and {more} more" if more > 0 else "")
 
 
 def _evaluation_blocks(model: dict, split: str, level: str, m: dict) -> list:
-    names = model["class_names"]
+    names, shown = model["class_names"], display_level(model, level)
     freq = model["train_frequency"]["counts"]
     rows = [[c, _fmt(v.get("precision")), _fmt(v.get("recall")), _fmt(v.get("f1")),
              _fmt(v.get("support")), _fmt(freq.get(c))] for c, v in m["per_class"].items()]
-    blocks = [("h3", f"{split}, {level} level"),
+    blocks = [("h3", f"{split}, {shown} level"),
               ("p", f"n = {m.get('n', 'n/a')}; accuracy {_fmt(m['accuracy'])}; balanced accuracy "
                     f"{_fmt(m['balanced_accuracy'])}; macro F1 {_fmt(m['macro_f1'])}."),
               ("table", ["class", "precision", "recall", "F1", "support", "train frames"], rows)]
     absent = [c for c, v in m["per_class"].items() if not v.get("support")]
     if absent:
-        blocks.append(("p", f"n/a: no {split} {level}s of {_names(absent)} (support 0), so no "
+        blocks.append(("p", f"n/a: no {split} {shown}s of {_names(absent)} (support 0), so no "
                             "recall, precision or F1 to report."))
     if len(names) <= MAX_TABLE_CLASSES:
         cm, norm = m["confusion_matrix"], m["confusion_matrix_normalized"]
@@ -241,7 +261,8 @@ def _evaluation_blocks(model: dict, split: str, level: str, m: dict) -> list:
                  for i, row in enumerate(cm)]
         blocks.append(("table", ["true \\ predicted"] + names,
                        [[c] + r for c, r in zip(names, cells)]))
-    blocks.append(("img", f"confusion_{_safe(split)}_{level}", f"confusion matrix {split} {level}"))
+    # the plot's key (its file name) keeps the results key: stable names for existing readers
+    blocks.append(("img", f"confusion_{_safe(split)}_{level}", f"confusion matrix {split} {shown}"))
     return blocks
 
 

@@ -1,7 +1,8 @@
 """Train heads on cached features (``vidfeat train``) and evaluate them (``vidfeat evaluate``).
 
 ``train`` reads an extract HDF5 file (``FeatureStore``), trains on the train split, early-stops on
-val, evaluates on val and test at frame and video level, and writes MODEL_DIR (its files are
+val, evaluates on val and test at row level (frames, or clips for clip features: metrics.json's
+``row_level``) and video level, and writes MODEL_DIR (its files are
 described and written by ``vidfeat.training.model_dir``). Features come from
 ``vidfeat.training.sources`` (in memory, or streamed when they exceed ``max_memory``); ``unfreeze``
 is ``vidfeat.training.finetune``.
@@ -36,8 +37,11 @@ from vidfeat.training.model_dir import load_head
 from vidfeat.training.scoring import (
     SELECTION_RULE,
     flat,
+    level_name,
     log_loss,
     metric_fn,
+    recorded_row_level,
+    row_level,
     select_config,
     split_metrics,
 )
@@ -70,7 +74,8 @@ SWEEPABLE = {"lr": float, "weight_decay": float, "logit_adjust": float, "dropout
 # ----------------------------------------------------------------------------------- results
 @dataclass
 class TrainResult:
-    """What ``train`` returns; ``metrics`` is what ``metrics.json`` holds."""
+    """What ``train`` returns; ``metrics`` is what ``metrics.json`` holds (its ``row_level``,
+    "frame" or "clip", names what its "frame" metrics count)."""
     model_dir: Path
     metrics: dict
     config: dict
@@ -81,13 +86,16 @@ class TrainResult:
     note: str = ""                       # how a sweep's tie at the top was broken
 
     def summary(self) -> str:
+        rows = level_name("frame", recorded_row_level(self.metrics))
+
         def head(split):
             m = (self.metrics.get(split) or {}).get("frame")
             v = (self.metrics.get(split) or {}).get("video")
             if not m:
                 return f"{split}: no samples"
-            return (f"{split} accuracy {m['accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}, "
-                    f"macro-F1 {m['macro_f1']:.3f} (video balanced {v['balanced_accuracy']:.3f})")
+            return (f"{split} {rows} accuracy {m['accuracy']:.3f}, balanced "
+                    f"{m['balanced_accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f} (video balanced "
+                    f"{v['balanced_accuracy']:.3f})")
         n = len(self.sweep) if self.sweep else 1
         chosen = ", ".join(f"{k}={v}" for k, v in self.selected.items() if k != "best_epoch")
         chosen = f"selected {chosen}, " if chosen else ""
@@ -283,6 +291,7 @@ def _train_store(store, model_dir: Path, configs: list[HeadConfig], grid: dict, 
         else:
             metrics = {s: _evaluate_split(model, store, s, fit.names, dev, budget, stream_rows)
                        for s in ("val", "test")}
+        metrics = {"row_level": row_level(config["preprocessing"]), **metrics}
         md.save_head(stage, model.state_dict())
         if sweep_table:
             md.write_sweep(stage, sweep_table)
@@ -372,7 +381,8 @@ def _evaluate_split(model, store, split, names, dev, budget, stream_rows) -> dic
 @checked
 def evaluate(model_dir, features, *, split: str = "test", device: str = "auto",
              output: str | Path | None = None, max_memory: int | str | None = None) -> dict:
-    """Metrics of MODEL_DIR's head on FEATURES' ``split``: ``{"frame": M, "video": M}``.
+    """Metrics of MODEL_DIR's head on FEATURES' ``split``: ``{"row_level": "frame" | "clip",
+    "frame": M, "video": M}`` ("frame": the row level, frames or clips for clip features).
 
     Written to ``output`` (default ``MODEL_DIR/evaluate_<split>.json``). The feature file must come
     from the same backbone, feature size and classes as the model's training features. When it
@@ -390,7 +400,8 @@ def evaluate(model_dir, features, *, split: str = "test", device: str = "auto",
         budget = parse_size(max_memory) or auto_memory(dev)
         stream_rows = max(1024, budget // 2 // (4 * store.feature_dim))
         src, _ = split_source(store, split, device=dev, budget=budget, stream_rows=stream_rows)
-        metrics = _evaluate_source(model, src, config["class_names"], dev)
+        metrics = {"row_level": row_level(store.attrs),
+                   **_evaluate_source(model, src, config["class_names"], dev)}
         out = {"features": str(Path(store.path).resolve()), "fingerprint": store.fingerprint,
                "split": split, **metrics}
     md.write_evaluation(Path(output) if output else md.evaluation_path(model_dir, split), out)

@@ -54,7 +54,7 @@ def classification_metrics(y_true, y_pred, class_names: list[str]) -> dict:
 
 
 def video_level(logits: np.ndarray, video_ids, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean frame logits per video -> (video_logits, video_labels, unique_video_ids), sorted by id."""
+    """Mean row (frame or clip) logits per video -> (video_logits, video_labels, unique_video_ids), sorted by id."""
     video_ids = np.asarray(video_ids)
     uniq, inverse = np.unique(video_ids, return_inverse=True)
     sums = np.zeros((len(uniq), logits.shape[1]), dtype=np.float64)

@@ -4,7 +4,9 @@
 - ``backbone.pt``   the fine-tuned backbone's tensors (only after ``unfreeze``)
 - ``config.json``   what predict needs to redo extraction and run the head, what the model was
                     trained from (``features``) and the sha256 of the other files (``sha256``)
-- ``metrics.json``  ``{"val": {"frame": M, "video": M}, "test": {...}}``
+- ``metrics.json``  ``{"row_level": "frame" | "clip", "val": {"frame": M, "video": M},
+                    "test": {...}}``: "frame" is the row level, frames or clips for clip
+                    features, as ``row_level`` says (absent in older models: frames)
 - ``sweep.csv``/``sweep.json``  one row per configuration of a sweep
 - ``evaluate_<split>.json``     written by ``vidfeat evaluate``
 

@@ -1,4 +1,11 @@
-"""Frame- and video-level metrics of a split, and the select-metric callbacks of training."""
+"""Row- and video-level metrics of a split, and the select-metric callbacks of training.
+
+A feature file's rows are frames, or clips for clip features (a clip backbone on a clip ingest:
+its ``input_kind`` attribute is "clip"). The metrics keep the key ``"frame"`` for the row level
+either way (existing readers index it); ``metrics.json``, ``evaluate_<split>.json`` and the
+report's model section add ``"row_level": "clip" | "frame"``, and every display names the row
+level by it (``level_name``). Files written before it existed have no field: frames.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -7,10 +14,51 @@ import numpy as np
 
 from vidfeat.training.metrics import classification_metrics, video_level
 
+ROW_LEVELS = ("frame", "clip")
+
+
+def row_level(preprocessing) -> str:
+    """"clip" when ``preprocessing`` (feature-file attributes or config.json's ``preprocessing``)
+    records ``input_kind`` "clip", else "frame".
+
+    Parameters
+    ----------
+    preprocessing : mapping
+    """
+    kind = preprocessing.get("input_kind")
+    return "clip" if (kind.decode() if isinstance(kind, bytes) else kind) == "clip" else "frame"
+
+
+def recorded_row_level(record) -> str:
+    """The ``row_level`` a metrics record (metrics.json, an evaluation, the report's model
+    section) holds; "frame" where it has none (written before clip features) or an unknown one.
+
+    Parameters
+    ----------
+    record : dict (anything else reads as "frame")
+    """
+    level = record.get("row_level") if isinstance(record, dict) else None
+    return level if level in ROW_LEVELS else "frame"
+
+
+def level_name(level: str, row_level: str = "frame") -> str:
+    """What a user reads for the metrics key ``level``: the row level ("frame" or "clip") for
+    the key "frame", the key itself otherwise ("video").
+
+    Parameters
+    ----------
+    level : str
+        A metrics key: "frame" (the row level) or "video".
+    row_level : str
+        "frame" or "clip" (``row_level`` / ``recorded_row_level``).
+    """
+    return row_level if level == "frame" else level
+
 
 def split_metrics(logits: np.ndarray, y: np.ndarray, video_id: np.ndarray,
                   class_names: list[str]) -> dict:
-    """``{"frame": M, "video": M}`` for one split (video: mean of a video's frame logits).
+    """``{"frame": M, "video": M}`` for one split: "frame" is the row level (frames, or clips for
+    clip features), "video" scores each video by the mean of its rows' logits.
 
     Parameters
     ----------
@@ -31,7 +79,7 @@ def metric_fn(select_metric: str, class_names: list[str],
     Parameters
     ----------
     select_metric : str
-        A frame metric name (``balanced_accuracy``…) or ``video_`` + one.
+        A row-level (frame or clip) metric name (``balanced_accuracy``…) or ``video_`` + one.
     class_names : list of str
     video_id : (n,) str array
         The videos of the rows the metric will be called on.
