@@ -150,6 +150,7 @@ from vidfeat.files import FileLock
 lock = FileLock(sys.argv[1]).__enter__()
 pid = os.fork()
 if pid == 0:  # a DataLoader-style worker: outlives its parent
+    print("forked", flush=True)  # fork's hooks have run in this child by now
     time.sleep(60)
     os._exit(0)
 print(pid, flush=True)
@@ -161,7 +162,10 @@ def test_a_forked_child_does_not_keep_a_killed_parents_lock(tmp_path):
     lock = tmp_path / "out.lock"
     proc = subprocess.Popen([sys.executable, "-c", FORKING_HOLDER, str(lock)],
                             stdout=subprocess.PIPE, text=True)
-    child = int(proc.stdout.readline())
+    # both lines, in either order: the child's once it runs (on a loaded machine the parent
+    # can be killed before the child was scheduled at all), the parent's with the child's pid
+    lines = {proc.stdout.readline().strip(), proc.stdout.readline().strip()}
+    child = int((lines - {"forked"}).pop())
     try:
         with pytest.raises(RuntimeError, match="is held"):
             FileLock(lock).__enter__()   # the parent holds it
