@@ -296,6 +296,8 @@ class _Cursor:
 
     def __init__(self, container, stream):
         self.container, self.stream, self.tb = container, stream, stream.time_base
+        # int / int is correctly rounded: float(pts * tb) bit for bit, without a Fraction a frame
+        self.tb_num, self.tb_den = self.tb.numerator, self.tb.denominator
         self.start = float(stream.start_time * self.tb) if stream.start_time is not None else 0.0
         self.keys = _index_keyframes(stream)
         self.frames = None            # decoded-frame iterator since the last seek
@@ -377,7 +379,7 @@ class _Cursor:
 
     def _time(self, frame) -> float:
         if frame.pts is not None:
-            return float(frame.pts * self.tb)
+            return frame.pts * self.tb_num / self.tb_den
         prev = self.prev[0] if self.prev else self.start
         return prev + 1e-6  # no pts: keep order, right after the previous frame
 
