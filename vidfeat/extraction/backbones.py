@@ -12,7 +12,6 @@ GPU after ``decode_jpeg``) and only uint8 travels. Extract, unfreezing and predi
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 import os
@@ -26,6 +25,7 @@ from torch import nn
 from vidfeat.extraction.video_backbones import (
     VIDEO_HEADS,
     ClipPreprocess,
+    _mean_std,  # one cached copy of the normalisation constants per device, frames and clips
     clip_defaults,
     clip_preprocess_for,
     is_clip_model,
@@ -57,14 +57,6 @@ RANDOM_INIT_SEED = 0
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 TIMM_PREFIX = "timm:"
 _CROP_MODES = ("center", "squash")
-
-
-@functools.lru_cache(maxsize=16)
-def _mean_std(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    # cached: a fresh host-to-device copy per batch would stall the GPU pipeline
-    def as_tensor(v):
-        return torch.tensor(v, dtype=torch.float32).view(3, 1, 1).to(device)
-    return as_tensor(mean), as_tensor(std)
 
 
 @dataclass(frozen=True)

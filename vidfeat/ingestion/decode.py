@@ -105,10 +105,7 @@ def decode_frames(path, probe: ProbeResult, spec: SamplingSpec, out_dir, *, n: i
     written: list[Path] = []
     try:
         with open_video(path) as container:
-            if not container.streams.video:
-                raise VideoError("no video stream")
-            stream = container.streams.video[0]
-            _configure(stream, threads)
+            stream = _video_stream(container, threads)
             if spec.mode == "keyframes":
                 frames = _keyframes(container, stream)
             else:
@@ -120,6 +117,15 @@ def decode_frames(path, probe: ProbeResult, spec: SamplingSpec, out_dir, *, n: i
         if isinstance(exc, (VideoError, StorageError)):
             raise
         raise VideoError(f"decode failed ({error_reason(exc)})") from None
+
+
+def _video_stream(container, threads: int | None):
+    """The container's first video stream, its decoder threads set; VideoError when it has none."""
+    if not container.streams.video:
+        raise VideoError("no video stream")
+    stream = container.streams.video[0]
+    _configure(stream, threads)
+    return stream
 
 
 def _configure(stream, threads: int | None) -> None:
@@ -417,11 +423,7 @@ def decode_clips(path, probe: ProbeResult, spec: SamplingSpec, out_dir, *, n: in
     store = _ClipStore(probe, spec, out)
     try:
         with open_video(path) as container:
-            if not container.streams.video:
-                raise VideoError("no video stream")
-            stream = container.streams.video[0]
-            _configure(stream, threads)
-            cursor = _Cursor(container, stream)
+            cursor = _Cursor(container, _video_stream(container, threads))
             for k, clip in enumerate(plan_clips(probe, spec, n=n)):
                 shown = cursor.clip_frames([t for t, _ in clip])
                 for pos, ((_, padded), item) in enumerate(zip(clip, shown)):
