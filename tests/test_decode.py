@@ -243,13 +243,16 @@ def _corrupt_after(path, fraction):
     return path
 
 
-def test_undecodable_video_raises_and_leaves_nothing(video, tmp_path):
+@pytest.mark.parametrize("spec", [SamplingSpec(frames_per_video=4, size=48),
+                                  SamplingSpec(clips_per_video=2, clip_len=4, size=48)],
+                         ids=["frames", "clips"])
+def test_undecodable_video_raises_and_leaves_nothing(video, tmp_path, spec):
     p = video("bad.mp4", duration=1.0, fps=10)
     probe = probe_video(p)
     _corrupt_after(p, 0.0)
     out = tmp_path / "out"
     with pytest.raises(VideoError, match="no frame decodes|does not decode"):
-        decode_frames(p, probe, SamplingSpec(frames_per_video=4, size=48), out)
+        decode_frames(p, probe, spec, out)
     assert list(out.iterdir()) == []
 
 
@@ -396,15 +399,6 @@ def test_sparse_clips_seek_once_each_and_do_not_decode_the_whole_video(tmp_path,
     expected = [int(t * 25 + 1e-6) for clip in targets for t in clip]  # CFR from 0: frame k at k/25
     assert [r.frame_index for r in recs] == expected
 
-
-def test_undecodable_video_with_clips_raises_and_leaves_nothing(video, tmp_path):
-    p = video("bad.mp4", duration=1.0, fps=10)
-    probe = probe_video(p)
-    _corrupt_after(p, 0.0)
-    out = tmp_path / "out"
-    with pytest.raises(VideoError, match="no frame decodes|does not decode"):
-        decode_frames(p, probe, SamplingSpec(clips_per_video=2, clip_len=4, size=48), out)
-    assert list(out.iterdir()) == []
 
 def test_same_frames_give_the_same_jpeg_bytes(video, tmp_path):
     """A frame's JPEG bytes (hashed as provenance) depend on the frame only, also at sizes that
