@@ -150,6 +150,34 @@ def test_sixteen_frames_do_not_decode_the_whole_video(long_clip, tmp_path, monke
     assert counter.frames <= 16 * 26 < probe.frame_count / 3
 
 
+class _Fed:
+    """Counts the packets with data fed to the decoder (wraps decode._decode; decoding is real)."""
+
+    def __init__(self, monkeypatch):
+        self.packets = 0
+        real = decode._decode
+
+        def counting(packets):
+            def fed():
+                for packet in packets:
+                    self.packets += packet.size > 0
+                    yield packet
+            yield from real(fed())
+        monkeypatch.setattr(decode, "_decode", counting)
+
+
+def test_mp4_targets_decode_only_the_frames_up_to_them(long_clip, tmp_path, monkeypatch):
+    """In MP4 (real dts) a target followed by a seek decodes its GOP prefix and nothing after
+    it: not the next frame that decoding on would need, nor frames in flight a seek drops."""
+    fed = _Fed(monkeypatch)
+    probe = probe_video(long_clip)
+    recs = decode_frames(long_clip, probe, SamplingSpec(size=24), tmp_path, threads=4)
+    shown = [int(t * 25 + 1e-6) for t in sorted(plan_times(probe, SamplingSpec()))]  # k at k/25
+    assert [r.frame_index for r in recs] == shown
+    # 16 targets 3.75 s apart, a keyframe every 25 frames: each decodes from its keyframe
+    assert fed.packets == sum(f - f // 25 * 25 + 1 for f in shown)
+
+
 def test_keyframes_mode_decodes_keyframes_only(long_clip, tmp_path, monkeypatch):
     with av.open(str(long_clip)) as c:
         s = c.streams.video[0]

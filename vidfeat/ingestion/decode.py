@@ -301,33 +301,71 @@ class _Cursor:
     """Frames shown at sorted target times, seeking only when that beats decoding on."""
 
     def __init__(self, container, stream):
+        import av
+
         self.container, self.stream, self.tb = container, stream, stream.time_base
         # int / int is correctly rounded: float(pts * tb) bit for bit, without a Fraction a frame
         self.tb_num, self.tb_den = self.tb.numerator, self.tb.denominator
         self.start = float(stream.start_time * self.tb) if stream.start_time is not None else 0.0
         self.keys = _index_keyframes(stream)
+        # MP4's sample table gives every packet its real dts, <= its pts (libavformat shifts dts
+        # for negative composition offsets). Elsewhere dts may be missing, equal to pts out of
+        # decode order (Matroska) or made up (AVI), so no packet is known to be past a target.
+        self.dts_exact = bool(self.keys) and "mp4" in container.format.name.split(",")
+        self.drain = av.Packet()  # an empty packet: the decoder gives out all it holds
+        self.drain.stream = stream
         self.frames = None            # decoded-frame iterator since the last seek
         self.prev = self.next = None  # (time, frame): last shown <= target, first one after it
         self.ended = False            # the iterator reached the end of the stream
+        self.cut = None               # set: packets after this time are not fed (see _show)
+        self.was_cut = False          # the feeder stopped at ``cut`` and drained the decoder
 
     def frames_at(self, targets):
-        for t in sorted(targets):
-            if self._should_seek(t):
-                self._seek_covering(t)
-            else:
-                self._advance(t)
+        ts = sorted(targets)
+        for t, then in zip(ts, [*ts[1:], None]):
+            self._show(t, may_seek=True, then=then)
             if self.prev is not None:
                 yield self.prev
 
-    def clip_frames(self, targets):
+    def clip_frames(self, targets, *, then: float | None = None):
         """(time, frame) shown at each of one clip's sorted ``targets``, one item per target:
-        seeks (if at all) for the first target only, then decodes forward within the clip."""
+        seeks (if at all) for the first target only, then decodes forward within the clip.
+        ``then``: the first target of the next clip (None: this is the last)."""
+        last = len(targets) - 1
         for i, t in enumerate(targets):
-            if i == 0 and self._should_seek(t):
-                self._seek_covering(t)
-            else:
-                self._advance(t)
+            self._show(t, may_seek=i == 0, then=then, may_cut=i == last)
             yield self.prev
+
+    def _show(self, t: float, *, may_seek: bool, then: float | None, may_cut: bool = True):
+        """Make ``prev`` the frame shown at ``t``. When the next target ``then`` will seek anyway
+        (a keyframe lies between; None: no next target), only packets that can be shown at
+        ``t`` are decoded and the decoder is drained: the frame after ``t`` that decoding on
+        would need to prove ``prev`` is the one shown, and the frames in flight that the seek
+        would throw away, are never decoded (~2 frames a seek with 2 frame threads)."""
+        self.cut = t if may_cut and self._seek_follows(t, then) else None
+        self.was_cut = False
+        if may_seek and self._should_seek(t):
+            self._seek_covering(t)
+        else:
+            self._advance(t)
+        if self.was_cut:  # the decoder was drained: it takes no more packets until a seek
+            self.frames = None
+
+    def _seek_follows(self, t: float, then: float | None) -> bool:
+        if not self.dts_exact:
+            return False
+        return then is None or bisect.bisect_right(self.keys, then) > bisect.bisect_right(self.keys, t)
+
+    def _feed(self):
+        """Packets since the last seek; with ``cut`` set, up to the first whose dts is after it
+        (its pts, and every later packet's, are later still), then the drain packet."""
+        for packet in _packets(self.container, self.stream):
+            cut, dts = self.cut, packet.dts
+            if cut is not None and dts is not None and dts * self.tb_num / self.tb_den > cut + TIME_EPS:
+                self.was_cut = True
+                yield self.drain
+                return
+            yield packet
 
     def _position(self) -> float | None:
         cur = self.next or self.prev
@@ -366,7 +404,7 @@ class _Cursor:
     def _seek(self, at: float) -> None:
         offset = math.floor(at / self.tb)
         self.container.seek(offset, stream=self.stream, backward=True, any_frame=False)
-        self.frames = _decode(_packets(self.container, self.stream))
+        self.frames = _decode(self._feed())
         self.prev = self.next = None
         self.ended = False
 
@@ -424,8 +462,10 @@ def decode_clips(path, probe: ProbeResult, spec: SamplingSpec, out_dir, *, n: in
     try:
         with open_video(path) as container:
             cursor = _Cursor(container, _video_stream(container, threads))
-            for k, clip in enumerate(plan_clips(probe, spec, n=n)):
-                shown = cursor.clip_frames([t for t, _ in clip])
+            plan = plan_clips(probe, spec, n=n)
+            for k, clip in enumerate(plan):
+                then = plan[k + 1][0][0] if k + 1 < len(plan) else None
+                shown = cursor.clip_frames([t for t, _ in clip], then=then)
                 for pos, ((_, padded), item) in enumerate(zip(clip, shown)):
                     store.add(item, k, pos, padded)
         return store.records
