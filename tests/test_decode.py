@@ -178,6 +178,16 @@ def test_mp4_targets_decode_only_the_frames_up_to_them(long_clip, tmp_path, monk
     assert fed.packets == sum(f - f // 25 * 25 + 1 for f in shown)
 
 
+def test_a_target_before_the_first_frame_shows_the_first_frame(clips):
+    """Before the first frame nothing is shown yet; the cursor gives the first frame (as a
+    player starting there would), in MP4 too, where decoding stops at the target's packets."""
+    for name in ("bframes.mp4", "gop.mkv"):
+        ref = full_decode(clips[name])
+        with av.open(str(clips[name])) as c:
+            shown = list(decode._Cursor(c, c.streams.video[0]).frames_at([-0.5, ref[0][0]]))
+        assert [time for time, _ in shown] == [ref[0][0]] * 2
+
+
 def test_keyframes_mode_decodes_keyframes_only(long_clip, tmp_path, monkeypatch):
     with av.open(str(long_clip)) as c:
         s = c.streams.video[0]

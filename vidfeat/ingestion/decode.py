@@ -9,6 +9,8 @@ How (PyAV, in-process, one frame in memory at a time whatever the video's length
   the last frame with pts <= t (what a player shows at t); a seek that lands after ``t`` (some
   containers, e.g. MPEG-TS) is retried further back. B-frames are handled by the decoder
   (frames come out in presentation order) and non-zero start times by using absolute pts.
+  In MP4, whose packets carry their real dts, a target that the next seek will leave behind
+  feeds the decoder only the packets up to it and drains it: no frame after it is decoded.
 - ``keyframes``: only keyframe packets reach the decoder (``skip_frame="NONKEY"`` too). In MP4/MOV,
   whose sample table lists every keyframe, each is reached by a seek and nothing else is read;
   elsewhere every packet is demuxed and the keyframes kept.
@@ -354,14 +356,15 @@ class _Cursor:
     def _seek_follows(self, t: float, then: float | None) -> bool:
         if not self.dts_exact:
             return False
-        return then is None or bisect.bisect_right(self.keys, then) > bisect.bisect_right(self.keys, t)
+        keys = bisect.bisect_right
+        return then is None or keys(self.keys, then) > keys(self.keys, t)  # a keyframe in (t, then]
 
     def _feed(self):
         """Packets since the last seek; with ``cut`` set, up to the first whose dts is after it
         (its pts, and every later packet's, are later still), then the drain packet."""
         for packet in _packets(self.container, self.stream):
             cut, dts = self.cut, packet.dts
-            if cut is not None and dts is not None and dts * self.tb_num / self.tb_den > cut + TIME_EPS:
+            if cut is not None and dts is not None and self._seconds(dts) > cut + TIME_EPS:
                 self.was_cut = True
                 yield self.drain
                 return
@@ -397,6 +400,10 @@ class _Cursor:
             if self.prev is not None:
                 return
             if at < self.start - 1.0:
+                if self.next is None and self.cut is not None:  # the cut stopped before it
+                    self.cut = None
+                    self._seek(at)
+                    self._advance(t)
                 self.prev, self.next = self.next, None
                 return
             back = max(1.0, back * 2)
@@ -406,7 +413,7 @@ class _Cursor:
         self.container.seek(offset, stream=self.stream, backward=True, any_frame=False)
         self.frames = _decode(self._feed())
         self.prev = self.next = None
-        self.ended = False
+        self.ended = self.was_cut = False
 
     def _advance(self, t: float) -> None:
         """Decode on until the next frame is after ``t``; ``prev`` is then the frame shown at t."""
@@ -421,9 +428,12 @@ class _Cursor:
                 return
             self.prev, self.next = self.next, None
 
+    def _seconds(self, ticks: int) -> float:
+        return ticks * self.tb_num / self.tb_den
+
     def _time(self, frame) -> float:
         if frame.pts is not None:
-            return frame.pts * self.tb_num / self.tb_den
+            return self._seconds(frame.pts)
         prev = self.prev[0] if self.prev else self.start
         return prev + 1e-6  # no pts: keep order, right after the previous frame
 
