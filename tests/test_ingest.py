@@ -716,3 +716,26 @@ def test_one_warm_child_per_worker_for_the_whole_run(tiny_dataset, tmp_path, mon
     result = ingest(tiny_dataset, tmp_path / "out", frames_per_video=2, size=32, jobs=2,
                     progress=False)
     assert result.n_ok == 12 and len(started) == 2
+
+
+def test_resume_hashes_a_jpeg_shared_by_clip_rows_once(tmp_path, monkeypatch):
+    """A frame shown by several clip rows has one JPEG: checking a journal entry reads and
+    hashes it once, and a damaged one still makes the entry not intact."""
+    import hashlib
+
+    import vidfeat.files
+    from vidfeat.ingestion.tasks import frames_dir, frames_intact
+
+    folder = frames_dir(tmp_path, "v")
+    folder.mkdir(parents=True)
+    rows = []
+    for name, data in (("000000.jpg", b"a" * 10), ("000001.jpg", b"b" * 12)):
+        (folder / name).write_bytes(data)
+        rows.append([0, 0.0, name, len(data), hashlib.sha256(data).hexdigest()[:32]])
+    shared = [rows[0], rows[0], rows[1], rows[0], rows[1]]  # padded and repeated clip rows
+    calls = []
+    real = vidfeat.files.hash_bytes
+    monkeypatch.setattr(vidfeat.files, "hash_bytes", lambda d: calls.append(d) or real(d))
+    assert frames_intact(tmp_path, "v", shared) and len(calls) == 2
+    (folder / "000001.jpg").write_bytes(b"c" * 12)  # same length, other bytes
+    assert not frames_intact(tmp_path, "v", shared)

@@ -48,12 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="features held in memory up to this size (e.g. 4GB), else streamed; "
                         "default: half of free memory")
     p.add_argument("--unfreeze", action="store_true", default=d["unfreeze"],
-                   help="then fine-tune backbone and head end to end on the stored frames")
+                   help="then fine-tune backbone and head end to end on the stored frames (or clips)")
     p.add_argument("--frames", default=d["frames"], metavar="OUTDIR",
                    help="ingest folder with the stored frames (default: the one recorded)")
     p.add_argument("--unfreeze-epochs", type=int, default=d["unfreeze_epochs"])
     p.add_argument("--unfreeze-batch-size", type=int, default=d["unfreeze_batch_size"],
-                   help="frames per fine-tuning step")
+                   help="frames (clips, for a clip backbone) per fine-tuning step")
     p.add_argument("--unfreeze-lr", type=float, default=d["unfreeze_lr"],
                    help="head lr when unfreezing")
     p.add_argument("--backbone-lr-scale", type=float, default=d["backbone_lr_scale"],
