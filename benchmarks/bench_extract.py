@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from _provenance import provenance
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -568,7 +569,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, metavar="PATH",
                     help="also write the results here (e.g. benchmarks/results/bench_extract.json)")
     args = ap.parse_args(argv)
-    result = {"host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
+    result = {**provenance(), "host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
               "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
     out = Path(args.json) if args.json else None
     if out is not None:

@@ -54,6 +54,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _provenance import provenance
+
 from vidfeat.media import ffmpeg_exe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -528,6 +530,7 @@ def run(quick: bool, cache: Path, *, rows_kind: str = "all", runs: int = RUNS) -
         shutil.rmtree(work, ignore_errors=True)
     long_s = duration_of(videos["long"][0])
     results = {
+        **provenance(),
         "quick": quick,
         "runs": runs,
         "repeat": REPEAT,
@@ -616,7 +619,7 @@ def many_core_rows(args, save=None) -> dict:
     ``--minutes 0``) the 720p rows. Video generation time is reported apart."""
     cache = Path(args.cache)
     w, h = (int(v) for v in args.scaling_size.split("x"))
-    results = {"cores": len(os.sched_getaffinity(0)), "jobs": args.jobs_scaling,
+    results = {**provenance(), "cores": len(os.sched_getaffinity(0)), "jobs": args.jobs_scaling,
                "repeat": REPEAT, "minutes": args.minutes, "scaling_videos": args.scaling_videos,
                "scaling_video": {"seconds": args.scaling_seconds, "size": args.scaling_size},
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),

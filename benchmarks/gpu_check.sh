@@ -24,7 +24,8 @@
 #   given wins), e.g. GPU_CHECK_INGEST_ARGS="--scaling-seconds 20" for longer small videos.
 #
 # The lead's device-tool call (after `bash benchmarks/gpu_wheels.sh` here):
-#   run(command='bash benchmarks/gpu_check.sh "$OUT"', carry=[".whl"], timeout_s=590)
+#   run(command='BENCH_COMMIT=<git rev-parse HEAD here> bash benchmarks/gpu_check.sh "$OUT"',
+#       carry=[".whl"], timeout_s=590)      (the copy there has no .git: the JSON's commit)
 # then commit <files_at>/bench_extract_gpu_<card>.json and bench_ingest_<cores>c.json into
 # benchmarks/results/. What comes back (7 files at most, the device tool takes 8):
 #   gpu_check.log (every step's output), gpu_check_summary.json (per step: limit, seconds,
