@@ -1,5 +1,6 @@
 """decode: sampled frames are exactly what a full decode shows at each time, found by seeking."""
 import hashlib
+import random
 import struct
 
 import av
@@ -93,6 +94,43 @@ def test_uniform_frames_are_exact(clips, tmp_path, name):
 def test_fps_mode_is_exact(clips, tmp_path, name):
     recs = assert_exact(clips[name], SamplingSpec(mode="fps", fps=3, size=48), tmp_path)
     assert len(recs) >= 8
+
+
+def _shown_by_cursor(container, targets, clips):
+    """(time, RGB) the cursor gives for sorted ``targets``: one ``frames_at`` call, or with
+    ``clips`` the targets cut into consecutive clips, each a ``clip_frames`` call."""
+    cursor = decode._Cursor(container, container.streams.video[0])
+    if not clips:
+        shown = list(cursor.frames_at(targets))
+    else:
+        cuts = sorted({0, len(targets), *random.Random(len(targets)).sample(range(len(targets)),
+                                                                           k=len(targets) // 3)})
+        groups = [targets[a:b] for a, b in zip(cuts, cuts[1:])]
+        shown = []
+        for k, group in enumerate(groups):
+            then = groups[k + 1][0] if k + 1 < len(groups) else None
+            shown += list(cursor.clip_frames(group, then=then))
+    return [(t, f.to_ndarray(format="rgb24", interpolation=EXACT_RGB)) for t, f in shown]
+
+
+@pytest.mark.parametrize("clips_", [False, True], ids=["frames", "clips"])
+@pytest.mark.parametrize("name", ["bframes.mp4", "vfr.mp4", "gop.mkv", "start.ts"])
+def test_random_targets_give_the_frames_shown_there(clips, name, clips_):
+    """The cursor (seek or decode on; in MP4, feeding packets up to a target and draining)
+    against a full decode on 25 random sorted target sets: before the first frame, past the
+    last, exactly on a frame, repeated. Same pts and the very same pixels."""
+    ref = full_decode(clips[name])
+    times = [t for t, _ in ref]
+    rng = random.Random(name)
+    with av.open(str(clips[name])) as c:
+        for _ in range(25):
+            targets = [rng.uniform(times[0] - 0.3, times[-1] + 0.3) for _ in range(rng.randint(1, 9))]
+            targets += rng.sample(times, k=2) + [targets[0]]
+            targets.sort()
+            got = _shown_by_cursor(c, targets, clips_)
+            expected = [ref[shown_at(ref, t)] for t in targets]
+            assert [t for t, _ in got] == [t for t, _ in expected], targets
+            assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, expected)), targets
 
 
 def test_nonzero_start_timestamps_are_absolute(clips, tmp_path):
