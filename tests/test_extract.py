@@ -21,7 +21,7 @@ from vidfeat.extraction.backbones import create_backbone, load_image
 from vidfeat.extraction.cache import FeatureStore, merge, output_lock
 from vidfeat.extraction.defaults import loader_defaults as _defaults
 from vidfeat.extraction.defaults import resolve_decode
-from vidfeat.extraction.integrity import CorruptFeatureFile, attrs_digest
+from vidfeat.extraction.integrity import CorruptFeatureFile, attrs_digest, features_fingerprint
 from vidfeat.extraction.single import parse_shard, shard_rows
 from vidfeat.files import StorageError
 from vidfeat.ingestion.manifest import read_manifest, write_manifest
@@ -530,6 +530,40 @@ def test_reingest_brings_the_features_up_to_date(real_ingest, tmp_path):
     ingest(src, ing, frames_per_video=2, split=(1, 0, 0), size=128, progress=False)
     result = extract(ing, out, **OPTS)
     assert result.update.startswith("kept 0 rows") and "computing 6" in result.update
+
+
+def test_a_file_resized_in_float_is_kept_whole_or_rebuilt_whole(real_ingest, tmp_path):
+    """Files of an older vidfeat (``resample`` not recorded: resized in float, 1 grey level off
+    on 3% of pixels) keep their fingerprint and are used as they are while complete; an update
+    after a re-ingest keeps none of their rows, so a file never mixes the two."""
+    from videos import make_video
+
+    from vidfeat.ingestion._ingest import ingest
+
+    src, ing = real_ingest
+    out = tmp_path / "f.h5"
+    extract(ing, out, **OPTS)
+    with h5py.File(out, "r+") as f:  # as a vidfeat before the attribute wrote it
+        assert f.attrs["resample"] == "uint8"
+        new_fp = f.attrs["features_fingerprint"]
+        del f.attrs["resample"]
+        f.attrs["features_fingerprint"] = features_fingerprint(f.attrs)
+        f.attrs["attrs_sha256"] = attrs_digest(f.attrs)
+        old_fp = f.attrs["features_fingerprint"]
+        assert old_fp != new_fp == features_fingerprint({**f.attrs, "resample": "uint8"})
+        assert old_fp == features_fingerprint({**f.attrs, "resample": "float"})
+    with FeatureStore(out) as s:
+        assert s.verify() == []
+    assert extract(ing, out, **OPTS).skipped  # complete: kept as it is
+    time.sleep(0.01)
+    make_video(src / "x" / "b.mp4", duration=1, fps=10, source="rgbtestsrc")
+    ingest(src, ing, frames_per_video=2, split=(1, 0, 0), progress=False)
+    result = extract(ing, out, **OPTS)
+    assert result.update.startswith("kept 0 rows") and "computing 6" in result.update
+    with FeatureStore(out) as s:
+        assert s.attrs["resample"] == "uint8"
+    fresh = _features(extract(ing, tmp_path / "fresh.h5", **OPTS).output)
+    assert all(np.array_equal(x, fresh[k]) for k, x in _features(out).items())
 
 
 def test_a_frame_rewritten_during_extraction_is_an_error_not_a_mix(real_ingest, tmp_path):

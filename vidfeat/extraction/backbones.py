@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vidfeat.extraction.preprocess import RESAMPLE, RESAMPLES, Preprocess  # noqa: F401 (API)
 from vidfeat.extraction.video_backbones import (
     VIDEO_HEADS,
     ClipPreprocess,
-    _mean_std,  # one cached copy of the normalisation constants per device, frames and clips
     clip_defaults,
     clip_preprocess_for,
     is_clip_model,
@@ -57,68 +57,6 @@ RANDOM_INIT_SEED = 0
 _INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 TIMM_PREFIX = "timm:"
 _CROP_MODES = ("center", "squash")
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """The one documented transform: uint8 RGB (N,3,H,W) -> normalised float (N,3,S,S).
-
-    ``resize_crop`` resizes the short side to ``resize_size`` (antialiased; with ``crop_mode``
-    "squash" both sides, ignoring the aspect ratio) and centre-crops ``input_size``, staying
-    uint8; ``normalize`` scales to [0, 1] and applies mean/std. This is exactly torchvision's
-    ``weights.transforms()`` (or timm's eval transform) on uint8 tensors.
-    """
-
-    resize_size: int
-    input_size: int
-    mean: tuple
-    std: tuple
-    interpolation: str = "bilinear"
-    crop_mode: str = "center"
-    kind = "frame"  # what it takes: frames (N,3,H,W); a ClipPreprocess takes clips
-
-    @property
-    def memory_format(self):
-        return torch.channels_last
-
-    def resize_crop(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """Resize short side and centre-crop; (…,3,H,W) uint8 in, (…,3,S,S) uint8 out."""
-        from torchvision.transforms import InterpolationMode
-        from torchvision.transforms import functional as F
-
-        mode = InterpolationMode(self.interpolation)
-        size = [self.resize_size] * (2 if self.crop_mode == "squash" else 1)
-        out = F.resize(images_uint8, size, interpolation=mode, antialias=True)
-        return F.center_crop(out, [self.input_size])
-
-    def normalize(self, images_uint8: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-        """uint8 (N,3,S,S) -> float ``dtype``, scaled to [0,1] then (x - mean) / std."""
-        mean, std = _mean_std(self.mean, self.std, images_uint8.device)
-        x = images_uint8.to(torch.float32).div_(255)
-        return x.sub_(mean).div_(std).to(dtype)
-
-    def __call__(self, images_uint8_nchw: torch.Tensor) -> torch.Tensor:
-        return self.normalize(self.resize_crop(images_uint8_nchw))
-
-    def as_attrs(self) -> dict:
-        # crop_mode only when not the default: files and fingerprints of "center" stay as they were
-        extra = {"crop_mode": self.crop_mode} if self.crop_mode != "center" else {}
-        return {"resize_size": self.resize_size, "input_size": self.input_size,
-                "mean": list(self.mean), "std": list(self.std),
-                "interpolation": self.interpolation, **extra}
-
-    @classmethod
-    def from_attrs(cls, attrs) -> "Preprocess":
-        """The preprocessing ``as_attrs`` recorded (feature-file attributes or config.json).
-
-        ``attrs``: a mapping with ``resize_size``, ``input_size``, ``mean``, ``std`` and
-        optionally ``interpolation`` and ``crop_mode``; a missing key raises KeyError naming it.
-        """
-        return cls(resize_size=int(attrs["resize_size"]), input_size=int(attrs["input_size"]),
-                   mean=tuple(float(v) for v in attrs["mean"]),
-                   std=tuple(float(v) for v in attrs["std"]),
-                   interpolation=str(attrs.get("interpolation") or "bilinear"),
-                   crop_mode=str(attrs.get("crop_mode") or "center"))
 
 
 def preprocess_from_attrs(attrs) -> Preprocess | ClipPreprocess:

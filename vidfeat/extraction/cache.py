@@ -54,8 +54,8 @@ REQUIRED_ATTRS = ("class_names", "backbone", "weights", "feature_dim", "manifest
                   "complete")
 JSON_ATTRS = ("class_names", "sampling")
 # attributes that must agree between shards of one extraction
-SHARD_INVARIANTS = ("backbone", "weights", "weights_sha256", "feature_dim", "input_size",
-                    "resize_size", "mean", "std", "interpolation", "precision", "dtype",
+SHARD_INVARIANTS = ("backbone", "weights", "weights_sha256", "feature_dim", "input_size", "mean",
+                    "std", "resize_size", "interpolation", "resample", "precision", "dtype",
                     "manifest_fingerprint", "class_names", "shard_count", "manifest_frames")
 LEVELS = ("frame", "video")
 # per-row strings written when the caller has them: file_hash, the hash of the JPEG bytes each

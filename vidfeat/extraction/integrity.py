@@ -76,6 +76,9 @@ def features_fingerprint(attrs: Mapping) -> str:
     data = {k: plain_attr(attrs.get(k)) for k in FINGERPRINT_ATTRS}
     if plain_attr(attrs.get("compile", False)):  # not bit-identical to eager; eager files
         data["compile"] = True  # (and those made before the option) keep their value
+    resample = plain_attr(attrs.get("resample") or "float")
+    if resample != "float":  # files made before it was recorded resized in float: theirs stays
+        data["resample"] = resample
     if int(plain_attr(attrs.get("shard_count", 1))) > 1:
         data.update(shard_index=plain_attr(attrs["shard_index"]),
                     shard_count=plain_attr(attrs["shard_count"]))

@@ -29,6 +29,7 @@ import torch
 from vidfeat import __version__
 from vidfeat.extraction import partial
 from vidfeat.extraction.backbones import (
+    RESAMPLE,
     Backbone,
     check_weights_available,
     create_backbone,
@@ -230,10 +231,12 @@ def _existing(output: Path, settings: dict, meta: pd.DataFrame) -> ReusePlan | N
                 raise FileExistsError(f"{output} exists with {key}={found[key]!r}, this run has "
                                       f"{settings[key]!r}; pass overwrite=True (--overwrite) to "
                                       "start over")
-            if not changed:
+            if not changed:  # complete; one made with another resample stays as it is
                 return None
-            return plan_reuse(s.column("frame_id"), s.optional_column("file_hash"),
-                              meta["frame_id"], meta["file_hash"])
+            # rows of another resample (an older vidfeat) differ slightly: none is kept
+            same = (s.attrs.get("resample") or "float") == settings["resample"]
+            return plan_reuse(s.column("frame_id"), s.optional_column("file_hash") if same
+                              else None, meta["frame_id"], meta["file_hash"])
     except (ValueError, OSError) as exc:
         if isinstance(exc, FileExistsError):
             raise
@@ -298,7 +301,9 @@ def extract_single(ingest_dir: str | os.PathLike, output: str | os.PathLike, *,
     settings = {"manifest_fingerprint": manifest_fingerprint(m), "backbone": backbone,
                 "weights": resolved, "weights_sha256": sha, "dtype": dtype, "precision": prec,
                 "shard": f"{i}/{n}", "batch_size": batch_size, "rows": len(meta), "decode": decode,
-                "compile": bool(compile)}
+                "compile": bool(compile),
+                # frame backbones resize as Preprocess does; clip backbones' own transform, float
+                "resample": RESAMPLE if kind == "frame" else "float"}
     with output_lock(output), _torch_threads(threads):
         if overwrite:
             discard_output(output)
@@ -331,7 +336,7 @@ def _compute(m: Manifest, meta: pd.DataFrame, output: Path, settings: dict,
     todo = meta if plan is None else meta.iloc[plan.todo]
     settings.update(rows=len(todo), update_of=_fingerprint_of(output) if plan else "")
     # an unfinished run over other frames (the manifest changed since): its rows are of no use
-    partial.discard_unless(output, settings, ("manifest_fingerprint", "update_of"))
+    partial.discard_unless(output, settings, ("manifest_fingerprint", "update_of", "resample"))
     done = partial.load_state(output, settings, (*SETTING_ATTRS, "update_of"))
     partial.start_state(output, settings)
     t_run = time.perf_counter()
