@@ -27,12 +27,17 @@ process's time goes: waiting for decoded batches, H2D copy, model, the writer's 
 ``--late-decodes gpu`` measures nvjpeg after them. Issue 14's goals on an H200: extract end
 to end >= 0.8x of forward and >= 10,000 frames/s (``benchmarks/gpu_check.sh`` runs it all).
 
+Worker core (``--resample-frames N``): one DataLoader worker's work per stored frame (read,
+decode, resize, crop; resnet50's preprocessing, one thread) with the resize in uint8 (Pillow's
+arithmetic, ``resample="uint8"``, now) and in float (``"float"``, before), frames/s and ratio:
+how many cores the input side of the GPU goal needs.
+
 Checksums: the same feature file (resnet50-sized rows, float16, real-looking ids) built and read
 back through ``FeatureFileBuilder``/``FeatureStore`` with and without integrity (fletcher32 on
 every dataset + fixed-length strings vs the older unfiltered, variable-length layout), runs
 alternated; the ratio of the best times. Goal: at most 1.05x (5% slower) for build + read.
 
-    python benchmarks/bench_extract.py [--cpu-frames 2000] [--gpu-frames 50000]
+    python benchmarks/bench_extract.py [--cpu-frames 2000] [--gpu-frames 50000] [--resample-frames 2000]
         [--clips 32] [--checksum-frames 20000] [--compile] [--gpus-all] [--profile-frames N]
         [--late-decodes gpu] [--json PATH]
 """
@@ -46,6 +51,7 @@ import sys
 import tempfile
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +70,7 @@ from vidfeat.extraction.backbones import (
 from vidfeat.extraction.cache import FeatureFileBuilder, FeatureStore, merge  # noqa: E402
 from vidfeat.extraction.defaults import PRECISIONS, resolve_decode  # noqa: E402
 from vidfeat.extraction.defaults import loader_defaults as _defaults
-from vidfeat.extraction.inputs import input_batches  # noqa: E402
+from vidfeat.extraction.inputs import FrameFiles, input_batches  # noqa: E402
 from vidfeat.extraction.single import compile_model, forward, prepare_model  # noqa: E402
 from vidfeat.ingestion.manifest import write_manifest  # noqa: E402
 
@@ -202,6 +208,30 @@ def bench_cpu(n: int, work: Path) -> dict:
             "vidfeat_fps_end_to_end": n / wall, "vidfeat_fps_pipeline": res.frames_per_s,
             "ratio": (n / wall) / base_fps, "precision": res.precision,
             "max_rel_diff_vs_classic": rel, "goal": 1.5}
+
+
+def bench_resample(n: int, work: Path, repeats: int = 3) -> dict:
+    """What one DataLoader worker core does per stored frame (read, decode, resize, crop:
+    ``FrameFiles``, resnet50's preprocessing, one thread) with ``resample`` uint8 (now)
+    and float (before), runs alternated, best of ``repeats``: the input side of the GPU goal."""
+    root = make_frames(work / "resample_ingest", n)
+    frames = pd.read_parquet(root / "frames.parquet")
+    pre, threads = preprocess_for("resnet50"), torch.get_num_threads()
+    torch.set_num_threads(1)
+    best = {}
+    try:
+        for _ in range(repeats):
+            for resample in ("uint8", "float"):
+                ds = FrameFiles(root, frames["path"].tolist(), replace(pre, resample=resample),
+                                decode=True)
+                t0 = time.perf_counter()
+                for i in range(len(ds)):
+                    ds[i]
+                best[resample] = max(best.get(resample, 0.0), n / (time.perf_counter() - t0))
+    finally:
+        torch.set_num_threads(threads)
+    return {"frames": n, "frame_size": "341x256", "uint8_fps_per_core": best["uint8"],
+            "float_fps_per_core": best["float"], "ratio": best["uint8"] / best["float"]}
 
 
 def forward_only(name: str, batch: int, precision: str, seconds: float = 5.0) -> float:
@@ -543,6 +573,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpu-frames", type=int, default=2000, help="0 skips the CPU section")
     ap.add_argument("--gpu-frames", type=int, default=50000, help="0 skips the GPU section")
+    ap.add_argument("--resample-frames", type=int, default=2000,
+                    help="frames of the per-worker-core row, resize in uint8 vs float; 0 skips")
     ap.add_argument("--gpu-batch", type=int, default=256)
     ap.add_argument("--gpu-workers", type=int, default=None,
                     help="DataLoader workers for both decodes (default: extract's own)")
@@ -606,6 +638,8 @@ def main(argv=None) -> int:
             gpu = guarded(lambda: bench_late_decodes(result["gpu"], Path(tmp), late,
                                                      args.gpu_batch, args.gpu_workers, save))
             save({**result["gpu"], **gpu} if "error" in gpu else gpu)
+        if args.resample_frames:
+            result["resample"] = bench_resample(args.resample_frames, Path(tmp))
         if args.cpu_frames:
             result["cpu"] = bench_cpu(args.cpu_frames, Path(tmp))
         if args.clips:
@@ -643,6 +677,11 @@ def print_table(r: dict) -> None:
               f"  plain loop           {c['plain_clips_per_s']:9.2f} clips/s\n"
               f"  vidfeat extract      {c['vidfeat_clips_per_s_end_to_end']:9.2f} clips/s  "
               f"ratio {c['ratio']:.2f}x  max rel diff {c['max_rel_diff_vs_plain']:.1e}")
+    if "resample" in r:
+        c = r["resample"]
+        print(f"Worker core, {c['frames']} frames {c['frame_size']} -> resnet50's 224 crop: "
+              f"uint8 resize {c['uint8_fps_per_core']:.0f} frames/s, float "
+              f"{c['float_fps_per_core']:.0f} frames/s, ratio {c['ratio']:.2f}x")
     if "cpu" in r:
         c = r["cpu"]
         print(f"CPU  {c['frames']} frames, {c['threads']} threads, {c['precision']}\n"

@@ -167,10 +167,11 @@ NO_CLIPS=()
 [[ $HAS_CLIPS == 1 ]] && NO_CLIPS=(--clips 0)
 if [[ $DRY == 1 ]]; then
     SIZES=(--gpu-frames 64 --rows-backbone resnet18 --cpu-rows-frames 24 --cpu-rows-batch 8
-           --profile-frames 24)
+           --profile-frames 24 --resample-frames 32)
 else
     # nvjpeg (decode=gpu, ~1,900 frames/s on an H100: ~35 s here) last: a limit cuts it first
-    SIZES=(--gpu-frames "${GPU_FRAMES:-50000}" --profile-frames 5000 --late-decodes gpu)
+    SIZES=(--gpu-frames "${GPU_FRAMES:-50000}" --profile-frames 5000 --late-decodes gpu
+           --resample-frames 400)  # one worker core's rate, uint8 vs float resize (~3 s)
 fi
 step extract 240 "$PY" benchmarks/bench_extract.py --cpu-frames 0 --checksum-frames 0 \
     "${SIZES[@]}" --compile --gpus-all --profile-out "$OUT/profile_extract.txt" \
@@ -182,6 +183,7 @@ step extract 240 "$PY" benchmarks/bench_extract.py --cpu-frames 0 --checksum-fra
 # GPU_CHECK_CLIPS sets N. Adjust here if that row's flags change.
 if [[ $HAS_CLIPS == 1 ]]; then
     step clips 60 "$PY" benchmarks/bench_extract.py --cpu-frames 0 --checksum-frames 0 \
+        --resample-frames 0 \
         --gpu-frames 0 --clips "${GPU_CHECK_CLIPS:-$([[ $DRY == 1 ]] && echo 2 || echo 16)}" \
         --json "$OUT/bench_clips_$CARD.json"
 else
