@@ -225,6 +225,7 @@ def test_predict_agrees_with_cached_features_end_to_end(tiny_dataset, tmp_path):
 
     from vidfeat.extraction._extract import extract
     from vidfeat.extraction.cache import FeatureStore
+    from vidfeat.extraction.preprocess import Preprocess
     from vidfeat.ingestion._ingest import ingest
     from vidfeat.training._train import train
     from vidfeat.training.model_dir import load_head
@@ -238,7 +239,11 @@ def test_predict_agrees_with_cached_features_end_to_end(tiny_dataset, tmp_path):
         with FeatureStore(tmp_path / "f.h5") as store:
             fs = store.load("train")
             names = store.class_names
+            made_with = Preprocess.from_attrs(store.attrs)
         config, head = load_head(tmp_path / "model")
+        # the model resizes new videos as the file's features were made (resample included)
+        assert Preprocess.from_attrs(config["preprocessing"]) == made_with
+        assert made_with.resample == "uint8"
         video_id = fs.video_id[0]
         source = tiny_dataset / video_id
         entry = next(predict(tmp_path / "model", [source], top_k=3, device="cpu"))

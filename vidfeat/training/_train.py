@@ -65,6 +65,9 @@ from vidfeat.training.stacked import (
 log = logging.getLogger(__name__)
 
 HEADS = {"linear": (), "mlp": None}
+# preprocessing attributes a model copies from its feature file only where the file records
+# them (older files lack them: predict then uses their defaults, as the features were made)
+_WHERE_RECORDED = ("crop_mode", "input_kind", "resample")
 SELECT_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "video_balanced_accuracy",
                   "video_accuracy", "video_macro_f1")
 SWEEPABLE = {"lr": float, "weight_decay": float, "logit_adjust": float, "dropout": float,
@@ -178,8 +181,7 @@ def model_config(store, *, head: str, spec: dict, hyper: dict, selected: dict,
         "precision": attr_json(a.get("precision")),
         "preprocessing": {k: attr_json(a.get(k)) for k in
                           ("resize_size", "input_size", "mean", "std", "interpolation",
-                           "crop_mode", "input_kind")  # the last two: only where recorded
-                          if k not in ("crop_mode", "input_kind") or k in a},
+                           *_WHERE_RECORDED) if k not in _WHERE_RECORDED or k in a},
         "sampling": attr_json(a.get("sampling"), {}),
         "ingest_dir": attr_json(a.get("ingest_dir")),
         "features": md.features_record(store),
