@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vidfeat.extraction.preprocess import RESAMPLE, RESAMPLES, Preprocess  # noqa: F401 (API)
+from vidfeat.extraction.preprocess import Preprocess
 from vidfeat.extraction.video_backbones import (
     VIDEO_HEADS,
     ClipPreprocess,

@@ -14,7 +14,7 @@ from vidfeat.extraction.video_backbones import (
     _mean_std,  # one cached copy of the normalisation constants per device, frames and clips
 )
 
-__all__ = ["RESAMPLE", "RESAMPLES", "Preprocess"]
+__all__ = ["RESAMPLE", "RESAMPLES", "Preprocess", "recorded_resample"]
 
 # How ``Preprocess.resize_crop`` computes on the CPU (``resample`` attribute). Feature files and
 # models made before it was recorded say nothing: theirs was "float".
@@ -26,6 +26,12 @@ RESAMPLES = {
              "pixels 1 to 4 grey levels from PIL's)",
 }
 RESAMPLE = "uint8"  # what new feature files and models use
+
+
+def recorded_resample(attrs) -> str:
+    """The ``resample`` that ``attrs`` (feature-file attributes or a model's config) record:
+    "float" where absent (made before vidfeat recorded it)."""
+    return str(attrs.get("resample") or "float")
 
 
 @dataclass(frozen=True)
@@ -101,4 +107,4 @@ class Preprocess:
                    std=tuple(float(v) for v in attrs["std"]),
                    interpolation=str(attrs.get("interpolation") or "bilinear"),
                    crop_mode=str(attrs.get("crop_mode") or "center"),
-                   resample=str(attrs.get("resample") or "float"))
+                   resample=recorded_resample(attrs))

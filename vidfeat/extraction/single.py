@@ -29,7 +29,6 @@ import torch
 from vidfeat import __version__
 from vidfeat.extraction import partial
 from vidfeat.extraction.backbones import (
-    RESAMPLE,
     Backbone,
     check_weights_available,
     create_backbone,
@@ -53,6 +52,7 @@ from vidfeat.extraction.defaults import (
     resolve_precision,
 )
 from vidfeat.extraction.inputs import input_batches
+from vidfeat.extraction.preprocess import RESAMPLE, recorded_resample
 from vidfeat.extraction.update import ReusePlan, gather, plan_reuse
 from vidfeat.extraction.writer import RowWriter
 from vidfeat.files import check_output
@@ -234,7 +234,7 @@ def _existing(output: Path, settings: dict, meta: pd.DataFrame) -> ReusePlan | N
             if not changed:  # complete; one made with another resample stays as it is
                 return None
             # rows of another resample (an older vidfeat) differ slightly: none is kept
-            same = (s.attrs.get("resample") or "float") == settings["resample"]
+            same = recorded_resample(s.attrs) == settings["resample"]
             return plan_reuse(s.column("frame_id"), s.optional_column("file_hash") if same
                               else None, meta["frame_id"], meta["file_hash"])
     except (ValueError, OSError) as exc:
