@@ -1,11 +1,14 @@
 """Scanning a source: class folders and labels files -> one row per video, bad rows failed."""
 import os
+import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from vidfeat.ingestion.scan import mark_duplicates, scan_source
+from vidfeat.ingestion.scan import SCAN_COLUMNS, mark_duplicates, scan_rows, scan_source
 
 
 def touch(path, data=b"x"):
@@ -114,18 +117,97 @@ def test_labels_file_rows_naming_one_file_twice(tmp_path):
 
 
 def test_mark_duplicates_fails_later_identical_bytes():
-    videos = pd.DataFrame({
-        "video_id": ["b", "a", "c", "d", "e", "f"],
-        "status": ["ok", "ok", "ok", "failed", "ok", "ok"],
-        "error": ["", "", "", "truncated", "", ""],
-        "split": ["train", "val", "test", "", "train", "train"],
-        "source_hash": ["h1", "h1", "h2", "h2", "h2", None]})
-    out = mark_duplicates(videos)
-    assert out["video_id"].tolist() == ["b", "a", "c", "d", "e", "f"]  # same order
-    assert out["status"].tolist() == ["failed", "ok", "ok", "failed", "failed", "ok"]
-    assert out["error"].tolist() == ["duplicate of a", "", "", "truncated", "duplicate of c", ""]
-    assert out["split"].tolist() == ["", "val", "test", "", "", "train"]
-    assert videos["status"].tolist()[0] == "ok"  # the input is left alone
+    rows = [dict(video_id=v, status=st, error=e, split=sp, source_hash=h) for v, st, e, sp, h in [
+        ("b", "ok", "", "train", "h1"), ("a", "ok", "", "val", "h1"), ("c", "ok", "", "test", "h2"),
+        ("d", "failed", "truncated", "", "h2"), ("e", "ok", "", "train", "h2"),
+        ("f", "ok", "", "train", None)]]
+    out = mark_duplicates(rows)
+    assert out is rows  # in place
+    assert [r["video_id"] for r in out] == ["b", "a", "c", "d", "e", "f"]  # same order
+    assert [r["status"] for r in out] == ["failed", "ok", "ok", "failed", "failed", "ok"]
+    assert [r["error"] for r in out] == ["duplicate of a", "", "", "truncated", "duplicate of c", ""]
+    assert [r["split"] for r in out] == ["", "val", "test", "", "", "train"]
+
+
+def test_mark_duplicates_leaves_rows_without_a_hash_alone():
+    rows = [dict(video_id=v, status="ok", error="", split="train") for v in "ab"]
+    rows[1]["source_hash"] = ""
+    assert mark_duplicates(rows) == [dict(video_id="a", status="ok", error="", split="train"),
+                                     dict(video_id="b", status="ok", error="", split="train",
+                                          source_hash="")]
+
+
+def old_mark_duplicates(videos):
+    """The pandas implementation records replaced: the reference."""
+    out = videos.copy()
+    if "source_hash" not in out.columns:
+        return out
+    ids, status, digests = (out[c].to_numpy() for c in ("video_id", "status", "source_hash"))
+    first: dict[str, str] = {}
+    dups: dict[int, str] = {}
+    for pos in ids.argsort(kind="stable"):
+        digest = digests[pos]
+        if status[pos] != "ok" or not isinstance(digest, str) or not digest:
+            continue
+        vid = first.setdefault(digest, ids[pos])
+        if vid != ids[pos]:
+            dups[int(pos)] = vid
+    if dups:
+        rows = list(dups)
+        out.iloc[rows, out.columns.get_loc("status")] = "failed"
+        out.iloc[rows, out.columns.get_loc("split")] = ""
+        out.iloc[rows, out.columns.get_loc("error")] = [f"duplicate of {v}" for v in dups.values()]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_mark_duplicates_matches_the_pandas_version(seed):
+    rnd = random.Random(seed)
+    n = rnd.randint(0, 30)
+    ids = rnd.sample([f"{c}/{i}.mp4" for c in "xyz" for i in range(20)], n)
+    rows = [dict(video_id=v, status=rnd.choice(["ok", "ok", "failed"]), error="",
+                 split=rnd.choice(["train", "val", ""]),
+                 source_hash=rnd.choice(["h1", "h2", "h3", "", None, float("nan")]))
+            for v in ids]
+    want = old_mark_duplicates(pd.DataFrame(rows, columns=["video_id", "status", "error", "split",
+                                                           "source_hash"]))
+    got = mark_duplicates([dict(r) for r in rows])
+    for column in ("video_id", "status", "error", "split"):
+        assert [r[column] for r in got] == want[column].tolist(), column
+
+
+def test_scan_rows_are_the_records_of_scan_source(tmp_path):
+    touch(tmp_path / "cat/b.mp4")
+    touch(tmp_path / "cat/a.mp4")
+    touch(tmp_path / "dog/empty.mp4", b"")
+    os.symlink(tmp_path / "nowhere.mp4", tmp_path / "dog/gone.mp4")  # no stats
+    os.symlink(tmp_path / "cat/a.mp4", tmp_path / "dog/link.mp4")
+    rows = scan_rows(tmp_path)
+    assert all(list(r) == list(SCAN_COLUMNS) for r in rows)
+    df = scan_source(tmp_path)
+    assert [r["video_id"] for r in rows] == df["video_id"].tolist()  # sorted
+    as_records = df.astype(object).where(df.notna(), None).to_dict("records")
+    assert rows == as_records
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed", "failed"]
+    assert rows[3]["error"] == "file not found" and rows[3]["inode"] is None
+    assert rows[4]["error"] == "duplicate of cat/a.mp4"
+    assert isinstance(rows[0]["inode"], int) and rows[0]["size_bytes"] == 1
+    assert df["inode"].dtype == "UInt64" and df["mtime_ns"].dtype == "Int64"
+    (tmp_path / "none").mkdir()
+    with pytest.raises(ValueError, match="no videos found"):
+        scan_rows(tmp_path / "none")
+
+
+def test_scan_rows_of_folders_and_path_lists_import_no_pandas(tmp_path):
+    touch(tmp_path / "src/cat/a.mp4")
+    (tmp_path / "src/list.txt").write_text("cat/a.mp4\nmissing.mp4\n")
+    code = ("import sys; from vidfeat.ingestion.scan import scan_rows; "
+            "rows = scan_rows(sys.argv[1]) + scan_rows(sys.argv[1] + '/list.txt', unlabelled=True); "
+            "print([r['status'] for r in rows], 'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "src")], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["['ok',", "'ok',", "'failed']", "False"]
 
 
 def test_ingest_keeps_one_video_per_file(tmp_path):

@@ -6,7 +6,7 @@ to ``preload`` while its parent was busy elsewhere.
 Children are pooled per process (``prestart``, ``pooled_sandbox``): a worker thread borrows a warm
 child for one call and gives it back, so a run of many short videos starts a child once per
 worker, not once per video or per phase, and the child's start-up (Python, PyAV: ~0.15 s) runs
-alongside the parent's own (pandas) instead of after it.
+alongside the parent's own (imports, the scan) instead of after it.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Ingest: a folder of labelled videos -> stored JPEG frames + validated manifests.
 
-Stages, each a plain function over rows: ``scan_source`` (one row per input video) -> probe every
-video -> ``split.assign_splits`` -> ``balance.balance`` (train only) -> decode the planned frames
--> ``manifest.write_manifest``.
+Stages, each a plain function over rows (one dict per video; no pandas, whose import alone
+would double the command's start-up): ``scan.scan_rows`` -> probe every video ->
+``split.assign_splits`` -> ``balance.balance`` (train only) -> decode the planned frames ->
+the tables as Arrow -> ``manifest.publish_tables``.
 
 What happens to bad input (nothing is ever lost, the run goes on):
 
@@ -30,10 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vidfeat.files import FileLock, check_output
+from vidfeat.ingestion.contract import UNLABELLED_SPLIT
 from vidfeat.ingestion.decode import decode_frames
 from vidfeat.ingestion.probe import ProbeResult, probe_video
 from vidfeat.ingestion.sample import SamplingSpec, max_distinct_frames
-from vidfeat.ingestion.scan import mark_duplicates, scan_source
+from vidfeat.ingestion.scan import mark_duplicates, scan_rows
 from vidfeat.ingestion.stats import (
     failure_counts,
     jsonable,
@@ -82,10 +84,10 @@ BACKENDS = {
 
 @dataclass
 class IngestResult:
-    """What ``ingest`` did; ``exit_code`` is the CLI's."""
+    """What ``ingest`` did; ``exit_code`` is the CLI's. ``manifest`` is read from ``outdir`` on
+    first use (pandas DataFrames), so a command that only wants the summary never imports pandas."""
 
     outdir: Path
-    manifest: Manifest
     n_ok: int
     n_failed: int
     n_reused: int                 # videos whose work an earlier run into OUTDIR had done
@@ -93,6 +95,19 @@ class IngestResult:
     elapsed_s: float
     failures: dict[str, int] = field(default_factory=dict)  # reason -> videos
     strict: bool = False
+    info: dict = field(default_factory=dict)  # the ``ingest.json`` written
+    n_classes: int | None = None  # None: an unlabelled ingest
+    n_clips: int | None = None    # None: frames, not clips
+    _manifest: Manifest | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def manifest(self) -> Manifest:
+        """The published manifests (``read_manifest(outdir)``, read once)."""
+        if self._manifest is None:
+            from vidfeat.ingestion.manifest import read_manifest
+
+            self._manifest = read_manifest(self.outdir)
+        return self._manifest
 
     @property
     def exit_code(self) -> int:
@@ -100,18 +115,16 @@ class IngestResult:
         return 1 if self.n_ok == 0 or (self.strict and self.n_failed) else 0
 
     def _classes(self) -> str:
-        if self.manifest.unlabelled:
-            return "unlabelled"
-        return f"{len(self.manifest.class_names)} classes"
+        return "unlabelled" if self.n_classes is None else f"{self.n_classes} classes"
 
     def _clips(self) -> str:
-        if not self.manifest.clips:
+        if self.n_clips is None:
             return ""
-        return f" ({self.manifest.frames['clip_id'].nunique()} clips of {self.manifest.clip_len})"
+        return f" ({self.n_clips} clips of {self.info['sampling']['clip_len']})"
 
     def summary(self) -> str:
         """One paragraph: counts, failures by reason, frames, throughput, outputs."""
-        info = self.manifest.info
+        info = self.info
         failed = "; ".join(f"{n} {reason}" for reason, n in self.failures.items())
         splits = ", ".join(f"{s} {n}" for s, n in info["counts"]["videos_per_split"].items())
         fps = info["throughput"]["frames_per_s"]
@@ -175,17 +188,15 @@ def ingest(src, outdir, *, labels: str | Path | None = None, unlabelled: bool = 
 
         arguments["scheduler"] = describe(scheduler)
     if backend == "threading":
-        warm_workers(1)  # its child starts (PyAV...) while this process imports pandas
+        warm_workers(1)  # its child starts (PyAV...) while this process scans and plans
     try:
         spec = _checked_spec(arguments)
-        videos = scan_source(src, labels=labels, unlabelled=unlabelled)
+        videos = scan_rows(src, labels=labels, unlabelled=unlabelled)
         out = check_output(check_local_path(outdir), kind="folder")
         out.mkdir(parents=True, exist_ok=True)
     except BaseException:
         close_sandboxes()  # no run: the warm child goes too
         raise
-    from vidfeat.ingestion.manifest import write_manifest
-
     if balance == "frames":  # the only mode that reads it
         max_frames_per_video = _clip_cap(spec, max_frames_per_video)
     run = _Run(out, spec, timeout=timeout, jobs=jobs, backend=backend, progress=progress,
@@ -204,8 +215,8 @@ def ingest(src, outdir, *, labels: str | Path | None = None, unlabelled: bool = 
         # a worker killed mid-decode leaves its partial folder behind; nothing else writes now
         shutil.rmtree(out / PARTIAL, ignore_errors=True)
         info = run.info(videos, frames, arguments, time.monotonic() - started)
-        manifest = write_manifest(out, videos, frames, info, fmt=fmt)
-    result = run.result(manifest, strict=strict)
+        info = _publish(out, videos, frames, info, fmt=fmt)
+    result = run.result(videos, frames, info, strict=strict)
     if progress:
         print(result.summary(), file=sys.stderr)
     return result
@@ -313,30 +324,33 @@ class _Run:
         # decoder threads per worker; on Dask each worker sizes them for its own machine
         self.threads = None if backend == "dask" else decode_threads(jobs)
 
-    def execute(self, videos, *, split, seed, balance, max_frames_per_video, max_per_class):
-        """Probe every usable video, split, balance, decode; return (videos, frames) tables."""
+    def execute(self, videos: list[dict], *, split, seed, balance, max_frames_per_video,
+                max_per_class) -> tuple[dict, dict]:
+        """Probe every usable video, split, balance, decode; return the videos and frames
+        tables as columns (``{name: list}``)."""
         from vidfeat.ingestion.balance import balance as balance_videos
         from vidfeat.ingestion.split import assign_splits, assign_unlabelled
 
-        videos = videos.set_index(videos["video_id"].rename(None))
-        self._phase("probe", [self._probe_task(r) for r in videos.itertuples() if r.status == "ok"])
-        videos = _with_outcomes(videos, self.entries, "probe")
-        videos = mark_duplicates(videos)  # byte-identical copies under two names: one video
+        self._phase("probe", [self._probe_task(r) for r in videos if r["status"] == "ok"])
+        _apply_outcomes(videos, self.entries, "probe")
+        mark_duplicates(videos)  # byte-identical copies under two names: one video
         # split None: unlabelled, every ok video in split 'all' (balance 'none' then keeps all)
-        videos = assign_unlabelled(videos) if split is None else assign_splits(videos, split,
-                                                                               seed=seed)
+        if split is None:
+            assign_unlabelled(videos)
+        else:
+            assign_splits(videos, split, seed=seed)
         if balance == "frames":
-            videos["capacity"] = [self._capacity(r) for r in videos.itertuples()]
-        videos = balance_videos(videos, balance, seed=seed, frames_per_video=self._n(),
-                                max_frames_per_video=max_frames_per_video,
-                                max_per_class=max_per_class)
-        todo = videos[(videos["status"] == "ok") & (videos["repeat"] > 0)]
-        self._phase("decode", [self._decode_task(r) for r in todo.itertuples()])
+            for row in videos:
+                row["capacity"] = self._capacity(row)
+        balance_videos(videos, balance, seed=seed, frames_per_video=self._n(),
+                       max_frames_per_video=max_frames_per_video, max_per_class=max_per_class)
+        todo = [r for r in videos if r["status"] == "ok" and r["repeat"] > 0]
+        self._phase("decode", [self._decode_task(r) for r in todo])
         if self.backend == "threading":  # its children have PyAV loaded: ask one (0.07 s here)
             self.versions = worker_library_versions(self.timeout)
-        videos = _with_outcomes(videos, self.entries, "decode")
-        frames = _frames_table(videos, self.entries, clips=self.spec.clips)
-        return _finish_videos(videos, self.entries), frames
+        _apply_outcomes(videos, self.entries, "decode")
+        frames = _frames_columns(videos, self.entries, clips=self.spec.clips)
+        return _videos_columns(videos, self.entries), frames
 
     def _n(self) -> int | None:
         """Frames (clips, when sampling clips) per video before balancing; None: not planned."""
@@ -344,24 +358,25 @@ class _Run:
             return self.spec.clips_per_video
         return self.spec.frames_per_video if self.spec.mode == "uniform" else None
 
-    def _capacity(self, row) -> int:
-        entry = self.entries.get(("probe", row.video_id))
-        if row.status != "ok" or entry is None:
+    def _capacity(self, row: dict) -> int:
+        entry = self.entries.get(("probe", row["video_id"]))
+        if row["status"] != "ok" or entry is None:
             return 0
         return max_distinct_frames(ProbeResult(**entry["probe"]), self.spec)
 
-    def _probe_task(self, row) -> VideoTask:
+    def _probe_task(self, row: dict) -> VideoTask:
         # the file's identity: a replaced video (same name, new inode/size/mtime) is probed anew
-        key = ":".join([PROBE_VERSION, *(str(getattr(row, c, "")) for c in (
+        key = ":".join([PROBE_VERSION, *(str(row.get(c, "")) for c in (
             "size_bytes", "mtime_ns", "device", "inode"))])
-        return VideoTask("probe", row.video_id, row.path, str(self.outdir), self.timeout, key,
-                         probe_video)
+        return VideoTask("probe", row["video_id"], row["path"], str(self.outdir), self.timeout,
+                         key, probe_video)
 
-    def _decode_task(self, row) -> VideoTask:
-        probe = self.entries["probe", row.video_id]
-        n = int(row.n_planned) if self.spec.mode == "uniform" else None
+    def _decode_task(self, row: dict) -> VideoTask:
+        probe = self.entries["probe", row["video_id"]]
+        n = int(row["n_planned"]) if self.spec.mode == "uniform" else None
         key = json.dumps([probe["key"], self.spec.record(), n])
-        return VideoTask("decode", row.video_id, row.path, str(self.outdir), self.timeout, key,
+        return VideoTask("decode", row["video_id"], row["path"], str(self.outdir), self.timeout,
+                         key,
                          decode_frames, probe=probe["probe"], spec=self.spec, n=n,
                          threads=self.threads)
 
@@ -418,16 +433,16 @@ class _Run:
         parallel = Parallel(n_jobs=jobs, backend=self.backend, return_as="generator_unordered")
         return parallel(delayed(run_video_task)(t) for t in todo)
 
-    def info(self, videos, frames, arguments: dict, elapsed: float) -> dict:
-        """The ``ingest.json`` content."""
+    def info(self, videos: dict, frames: dict, arguments: dict, elapsed: float) -> dict:
+        """The ``ingest.json`` content, from the videos and frames columns."""
         from vidfeat.ingestion.manifest import FORMATS
 
         versions = self.versions or cached_library_versions()
-        ok = videos[videos["status"] == "ok"]
-        failed = videos[videos["status"] == "failed"]
+        status, repeat = videos["status"], videos["repeat"]
+        ok_ids = [v for v, s in zip(videos["video_id"], status) if s == "ok"]
+        kept = _where(videos, [s == "ok" and r > 0 for s, r in zip(status, repeat)])
         times = sorted(((sum(self.entries.get((p, v), {}).get("elapsed_s", 0)
-                             for p in ("probe", "decode")), v) for v in ok["video_id"]),
-                       reverse=True)
+                             for p in ("probe", "decode")), v) for v in ok_ids), reverse=True)
         return {
             "vidfeat_version": versions["vidfeat"],
             "unlabelled": bool(arguments.get("unlabelled")),
@@ -436,15 +451,17 @@ class _Run:
             "sampling": self.spec.record(),
             "versions": versions["libraries"],
             "counts": {
-                "videos": {"total": len(videos), "ok": len(ok), "failed": len(failed),
-                           "dropped": int((ok["repeat"] == 0).sum()), "reused": len(self.reused)},
-                "frames": len(frames),
-                "videos_per_split": nested_counts(ok[ok["repeat"] > 0], ["split"]),
-                "videos_per_class": nested_counts(ok[ok["repeat"] > 0], ["label", "split"]),
+                "videos": {"total": len(status), "ok": len(ok_ids),
+                           "failed": len(status) - len(ok_ids),
+                           "dropped": sum(s == "ok" and r == 0 for s, r in zip(status, repeat)),
+                           "reused": len(self.reused)},
+                "frames": len(frames["frame_id"]),
+                "videos_per_split": nested_counts(kept, ["split"]),
+                "videos_per_class": nested_counts(kept, ["label", "split"]),
                 "frames_per_class": nested_counts(frames, ["label", "split"]),
                 "weighted_frames_per_class": nested_counts(frames, ["label", "split"], "repeat"),
             },
-            "failures": failure_counts(failed["error"]),
+            "failures": failure_counts(_failed_errors(videos)),
             "elapsed_s": round(elapsed, 3),
             "throughput": {"videos_per_s": round(len(self.worked) / max(elapsed, 1e-9), 3),
                            "frames_per_s": round(self.frames_written / max(elapsed, 1e-9), 3)},
@@ -454,13 +471,16 @@ class _Run:
                         "frames_dir": FRAMES, "journal": JOURNAL},
         }
 
-    def result(self, manifest: Manifest, *, strict: bool) -> IngestResult:
-        videos = manifest.videos
-        failed = videos[videos["status"] == "failed"]
-        return IngestResult(self.outdir, manifest, int((videos["status"] == "ok").sum()),
-                            len(failed), len(self.reused), len(manifest.frames),
-                            manifest.info["elapsed_s"], failure_counts(failed["error"]),
-                            strict=strict)
+    def result(self, videos: dict, frames: dict, info: dict, *, strict: bool) -> IngestResult:
+        """What the run did, from the published tables (as columns) and ``ingest.json``."""
+        counts = info["counts"]["videos"]
+        ok_labels = {lab for lab, s in zip(videos["label"], videos["status"]) if s == "ok"}
+        unlabelled = any(s == UNLABELLED_SPLIT for s in videos["split"])
+        return IngestResult(self.outdir, counts["ok"], counts["failed"], len(self.reused),
+                            len(frames["frame_id"]), info["elapsed_s"], info["failures"],
+                            strict=strict, info=info,
+                            n_classes=None if unlabelled else len(ok_labels - {None}),
+                            n_clips=len(set(frames["clip_id"])) if self.spec.clips else None)
 
 
 def _bar(**kwargs):
@@ -472,52 +492,59 @@ def _bar(**kwargs):
     return tqdm(**kwargs)
 
 
-def _with_outcomes(videos, entries: dict, phase: str):
-    """``videos`` (indexed by video_id) with ``phase`` failures marked and probe fields added."""
-    import pandas as pd
-
-    out = videos.copy()
-    found = {v: entries[phase, v] for v in out.index if (phase, v) in entries}
-    failed = [v for v, e in found.items() if e["status"] != "ok"]
-    out.loc[failed, "status"] = "failed"
-    out.loc[failed, "error"] = [found[v]["error"] for v in failed]
-    out.loc[failed, "split"] = ""
-    if phase == "probe":
-        probes = {v: ProbeResult(**e["probe"]).row() for v, e in found.items() if e["status"] == "ok"}
-        columns = [f.name for f in fields(ProbeResult) if f.name != "start_s"]
-        out = out.join(pd.DataFrame.from_dict(probes, orient="index", columns=columns))
-    return out
+def _where(columns: dict, keep: list[bool]) -> dict:
+    """The rows of ``columns`` (``{name: list}``) where ``keep`` is true."""
+    return {name: [v for v, k in zip(values, keep) if k] for name, values in columns.items()}
 
 
-def _finish_videos(videos, entries: dict):
-    """The videos manifest: contract columns first, failed rows with no split and no frames."""
-    from vidfeat.ingestion.manifest import VIDEO_COLUMNS, VIDEO_OPTIONAL
-
-    out = videos.reset_index(drop=True)
-    ok = out["status"] == "ok"
-    out["n_frames"] = [len(entries.get(("decode", v), {}).get("frames", ())) for v in out["video_id"]]
-    out.loc[~ok, ["repeat", "n_frames"]] = 0
-    out.loc[~ok, "split"] = ""
-    columns = [c for c in (*VIDEO_COLUMNS, *VIDEO_OPTIONAL) if c in out.columns]
-    return out[columns].sort_values("video_id", kind="stable").reset_index(drop=True)
+def _failed_errors(videos: dict) -> list[str]:
+    return [e for e, s in zip(videos["error"], videos["status"]) if s == "failed"]
 
 
-def _frames_table(videos, entries: dict, *, clips: bool = False):
-    """The frames manifest: one row per stored JPEG of the ok videos; with ``clips``, one row
-    per clip position (``frame_id`` ``<video_id>#<frame_index>@<clip_id>.<clip_pos>``,
+def _apply_outcomes(videos: list[dict], entries: dict, phase: str) -> None:
+    """Mark the rows whose ``phase`` failed; after the probe, add its fields to every row
+    (None where there was no ok probe)."""
+    probe_fields = [f.name for f in fields(ProbeResult) if f.name != "start_s"]
+    for row in videos:
+        entry = entries.get((phase, row["video_id"]))
+        if entry is not None and entry["status"] != "ok":
+            row.update(status="failed", error=entry["error"], split="")
+        if phase == "probe":
+            ok = entry is not None and entry["status"] == "ok"
+            row.update(ProbeResult(**entry["probe"]).row() if ok else dict.fromkeys(probe_fields))
+
+
+def _videos_columns(videos: list[dict], entries: dict) -> dict:
+    """The videos manifest as columns: the contract's columns in its order, rows by
+    ``video_id``, failed rows with no split, no repeat and no frames."""
+    from vidfeat.ingestion.contract import VIDEO_COLUMNS, VIDEO_OPTIONAL
+
+    for row in videos:
+        frames = entries.get(("decode", row["video_id"]), {}).get("frames", ())
+        if row["status"] == "ok":
+            row["n_frames"] = len(frames)
+        else:
+            row.update(n_frames=0, repeat=0, split="")
+    rows = sorted(videos, key=lambda r: r["video_id"])
+    present = set().union(*rows)
+    return {c: [r.get(c) for r in rows] for c in (*VIDEO_COLUMNS, *VIDEO_OPTIONAL) if c in present}
+
+
+def _frames_columns(videos: list[dict], entries: dict, *, clips: bool = False) -> dict:
+    """The frames manifest as columns: one row per stored JPEG of the ok videos; with
+    ``clips``, one row per clip position (``frame_id`` ``<video_id>#<frame_index>@<clip_id>.<clip_pos>``,
     ``clip_id`` numbered across the dataset in ``video_id`` order)."""
-    import pandas as pd
+    from vidfeat.ingestion.contract import FRAME_CLIP, FRAME_COLUMNS, FRAME_PROVENANCE
 
-    from vidfeat.ingestion.manifest import FRAME_CLIP, FRAME_COLUMNS, FRAME_PROVENANCE
-
-    columns = {**FRAME_COLUMNS, **FRAME_PROVENANCE, **(FRAME_CLIP if clips else {})}
-    cols: dict[str, list] = {c: [] for c in columns}
-    kept = videos[(videos["status"] == "ok") & (videos["repeat"] > 0)].sort_values("video_id")
+    names = [*FRAME_COLUMNS, *FRAME_PROVENANCE, *(FRAME_CLIP if clips else ())]
+    cols: dict[str, list] = {c: [] for c in names}
+    kept = sorted((r for r in videos if r["status"] == "ok" and r["repeat"] > 0),
+                  key=lambda r: r["video_id"])
     next_clip = 0
-    for row in kept.itertuples():
+    for row in kept:
         first_clip = next_clip
-        for index, ts, name, nbytes, digest, *clip in entries["decode", row.video_id]["frames"]:
-            frame_id = f"{row.video_id}#{index}"
+        for index, ts, name, nbytes, digest, *clip in entries["decode", row["video_id"]]["frames"]:
+            frame_id = f"{row['video_id']}#{index}"
             if clips:
                 clip_id, pos, padded = first_clip + clip[0], clip[1], clip[2]
                 frame_id += f"@{clip_id}.{pos}"
@@ -528,9 +555,21 @@ def _frames_table(videos, entries: dict, *, clips: bool = False):
             cols["frame_id"].append(frame_id)
             cols["frame_index"].append(index)
             cols["timestamp_s"].append(ts)
-            cols["path"].append(f"{FRAMES}/{row.video_id}/{name}")
+            cols["path"].append(f"{FRAMES}/{row['video_id']}/{name}")
             cols["file_bytes"].append(nbytes)
             cols["file_hash"].append(digest)
             for c in ("video_id", "label", "split", "repeat"):
-                cols[c].append(getattr(row, c))
-    return pd.DataFrame(cols).astype(columns)
+                cols[c].append(row[c])
+    return cols
+
+
+def _publish(outdir: Path, videos: dict, frames: dict, info: dict, *, fmt: str) -> dict:
+    """Publish the two tables (columns) and ``ingest.json``; return the info as written."""
+    from vidfeat.ingestion import contract as c
+    from vidfeat.ingestion.manifest import publish_tables
+    from vidfeat.ingestion.tables import arrow_table
+
+    dtypes = {**c.VIDEO_COLUMNS, **c.VIDEO_OPTIONAL, **c.FRAME_COLUMNS, **c.FRAME_PROVENANCE,
+              **c.FRAME_CLIP}
+    return publish_tables(outdir, arrow_table(videos, {k: dtypes[k] for k in videos}),
+                          arrow_table(frames, {k: dtypes[k] for k in frames}), info, fmt=fmt)

@@ -1,6 +1,7 @@
 """Class balancing on the train split only (balancing before splitting leaks; val/test never are).
 
-``balance(videos, mode, ...)`` adds two columns to the ok videos:
+``balance(rows, mode, ...)`` sets two keys of every video record (one dict per video, in place;
+no pandas here, so an ingest starts fast):
 
 * ``repeat``: how many times a video counts; 0 = dropped (no frames stored), > 1 = oversampled
   (frames are stored once; ``frames.repeat`` carries the weight).
@@ -19,9 +20,9 @@ only on ``seed`` and the class (see ``split.rng_for``).
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from vidfeat.ingestion.split import rng_for
+from vidfeat.ingestion.stats import missing
 from vidfeat.options import check_choice, check_positive
 
 # frames mode, no max_frames_per_video given: at most this many times frames_per_video
@@ -35,43 +36,57 @@ MODES = {
 }
 
 
-def balance(videos: pd.DataFrame, mode: str = "none", *, seed: int = 0,
+def balance(rows: list[dict], mode: str = "none", *, seed: int = 0,
             frames_per_video: int | None = 16, max_frames_per_video: int | None = None,
-            max_per_class: int | None = None, capacity: str = "capacity") -> pd.DataFrame:
-    """Return ``videos`` with ``repeat`` and ``n_planned`` set (train rows balanced).
+            max_per_class: int | None = None, capacity: str = "capacity") -> list[dict]:
+    """Set ``repeat`` and ``n_planned`` of every row (train rows balanced); returns ``rows``.
 
-    Needs ``video_id, label, split``; ``frames`` mode also the ``capacity`` column (distinct
-    frames each video can give) and a ``frames_per_video``.
+    ``rows``: records with ``video_id, label, split``; ``frames`` mode also the ``capacity`` key
+    (distinct frames each video can give). ``mode``: one of ``MODES``. ``seed``: with the
+    label, picks each class's random choices. ``frames_per_video``: each video's planned frames
+    (``n_planned``; None: not planned, which ``frames`` mode refuses). ``max_frames_per_video``:
+    ``frames`` mode's cap per video (default ``DEFAULT_MAX_FRAMES_FACTOR`` x
+    ``frames_per_video``). ``max_per_class``: train videos kept per class, in any mode.
+    ``capacity``: the key holding each video's capacity.
     """
     check_choice("balance", mode, MODES)
     check_positive("max_per_class", max_per_class)
-    out = videos.copy()
-    out["repeat"] = 1
-    out["n_planned"] = pd.array([frames_per_video] * len(out), dtype="Int64")
-    train = out[out["split"] == "train"]
-    groups = {label: g.sort_values("video_id").index for label, g in train.groupby("label")}
+    cap_limit = _frames_cap(frames_per_video, max_frames_per_video) if mode == "frames" else None
+    planned = None if frames_per_video is None else int(frames_per_video)
+    groups: dict = {}  # label -> its train rows, sorted by video_id
+    for row in rows:
+        row["repeat"], row["n_planned"] = 1, planned
+        if row["split"] == "train" and not missing(row["label"]):
+            groups.setdefault(row["label"], []).append(row)
+    groups = {k: sorted(g, key=lambda r: r["video_id"]) for k, g in groups.items()}
     if max_per_class is not None:
-        groups = {k: _keep(out, ids, max_per_class, seed, k) for k, ids in groups.items()}
+        groups = {k: _keep(g, max_per_class, seed, k) for k, g in groups.items()}
     if mode == "undersample" and groups:
-        smallest = min(len(ids) for ids in groups.values())
-        groups = {k: _keep(out, ids, smallest, seed, k) for k, ids in groups.items()}
+        smallest = min(len(g) for g in groups.values())
+        groups = {k: _keep(g, smallest, seed, k) for k, g in groups.items()}
     elif mode == "oversample" and groups:
-        largest = max(len(ids) for ids in groups.values())
-        for label, ids in groups.items():
-            out.loc[ids, "repeat"] = spread(largest, np.ones(len(ids), int) * largest, seed, label)
+        largest = max(len(g) for g in groups.values())
+        for label, group in groups.items():
+            alloc = spread(largest, np.full(len(group), largest), seed, label)
+            _put(group, "repeat", alloc)
     elif mode == "frames":
-        _balance_frames(out, groups, seed, frames_per_video, max_frames_per_video, capacity)
-    return out
+        _balance_frames(groups, seed, frames_per_video, cap_limit, capacity)
+    return rows
 
 
-def _keep(out: pd.DataFrame, ids: pd.Index, n: int, seed: int, label: str) -> pd.Index:
-    """Keep a seeded random ``n`` of ``ids``; mark the others dropped (repeat 0, no frames)."""
-    if len(ids) <= n:
-        return ids
-    order = rng_for(seed, "keep", str(label)).permutation(len(ids))
-    dropped = ids[np.sort(order[n:])]
-    out.loc[dropped, ["repeat", "n_planned"]] = 0
-    return ids[np.sort(order[:n])]
+def _put(group: list[dict], key: str, values) -> None:
+    for row, value in zip(group, values):
+        row[key] = int(value)
+
+
+def _keep(group: list[dict], n: int, seed: int, label) -> list[dict]:
+    """Keep a seeded random ``n`` of ``group``; mark the others dropped (repeat 0, no frames)."""
+    if len(group) <= n:
+        return group
+    order = rng_for(seed, "keep", str(label)).permutation(len(group))
+    for i in np.sort(order[n:]):
+        group[i]["repeat"] = group[i]["n_planned"] = 0
+    return [group[i] for i in np.sort(order[:n])]
 
 
 def spread(total: int, caps: np.ndarray, seed: int, label: str, *, floor: int = 0) -> np.ndarray:
@@ -93,7 +108,8 @@ def spread(total: int, caps: np.ndarray, seed: int, label: str, *, floor: int = 
     return alloc
 
 
-def _balance_frames(out, groups, seed, frames_per_video, max_frames_per_video, capacity):
+def _frames_cap(frames_per_video: int | None, max_frames_per_video: int | None) -> int:
+    """``frames`` mode's cap on a video's planned frames (checked before any row changes)."""
     if frames_per_video is None:
         raise ValueError("balance='frames' needs uniform sampling (frames_per_video), "
                          "not fps or keyframes")
@@ -101,10 +117,14 @@ def _balance_frames(out, groups, seed, frames_per_video, max_frames_per_video, c
     if cap_limit < frames_per_video:
         raise ValueError(f"max_frames_per_video={cap_limit} is below "
                          f"frames_per_video={frames_per_video}")
-    caps = {k: np.minimum(out.loc[ids, capacity].to_numpy(np.int64), cap_limit)
-            for k, ids in groups.items()}
+    return cap_limit
+
+
+def _balance_frames(groups, seed, frames_per_video, cap_limit, capacity):
+    caps = {k: np.minimum(np.array([r[capacity] for r in g], dtype=np.int64), cap_limit)
+            for k, g in groups.items()}
     base = {k: np.minimum(c, frames_per_video) for k, c in caps.items()}
     target = max((int(b.sum()) for b in base.values()), default=0)
-    for label, ids in groups.items():
+    for label, group in groups.items():
         alloc = spread(target, caps[label], seed, label, floor=frames_per_video)
-        out.loc[ids, "n_planned"] = np.maximum(alloc, base[label])
+        _put(group, "n_planned", np.maximum(alloc, base[label]))

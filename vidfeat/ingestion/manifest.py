@@ -5,7 +5,10 @@
 ``OUTDIR/ingest.json``     arguments, versions, counts, failures, timing, and provenance.
 
 ``--format csv`` writes ``.csv`` instead of ``.parquet``; readers accept either. The column
-contract lives here (and in ``manifests/schema.md``); ``read_manifest`` enforces it.
+contract lives in ``contract`` (re-exported here; and in ``manifests/schema.md``);
+``read_manifest`` enforces it. The write side (``publish_tables``) takes pyarrow Tables and
+never imports pandas (``ingest``'s parent starts without it); ``write_manifest`` takes pandas
+DataFrames. Both, and ``read_manifest``, check with ``tables.check_tables``.
 
 The three files are published as one unit: the two tables first, ``ingest.json`` last, holding
 the hash of each table's bytes (``tables``) and the content ``fingerprint`` of the whole ingest
@@ -22,8 +25,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from vidfeat.files import (
     StorageError,
@@ -32,73 +34,30 @@ from vidfeat.files import (
     write_exact,
     write_json,
 )
+from vidfeat.ingestion.contract import (  # the contract, re-exported: its readers import it here
+    FORMATS,
+    FRAME_CLIP,
+    FRAME_COLUMNS,
+    FRAME_PROVENANCE,
+    INFO,
+    MANIFEST_SPLITS,
+    SPLITS,
+    STATUSES,
+    UNLABELLED_SPLIT,
+    VIDEO_COLUMNS,
+    VIDEO_OPTIONAL,
+    ManifestError,
+    sampling_clips,
+)
 
-SPLITS = ("train", "val", "test")
-# the one split of an unlabelled ingest; its videos' label is "" (scan.UNLABELLED)
-UNLABELLED_SPLIT = "all"
-MANIFEST_SPLITS = (*SPLITS, UNLABELLED_SPLIT)
-STATUSES = ("ok", "failed")
-FORMATS = {"parquet": ".parquet", "csv": ".csv"}
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
 
-# column -> pandas dtype. Required columns first; optional ones may be absent.
-VIDEO_COLUMNS: dict[str, str] = {
-    "video_id": "string",   # POSIX relative path derived from the source path; unique
-    "path": "string",       # absolute path of the source video
-    "label": "string",
-    "split": "string",      # train | val | test, or all (unlabelled); empty for failed videos
-    "status": "string",     # ok | failed
-    "error": "string",      # one-line reason when failed, else empty
-    "duration_s": "float64",
-    "fps": "float64",       # nominal (r_frame_rate)
-    "width": "Int64",       # display size, rotation applied
-    "height": "Int64",
-    "n_frames": "Int64",    # frames stored for this video
-    "repeat": "Int64",      # oversampling factor; 0 = dropped by undersampling, 1 = as is
-}
-VIDEO_OPTIONAL: dict[str, str] = {
-    "avg_fps": "float64",
-    "vfr": "boolean",
-    "frame_count": "Int64",
-    "rotation": "Int64",
-    "codec": "string",
-    "has_audio": "boolean",
-    "source_hash": "string",          # vidfeat.files.source_hash of the source file
-    "duration_header_s": "float64",   # the header's duration when the stream contradicted it
-    "warning": "string",              # e.g. why duration_s is not the header's
-    "elapsed_s": "float64",
-    "size_bytes": "Int64",   # the source file's identity when it was ingested
-    "mtime_ns": "Int64",
-    "device": "Int64",
-    "inode": "Int64",
-}
-FRAME_COLUMNS: dict[str, str] = {
-    "frame_id": "string",     # f"{video_id}#{frame_index}"; unique
-    "video_id": "string",
-    "label": "string",
-    "split": "string",
-    "frame_index": "int64",   # index of the frame in the video's decode order
-    "timestamp_s": "float64", # presentation time of that frame
-    "path": "string",         # JPEG path relative to OUTDIR
-    "repeat": "int64",        # copy of the video's repeat (oversampling weight)
-}
-# written by every ingest; optional when reading (hand-made manifests, older vidfeat)
-FRAME_PROVENANCE: dict[str, str] = {
-    "file_bytes": "Int64",    # length of the stored JPEG
-    "file_hash": "string",    # vidfeat.files.hash_bytes of its bytes, taken before writing
-}
-# a clip ingest's frames (ingest.json's sampling has clips_per_video); absent otherwise
-FRAME_CLIP: dict[str, str] = {
-    "clip_id": "int64",       # unique in the dataset; a clip's rows are consecutive
-    "clip_pos": "int64",      # 0 .. clip_len - 1, in order
-    "padded": "boolean",      # the row repeats the last frame of a video shorter than a clip
-}
-INFO = "ingest.json"
-# video columns that change with timing, not content: left out of the content fingerprint
-_VOLATILE = ("elapsed_s",)
-
-
-class ManifestError(ValueError):
-    """A manifest that is missing, malformed, or inconsistent; the message names the culprit."""
+__all__ = ["FORMATS", "FRAME_CLIP", "FRAME_COLUMNS", "FRAME_PROVENANCE", "INFO", "MANIFEST_SPLITS",
+           "SPLITS", "STATUSES", "UNLABELLED_SPLIT", "VIDEO_COLUMNS", "VIDEO_OPTIONAL", "Manifest",
+           "ManifestError", "coerce", "frame_problems", "manifest_path", "publish_tables",
+           "read_info", "read_manifest", "read_table", "unpublish", "validate", "write_manifest"]
 
 
 @dataclass
@@ -122,7 +81,7 @@ class Manifest:
     @property
     def clips(self) -> bool:
         """Whether the frames are clips (``clip_id``, ``clip_pos``, ``padded`` columns)."""
-        return _sampling_clips(self.info) or "clip_id" in self.frames.columns
+        return sampling_clips(self.info) or "clip_id" in self.frames.columns
 
     @property
     def clip_len(self) -> int | None:
@@ -130,7 +89,7 @@ class Manifest:
         if not self.clips:
             return None
         recorded = (self.info.get("sampling") or {}).get("clip_len")
-        if recorded is not None and _sampling_clips(self.info):
+        if recorded is not None and sampling_clips(self.info):
             return int(recorded)
         ids = self.frames["clip_id"]
         return int((ids == ids.iloc[0]).sum()) if len(ids) else None
@@ -141,20 +100,17 @@ class Manifest:
     @property
     def fingerprint(self) -> str:
         """The content fingerprint recorded by ingest (computed for manifests without one)."""
-        return self.info.get("fingerprint") or content_fingerprint(self.videos, self.frames,
-                                                                   self.info)
+        if self.info.get("fingerprint"):
+            return self.info["fingerprint"]
+        from vidfeat.ingestion.tables import content_fingerprint
+
+        return content_fingerprint(_arrow(self.videos), _arrow(self.frames), self.info)
 
 
-def content_fingerprint(videos: pd.DataFrame, frames: pd.DataFrame, info: dict) -> str:
-    """sha256 (32 hex) of what the frames were made from and what they are: the sampling
-    settings, every video row (source identity, label, split, status) and every frame row
-    (ids, paths, lengths, hashes). ``info``: the ``ingest.json`` content (its ``sampling``)."""
-    h = hashlib.sha256(json.dumps(info.get("sampling", {}), sort_keys=True).encode())
-    for df in (videos.drop(columns=[c for c in _VOLATILE if c in videos.columns]), frames):
-        h.update(json.dumps(list(map(str, df.columns))).encode())
-        for start in range(0, len(df), 100_000):  # bounded memory for millions of frames
-            h.update(df.iloc[start:start + 100_000].to_csv(index=False, header=False).encode())
-    return h.hexdigest()[:32]
+def _arrow(df: pd.DataFrame) -> pa.Table:
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(df, preserve_index=False)
 
 
 def manifest_path(outdir: str | os.PathLike, name: str, fmt: str | None = None) -> Path:
@@ -199,14 +155,8 @@ def coerce(df: pd.DataFrame, columns: dict[str, str], *, optional: dict[str, str
     return out
 
 
-def write_table(df: pd.DataFrame, path: Path) -> str:
-    """Write ``df`` atomically to ``path`` (format by suffix); return the hash of its bytes."""
-    buf = io.BytesIO()
-    if path.suffix == ".csv":
-        buf.write(df.to_csv(index=False).encode())
-    else:
-        df.to_parquet(buf, index=False)
-    data = buf.getvalue()
+def _write_bytes(path: Path, data: bytes) -> str:
+    """Write ``data`` atomically to ``path``; return the sha256 of the bytes."""
     atomic_write(path, lambda tmp: write_exact(tmp, data))
     return hashlib.sha256(data).hexdigest()
 
@@ -222,6 +172,7 @@ def read_table(path: Path) -> pd.DataFrame:
 
 def _read_table(path: Path) -> tuple[pd.DataFrame, str]:
     """The table at ``path`` and the sha256 of the bytes it was parsed from (one read)."""
+    import pandas as pd
     import pyarrow as pa
 
     kind = "CSV" if path.suffix == ".csv" else "Parquet"
@@ -262,29 +213,51 @@ def read_info(path: Path) -> dict:
 
 def write_manifest(outdir, videos: pd.DataFrame, frames: pd.DataFrame, info: dict | None = None,
                    *, fmt: str = "parquet") -> Manifest:
-    """Validate and publish videos, frames and ``ingest.json`` as one unit.
+    """Validate and publish videos, frames and ``ingest.json`` as one unit (``publish_tables``).
 
-    ``outdir``: the ingest folder. ``videos``/``frames``: the tables. ``info``: the
-    ``ingest.json`` content (arguments, counts...); ``fingerprint`` and ``tables`` are added.
-    ``fmt``: parquet or csv. The tables are written first and ``ingest.json`` last, so a kill
-    in between leaves tables that ``read_manifest`` refuses, never a silent mix.
+    ``outdir``: the ingest folder. ``videos``/``frames``: the tables, read in the contract's
+    dtypes. ``info``: the ``ingest.json`` content (arguments, counts...); ``fingerprint`` and
+    ``tables`` are added. ``fmt``: parquet or csv. Returns the manifest as published.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"format={fmt!r} is not one of {', '.join(map(repr, FORMATS))}")
+    _check_format(fmt)
+    m = _coerced(Manifest(Path(outdir), videos, frames, dict(info or {})))
+    info = publish_tables(outdir, _arrow(m.videos), _arrow(m.frames), m.info, fmt=fmt)
+    return Manifest(m.root, m.videos, m.frames, info)
+
+
+def publish_tables(outdir, videos: pa.Table, frames: pa.Table, info: dict | None = None, *,
+                   fmt: str = "parquet") -> dict:
+    """Check and publish the two tables and ``ingest.json`` as one unit, without pandas.
+
+    ``outdir``: the ingest folder (created if missing). ``videos``/``frames``: the tables as
+    ``tables.arrow_table`` builds them (the contract's columns and types). ``info``: the
+    ``ingest.json`` content; ``fingerprint`` and ``tables`` are added. ``fmt``: parquet or
+    csv. The tables are written first and ``ingest.json`` last, so a kill in between leaves
+    tables that ``read_manifest`` refuses, never a silent mix. Returns ``info`` as written.
+    """
+    from vidfeat.ingestion.tables import check_tables, content_fingerprint, table_bytes
+
+    _check_format(fmt)
     outdir = Path(outdir)
     with environment_errors(outdir):
         outdir.mkdir(parents=True, exist_ok=True)
-    m = validate(Manifest(outdir, videos, frames, dict(info or {})))
+    info = dict(info or {})
+    check_tables(videos, frames, info)
     unpublish(outdir)
     tables = {}
-    for name, df in (("videos", m.videos), ("frames", m.frames)):
+    for name, table in (("videos", videos), ("frames", frames)):
         path = manifest_path(outdir, name, fmt)
-        tables[path.name] = write_table(df, path)
+        tables[path.name] = _write_bytes(path, table_bytes(table, fmt))
         _remove_other_formats(outdir, name, keep=path)
-    m.info["fingerprint"] = content_fingerprint(m.videos, m.frames, m.info)
-    m.info["tables"] = tables
-    write_json(outdir / INFO, m.info)
-    return m
+    info["fingerprint"] = content_fingerprint(videos, frames, info)
+    info["tables"] = tables
+    write_json(outdir / INFO, info)
+    return info
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"format={fmt!r} is not one of {', '.join(map(repr, FORMATS))}")
 
 
 def _remove_other_formats(outdir: Path, name: str, *, keep: Path) -> None:
@@ -363,6 +336,8 @@ def frame_problems(m: Manifest, *, verify: bool = False, limit: int | None = Non
 
 
 def _frame_problem(root: Path, row, verify: bool, hash_bytes) -> str:
+    import pandas as pd
+
     path = root / row.path
     try:
         size = os.stat(path).st_size
@@ -380,38 +355,33 @@ def _frame_problem(root: Path, row, verify: bool, hash_bytes) -> str:
 
 
 def validate(m: Manifest) -> Manifest:
-    """Check columns, dtypes, allowed values and cross-table consistency; coerce dtypes."""
+    """Check columns, dtypes, allowed values and cross-table consistency; coerce dtypes.
+
+    ``m``: the manifest as read. Returns it with the contract's dtypes (an unlabelled table's
+    missing labels as ""); raises ManifestError naming the table, the column and the value.
+    """
+    from vidfeat.ingestion.tables import check_tables
+
+    m = _coerced(m)
+    check_tables(_arrow(m.videos), _arrow(m.frames), m.info)
+    return m
+
+
+def _coerced(m: Manifest) -> Manifest:
+    """``m``'s tables in the contract's dtypes: the read side's coercion, the checks left out."""
     try:
         videos = coerce(m.videos, VIDEO_COLUMNS, optional=VIDEO_OPTIONAL)
     except ManifestError as exc:
         raise ManifestError(f"videos manifest: {exc}") from None
     try:
-        clips = _sampling_clips(m.info) or bool(set(FRAME_CLIP) & set(m.frames.columns))
+        clips = sampling_clips(m.info) or bool(set(FRAME_CLIP) & set(m.frames.columns))
         frames = coerce(m.frames, {**FRAME_COLUMNS, **(FRAME_CLIP if clips else {})},
                         optional=FRAME_PROVENANCE)
     except ManifestError as exc:
         raise ManifestError(f"frames manifest: {exc}" + (" (a clip manifest has clip_id, "
                             "clip_pos and padded)" if clips else "")) from None
     videos, frames = _unlabelled_labels(videos), _unlabelled_labels(frames)
-    _check_videos(videos)
-    _check_frames(frames, videos)
-    if clips:
-        _check_clips(frames, m.info)
     return Manifest(m.root, videos.reset_index(drop=True), frames.reset_index(drop=True), m.info)
-
-
-def _check_values(df: pd.DataFrame, column: str, allowed, table: str, mask=None) -> None:
-    values = df.loc[mask, column] if mask is not None else df[column]
-    bad = sorted(set(values.dropna()) - set(allowed))
-    if bad:
-        raise ManifestError(f"{table} manifest: column {column!r} has value {bad[0]!r}; "
-                            f"allowed: {', '.join(allowed)}")
-
-
-def _check_unique(df: pd.DataFrame, column: str, table: str) -> None:
-    dup = df[column][df[column].duplicated()]
-    if len(dup):
-        raise ManifestError(f"{table} manifest: column {column!r} has duplicate value {dup.iloc[0]!r}")
 
 
 def _unlabelled_labels(df: pd.DataFrame) -> pd.DataFrame:
@@ -421,92 +391,3 @@ def _unlabelled_labels(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
     out["label"] = out["label"].fillna("")
     return out
-
-
-def _check_unlabelled(videos: pd.DataFrame, ok: pd.Series) -> None:
-    """Split ``all`` is all or nothing, and goes with the label "" and only with it."""
-    unlabelled = videos["split"] == UNLABELLED_SPLIT
-    if not unlabelled[ok].any():
-        return
-    mixed = ok & (~unlabelled | (videos["label"] != ""))
-    if mixed.any():
-        vid = videos.loc[mixed, "video_id"].iloc[0]
-        raise ManifestError(f"videos manifest: video {vid!r} has a label or a split other than "
-                            f"{UNLABELLED_SPLIT!r} in an unlabelled manifest (split "
-                            f"{UNLABELLED_SPLIT!r}, label '' for every ok video)")
-
-
-def _check_videos(videos: pd.DataFrame) -> None:
-    _check_unique(videos, "video_id", "videos")
-    _check_values(videos, "status", STATUSES, "videos")
-    ok = videos["status"] == "ok"
-    _check_values(videos, "split", MANIFEST_SPLITS, "videos", mask=ok)
-    _check_unlabelled(videos, ok)
-    labels = videos.loc[ok, "label"]  # "" is the label of unlabelled ingests only
-    unlabelled = (videos.loc[ok, "split"] == UNLABELLED_SPLIT).any()
-    if labels.isna().any() or (not unlabelled and (labels == "").any()):
-        raise ManifestError("videos manifest: column 'label' is empty for an ok video")
-    no_reason = (~ok) & (videos["error"].isna() | (videos["error"] == ""))
-    if no_reason.any():
-        vid = videos.loc[no_reason, "video_id"].iloc[0]
-        raise ManifestError(f"videos manifest: column 'error' is empty for failed video {vid!r}")
-
-
-def _check_frames(frames: pd.DataFrame, videos: pd.DataFrame) -> None:
-    _check_unique(frames, "frame_id", "frames")
-    _check_values(frames, "split", MANIFEST_SPLITS, "frames")
-    ok_ids = set(videos.loc[videos["status"] == "ok", "video_id"])
-    unknown = sorted(set(frames["video_id"]) - ok_ids)
-    if unknown:
-        raise ManifestError(f"frames manifest: column 'video_id' has value {unknown[0]!r} "
-                            "that is not an ok video in the videos manifest")
-    if (frames["repeat"] < 1).any():
-        raise ManifestError("frames manifest: column 'repeat' must be >= 1")
-    # a list, not Series.map: on an empty string column map keeps the string dtype
-    unsafe = [p for p in frames["path"] if p.startswith("/") or ".." in Path(p).parts]
-    if unsafe:
-        raise ManifestError(f"frames manifest: column 'path' has value {unsafe[0]!r}; "
-                            "paths must be relative to OUTDIR without '..'")
-    per_video = videos.set_index("video_id")[["label", "split"]]
-    joined = frames.join(per_video.add_suffix("_video"), on="video_id")
-    for col in ("label", "split"):
-        bad = joined[joined[col] != joined[f"{col}_video"]]
-        if len(bad):
-            raise ManifestError(f"frames manifest: column {col!r} of frame {bad['frame_id'].iloc[0]!r} "
-                                "differs from its video's")
-
-
-def _sampling_clips(info: dict) -> bool:
-    return (info.get("sampling") or {}).get("clips_per_video") is not None
-
-
-def _check_clips(frames: pd.DataFrame, info: dict) -> None:
-    """Each clip's rows consecutive, in one video, ``clip_pos`` 0..T-1 in order, T rows each."""
-    import numpy as np
-
-    if not len(frames):
-        return
-    ids, pos = frames["clip_id"].to_numpy(), frames["clip_pos"].to_numpy()
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    seen = pd.Series(ids[starts])
-    if seen.duplicated().any():
-        raise ManifestError(f"frames manifest: column 'clip_id': the rows of clip "
-                            f"{seen[seen.duplicated()].iloc[0]} are not consecutive")
-    lengths = np.diff(np.r_[starts, len(ids)])
-    expected = np.arange(len(ids)) - np.repeat(starts, lengths)
-    bad = np.flatnonzero(pos != expected)
-    if bad.size:
-        i = bad[0]
-        raise ManifestError(f"frames manifest: column 'clip_pos' of frame "
-                            f"{frames['frame_id'].iloc[i]!r} is {pos[i]}, expected {expected[i]} "
-                            "(a clip's rows are its positions 0..clip_len-1 in order)")
-    recorded = (info.get("sampling") or {}).get("clip_len") if _sampling_clips(info) else None
-    want = int(recorded) if recorded is not None else int(lengths[0])
-    short = np.flatnonzero(lengths != want)
-    if short.size:
-        raise ManifestError(f"frames manifest: column 'clip_pos': clip {ids[starts[short[0]]]} "
-                            f"has {lengths[short[0]]} rows, expected clip_len={want}")
-    spans = frames.groupby("clip_id", sort=False)["video_id"].nunique()
-    if (spans > 1).any():
-        raise ManifestError(f"frames manifest: column 'clip_id': clip {spans[spans > 1].index[0]} "
-                            "holds frames of more than one video")

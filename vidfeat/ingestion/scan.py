@@ -9,6 +9,9 @@ Rows that cannot be used (URL or ``protocol:`` path, missing/empty/non-regular f
 the same file listed twice or reached under two names) are ``failed`` rows with a reason; nothing
 is opened here. One video, one row: a symlink or hard link to a file already scanned fails as
 "duplicate of <video_id>" here, a byte-identical copy after probing (``mark_duplicates``).
+
+Rows are records (``scan_rows``: one dict per video) so that an ingest plans without pandas;
+``scan_source`` gives them as a DataFrame. Only reading a CSV/Parquet table imports pandas.
 """
 from __future__ import annotations
 
@@ -34,9 +37,11 @@ UNLABELLED = ""
 TABLE_SUFFIXES = (".csv", ".parquet")
 
 
-def scan_source(src, *, labels: str | os.PathLike | None = None, unlabelled: bool = False):
-    """One row per input video: ``video_id, path, label, split, status, error`` (+ file stats:
-    ``size_bytes, mtime_ns, device, inode``).
+def scan_rows(src, *, labels: str | os.PathLike | None = None,
+              unlabelled: bool = False) -> list[dict]:
+    """One record (dict) per input video, sorted by ``video_id``, with keys ``SCAN_COLUMNS``:
+    ``video_id, path, label, split, status, error`` and the file's stats ``size_bytes, mtime_ns,
+    device, inode`` (None when it could not be stat'ed).
 
     ``src`` is a folder of class folders (``src/<label>/**/<video>``), or, with ``labels``, a
     CSV/Parquet file with ``path,label`` and optionally ``split`` whose relative paths resolve
@@ -44,14 +49,13 @@ def scan_source(src, *, labels: str | os.PathLike | None = None, unlabelled: boo
     the POSIX path relative to that root: unique, and safe as a relative folder (no '..', never
     absolute). Rows that cannot be used (URL or ``protocol:`` path, missing/empty/non-regular
     file, bad split value, same file listed twice) get ``status='failed'`` and a reason; nothing
-    is opened here. Rows are sorted by ``video_id``; a row whose file (``device, inode``, after
-    symlinks) an earlier row already has fails as ``duplicate of <that video_id>``.
+    is opened here. A row whose file (``device, inode``, after symlinks) an earlier row already
+    has fails as ``duplicate of <that video_id>``.
 
     ``unlabelled``: no labels wanted (module doc): ``src`` (or ``labels``) may also be a file,
     CSV/Parquet with a ``path`` column only or a text file of paths; labels are ``UNLABELLED``.
+    Only a CSV/Parquet source imports pandas (to read it).
     """
-    import pandas as pd  # lazily: the sandbox child imports this module and must start fast
-
     if unlabelled:
         rows = _scan_unlabelled(src, labels)
     else:
@@ -59,7 +63,18 @@ def scan_source(src, *, labels: str | os.PathLike | None = None, unlabelled: boo
     if not rows:
         where = labels if labels is not None else src
         raise ValueError(f"no videos found in {where}")
-    rows = _fail_same_files(sorted(rows, key=lambda r: r["video_id"]))
+    return _fail_same_files(sorted(rows, key=lambda r: r["video_id"]))
+
+
+def scan_source(src, *, labels: str | os.PathLike | None = None, unlabelled: bool = False):
+    """``scan_rows(src, labels=labels, unlabelled=unlabelled)`` as a DataFrame: text columns and
+    nullable integer file stats (``Int64`` size and mtime, ``UInt64`` device and inode).
+
+    ``src``, ``labels``, ``unlabelled``: as for ``scan_rows``.
+    """
+    import pandas as pd  # lazily: an ingest plans on records and must start fast
+
+    rows = scan_rows(src, labels=labels, unlabelled=unlabelled)
     df = pd.DataFrame(rows, columns=list(SCAN_COLUMNS))
     for column, dtype in _STAT_DTYPES.items():  # built directly: via float64, ns would round
         df[column] = pd.array([r[column] for r in rows], dtype=dtype)
@@ -78,32 +93,23 @@ def _fail_same_files(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def mark_duplicates(videos):
-    """``videos`` with every ok row whose ``source_hash`` an earlier ok row has (in ``video_id``
-    order) failed as ``duplicate of <that video_id>``: byte-identical copies are one video.
+def mark_duplicates(rows: list[dict]) -> list[dict]:
+    """Fail every ok row whose ``source_hash`` an earlier ok row has (in ``video_id`` order) as
+    ``duplicate of <that video_id>`` (split ""): byte-identical copies are one video.
 
-    ``videos``: a table with ``video_id, status, error, split`` and the probe's ``source_hash``
-    (rows without one are left alone). Returns a copy, rows in the same order.
+    ``rows``: records with ``video_id, status, error, split`` and the probe's ``source_hash``;
+    rows without a usable one (missing, None, empty, not a string) are left alone. Changed in
+    place, order kept; returns ``rows``.
     """
-    out = videos.copy()
-    if "source_hash" not in out.columns:
-        return out
-    ids, status, digests = (out[c].to_numpy() for c in ("video_id", "status", "source_hash"))
     first: dict[str, str] = {}
-    dups: dict[int, str] = {}  # row position -> the video it duplicates
-    for pos in ids.argsort(kind="stable"):
-        digest = digests[pos]
-        if status[pos] != "ok" or not isinstance(digest, str) or not digest:
+    for row in sorted(rows, key=lambda r: r["video_id"]):
+        digest = row.get("source_hash")
+        if row["status"] != "ok" or not isinstance(digest, str) or not digest:
             continue
-        vid = first.setdefault(digest, ids[pos])
-        if vid != ids[pos]:
-            dups[int(pos)] = vid
-    if dups:
-        rows = list(dups)
-        out.iloc[rows, out.columns.get_loc("status")] = "failed"
-        out.iloc[rows, out.columns.get_loc("split")] = ""
-        out.iloc[rows, out.columns.get_loc("error")] = [f"duplicate of {v}" for v in dups.values()]
-    return out
+        vid = first.setdefault(digest, row["video_id"])
+        if vid != row["video_id"]:
+            row.update(status="failed", split="", error=f"duplicate of {vid}")
+    return rows
 
 
 def _row(video_id, path, label, split="", error="", st=None) -> dict:
@@ -243,7 +249,7 @@ def _text_lines(path: Path):
 def _labels_row(line: int, raw: str, label: str, split: str, base: Path, *,
                 unlabelled: bool = False) -> dict:
     """Row for labels-file line ``line`` (1 is the header)."""
-    from vidfeat.ingestion.manifest import SPLITS
+    from vidfeat.ingestion.contract import SPLITS
 
     rejected = f"_rejected/line{line}"
     if not raw:

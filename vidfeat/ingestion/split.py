@@ -4,6 +4,9 @@ Every frame of a video lands in its video's split, so no video (and no frame) is
 Each class is shuffled by its own generator, derived from ``(seed, label)``: adding a class, or
 videos of another class, does not move the videos of this one. Videos that already carry a split
 (the labels file's ``split`` column) keep it; failed videos get none.
+
+Videos are records (one dict per video, changed in place): no pandas here, so an ingest starts
+fast.
 """
 from __future__ import annotations
 
@@ -12,9 +15,9 @@ import zlib
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 
-from vidfeat.ingestion.manifest import SPLITS, UNLABELLED_SPLIT
+from vidfeat.ingestion.contract import SPLITS, UNLABELLED_SPLIT
+from vidfeat.ingestion.stats import missing
 
 
 def rng_for(seed: int, *keys: str) -> np.random.Generator:
@@ -46,32 +49,38 @@ def split_counts(n: int, ratios: Sequence[float]) -> list[int]:
     return counts
 
 
-def assign_splits(videos: pd.DataFrame, split: str | Sequence[float] = (0.8, 0.1, 0.1), *,
-                  seed: int = 0) -> pd.DataFrame:
-    """Return ``videos`` with ``split`` filled for ok rows that have none, stratified by label.
+def assign_splits(rows: list[dict], split: str | Sequence[float] = (0.8, 0.1, 0.1), *,
+                  seed: int = 0) -> list[dict]:
+    """Fill ``split`` of the ok rows that have none (None or ""), stratified by label; failed
+    rows get ``split=""``. In place; returns ``rows``.
 
-    Needs columns ``video_id, label, split, status``; failed rows get ``split=""``.
+    ``rows``: records with ``video_id, label, split, status``. ``split``: train,val,test
+    fractions (``parse_ratios``). ``seed``: with the label, picks each class's shuffle.
+    Per label, its rows sorted by ``video_id`` are permuted by ``rng_for(seed, "split", label)``
+    and dealt out in ``split_counts``; rows with no label (None/NaN) are left unassigned.
     """
     ratios = parse_ratios(split)
-    out = videos.copy()
-    out["split"] = out["split"].fillna("").astype(str)
-    ok = out["status"] == "ok"
-    out.loc[~ok, "split"] = ""
-    todo = out[ok & (out["split"] == "")]
-    for label, group in todo.groupby("label", sort=True):
-        ids = group.sort_values("video_id").index.to_numpy()
-        ids = ids[rng_for(seed, "split", str(label)).permutation(len(ids))]
-        names = np.repeat(SPLITS, split_counts(len(ids), ratios))
-        out.loc[ids, "split"] = names
-    return out
+    todo: dict = {}
+    for row in rows:
+        ok = row["status"] == "ok"
+        row["split"] = "" if not ok or missing(row["split"]) else str(row["split"])
+        if ok and not row["split"] and not missing(row["label"]):
+            todo.setdefault(row["label"], []).append(row)
+    for label, group in todo.items():
+        group.sort(key=lambda r: r["video_id"])
+        order = rng_for(seed, "split", str(label)).permutation(len(group))
+        names = np.repeat(SPLITS, split_counts(len(group), ratios))
+        for i, name in zip(order, names):
+            group[i]["split"] = str(name)
+    return rows
 
 
-def assign_unlabelled(videos: pd.DataFrame) -> pd.DataFrame:
-    """Return ``videos`` with every ok row in the one split ``all`` (an unlabelled ingest: no
-    classes to stratify, nothing to hold out); failed rows get ``split=""``.
+def assign_unlabelled(rows: list[dict]) -> list[dict]:
+    """Put every ok row in the one split ``all`` (an unlabelled ingest: no classes to stratify,
+    nothing to hold out); failed rows get ``split=""``. In place; returns ``rows``.
 
-    Needs columns ``split, status``.
+    ``rows``: records with ``split, status``.
     """
-    out = videos.copy()
-    out["split"] = np.where(out["status"] == "ok", UNLABELLED_SPLIT, "")
-    return out
+    for row in rows:
+        row["split"] = UNLABELLED_SPLIT if row["status"] == "ok" else ""
+    return rows

@@ -18,18 +18,42 @@ def failure_counts(errors) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def nested_counts(df, by: list[str], weight: str | None = None) -> dict:
-    """Nested ``{a: {b: n}}`` counts (or sums of ``weight``) of ``df`` grouped by ``by``."""
+def missing(value) -> bool:
+    """Whether ``value`` is a missing value as pandas sees one: None, NaN, NaT or pd.NA."""
+    if value is None:
+        return True
+    try:
+        return bool(value != value)  # only NaN-likes differ from themselves
+    except TypeError:  # pd.NA: its comparisons are NA, which has no truth value
+        return True
+
+
+def nested_counts(columns, by: list[str], weight: str | None = None) -> dict:
+    """Nested ``{str(a): {str(b): n}}`` counts of rows (or sums of ``weight``) grouped by ``by``.
+
+    ``columns``: a mapping of column name -> sequence (a dict of lists, or a DataFrame).
+    ``by``: the key columns, outermost first. ``weight``: the column to sum instead of counting
+    rows (missing weights count 0). As pandas ``groupby(by)`` gives them: keys sorted, rows with
+    a missing key skipped; ``{}`` for no rows.
+    """
+    keys = zip(*(list(columns[c]) for c in by))
+    weights = list(columns[weight]) if weight else None
+    totals: dict[tuple, int] = {}
+    for i, key in enumerate(keys):
+        if any(missing(k) for k in key):
+            continue
+        w = 1 if weights is None else 0 if missing(weights[i]) else weights[i]
+        totals[key] = totals.get(key, 0) + w
+    try:
+        ordered = sorted(totals)
+    except TypeError:  # keys of mixed types: no order to sort by, keep first-seen
+        ordered = list(totals)
     out: dict = {}
-    if df.empty:
-        return out
-    sizes = df.groupby(by)[weight].sum() if weight else df.groupby(by).size()
-    for keys, n in sizes.items():
-        keys = keys if isinstance(keys, tuple) else (keys,)
+    for key in ordered:
         node = out
-        for k in keys[:-1]:
+        for k in key[:-1]:
             node = node.setdefault(str(k), {})
-        node[str(keys[-1])] = int(n)
+        node[str(key[-1])] = int(totals[key])
     return out
 
 

@@ -24,8 +24,8 @@ FRAMES = "frames"            # OUTDIR/frames/<video_id>/*.jpg
 PARTIAL = ".partial"         # OUTDIR/.partial/: frames being decoded (renamed when complete)
 INGEST_LOCK = ".ingest.lock"  # OUTDIR/.ingest.lock: one ingest writes into OUTDIR at a time
 JOURNAL = "ingest_journal.jsonl"  # OUTDIR/ingest_journal.jsonl: per-video outcomes, appended
-# what a sandbox child imports (and computes) as soon as it starts, while the parent imports
-# pandas: the decoder's modules, and the library versions ingest.json records (0.05 s)
+# what a sandbox child imports (and computes) as soon as it starts, while the parent scans:
+# the decoder's modules, and the library versions ingest.json records (0.05 s)
 CHILD_PRELOAD = ("av", "numpy", "simplejpeg", "vidfeat.ingestion.decode",
                  "vidfeat.ingestion.tasks:cached_library_versions")
 
@@ -71,7 +71,7 @@ def run_video_task(task: VideoTask) -> dict:
 
 def warm_workers(n: int) -> None:
     """Start ``n`` sandbox children for this process's worker threads now, without waiting:
-    they import PyAV and the decoder while this process goes on (pandas, the scan)."""
+    they import PyAV and the decoder while this process goes on (the scan, the plan)."""
     prestart(n, preload=CHILD_PRELOAD)
 
 
