@@ -75,6 +75,56 @@ def test_labels_file_errors(tmp_path):
         scan_source(None, labels=tmp_path / "l.json")
 
 
+# A CSV labels file as people write them: BOM, CRLF, quoted commas and quotes, blank lines, a
+# short row, a header in capitals with spaces, an extra column, a repeated column name.
+AWKWARD_CSV = ('\ufeff Path ,LABEL, Split ,note,label\r\n'
+               '"a, b.mp4", cat ,train,x,dog\r\n'
+               '\r\n'
+               '"say ""hi"".mp4",dog,,"two\nlines",\r\n'
+               'é.mp4,cat\r\n'
+               '  ,,  ,,\r\n')
+
+
+def test_a_labels_csv_reads_as_pandas_read_csv_did(tmp_path):
+    """The labels CSV is read without pandas, yet gives the rows pandas' ``read_csv(dtype=str,
+    keep_default_na=False)`` gave (the reference here), stripped, the first of a repeated
+    column kept."""
+    from vidfeat.ingestion.scan import read_labels
+
+    path = tmp_path / "l.csv"
+    path.write_bytes(AWKWARD_CSV.encode())
+    ref = pd.read_csv(path, dtype=str, keep_default_na=False).fillna("")
+    ref.columns = [c.strip().lower() for c in ref.columns]
+    expected = [tuple(v.strip() for v in row) for row in
+                ref.loc[:, ~ref.columns.duplicated()][["path", "label", "split"]].itertuples(
+                    index=False)]
+    assert read_labels(path) == expected
+    assert expected[0] == ("a, b.mp4", "cat", "train") and len(expected) == 4
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"path,label\na.mp4,x,extra\n", "row 2 has 3 cells, the header 2"),
+    ("path,label\nd\xe9j\xe0.mp4,x\n".encode("latin-1"), "not UTF-8 text"),
+    (b"", "is empty"),
+])
+def test_a_bad_labels_csv_is_one_line_naming_the_file(tmp_path, data, message):
+    (tmp_path / "l.csv").write_bytes(data)
+    with pytest.raises(ValueError, match=f"labels file l.csv.*{message}"):
+        scan_rows(None, labels=tmp_path / "l.csv")
+
+
+def test_scan_rows_of_a_labels_csv_imports_no_pandas(tmp_path):
+    touch(tmp_path / "v" / "a.mp4")
+    (tmp_path / "l.csv").write_text("path,label\nv/a.mp4,cat\nv/gone.mp4,dog\n")
+    code = ("import sys; from vidfeat.ingestion.scan import scan_rows; "
+            "rows = scan_rows(None, labels=sys.argv[1]); "
+            "print([r['status'] for r in rows], 'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "l.csv")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["['ok',", "'failed']", "False"]
+
+
 # --- one video, one row: the same file under two names ----------------------------------------
 
 def test_symlink_and_hard_link_fail_as_duplicates_at_scan_time(tmp_path):

@@ -11,7 +11,7 @@ is opened here. One video, one row: a symlink or hard link to a file already sca
 "duplicate of <video_id>" here, a byte-identical copy after probing (``mark_duplicates``).
 
 Rows are records (``scan_rows``: one dict per video) so that an ingest plans without pandas;
-``scan_source`` gives them as a DataFrame. Only reading a CSV/Parquet table imports pandas.
+``scan_source`` gives them as a DataFrame. Only reading a Parquet labels table imports pandas.
 """
 from __future__ import annotations
 
@@ -160,39 +160,81 @@ def _file_row(video_id: str, path: Path, label: str, split: str = "") -> dict:
     return _row(video_id, path, label, split, "", st)
 
 
-def read_labels(path: Path, *, unlabelled: bool = False):
-    """The labels table (CSV or Parquet) with text columns ``path, label, split``.
+def read_labels(path: Path, *, unlabelled: bool = False) -> list[tuple[str, str, str]]:
+    """The labels table (CSV or Parquet) as ``(path, label, split)`` rows of stripped text.
 
-    ``unlabelled``: the table must have ``path`` and neither ``label`` nor ``split`` (a file that
-    has them is refused rather than its labels silently dropped); ``label`` is ``UNLABELLED``.
+    ``path``: the table. ``unlabelled``: the table must have ``path`` and neither ``label`` nor
+    ``split`` (a file that has them is refused rather than its labels silently dropped); the
+    label is ``UNLABELLED``. Header names are read stripped and lower-cased; a missing
+    ``split`` column or cell is "".
     """
-    import pandas as pd
-
     if not path.is_file():
         raise FileNotFoundError(f"labels file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        df = pd.read_parquet(path)
+        columns = _parquet_columns(path)
     elif suffix == ".csv":
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        columns = _csv_columns(path)
     else:
         raise ValueError(f"labels file must be .csv or .parquet, got {path.name!r}")
-    df.columns = [str(c).strip().lower() for c in df.columns]
     if unlabelled:
-        _check_unlabelled_columns(path, df)
-        df["label"] = UNLABELLED
+        _check_unlabelled_columns(path, columns)
+        columns["label"] = [UNLABELLED] * len(next(iter(columns.values()), []))
     for column in ("path", "label"):
-        if column not in df.columns:
+        if column not in columns:
             raise ValueError(f"labels file {path.name}: missing column {column!r} "
-                             f"(has {', '.join(map(repr, df.columns))})")
-    if "split" not in df.columns:
-        df["split"] = ""
-    return df[["path", "label", "split"]].fillna("").astype(str).apply(lambda s: s.str.strip())
+                             f"(has {', '.join(map(repr, columns))})")
+    return list(zip(columns["path"], columns["label"],
+                    columns.get("split", [""] * len(columns["path"]))))
 
 
-def _check_unlabelled_columns(path: Path, df) -> None:
+def _csv_columns(path: Path) -> dict[str, list[str]]:
+    """A CSV table's columns as text, as pandas ``read_csv(dtype=str, keep_default_na=False)``
+    reads them (without pandas: an ingest starts without it): blank lines skipped, a UTF-8 BOM
+    dropped, a short row's missing cells ""; a row longer than the header is refused."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = [row for row in csv.reader(f) if row]
+    except UnicodeDecodeError:
+        raise ValueError(f"labels file {path.name}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise ValueError(f"labels file {path.name}: not a readable CSV file ({exc})") from None
+    if not rows:
+        raise ValueError(f"labels file {path.name} is empty (no header line)")
+    header, body = rows[0], rows[1:]
+    for i, row in enumerate(body, start=2):
+        if len(row) > len(header):
+            raise ValueError(f"labels file {path.name}: row {i} has {len(row)} cells, the header "
+                             f"{len(header)} ({','.join(row)[:80]!r})")
+    return _named(header, [[row[j].strip() if j < len(row) else "" for row in body]
+                           for j in range(len(header))])
+
+
+def _parquet_columns(path: Path) -> dict[str, list[str]]:
+    """A Parquet table's columns as text (missing values ""); pyarrow's reader would import
+    pandas for a pandas-written file anyway, so pandas reads it."""
+    import pandas as pd
+
+    from vidfeat.ingestion.stats import missing
+
+    df = pd.read_parquet(path)
+    return _named(list(df.columns), [["" if missing(v) else str(v).strip() for v in df.iloc[:, j]]
+                                     for j in range(df.shape[1])])
+
+
+def _named(header: list, columns: list[list[str]]) -> dict[str, list[str]]:
+    """``{name: column}``, names stripped and lower-cased; of a repeated name the first wins."""
+    out: dict[str, list[str]] = {}
+    for name, column in zip(header, columns):
+        out.setdefault(str(name).strip().lower(), column)
+    return out
+
+
+def _check_unlabelled_columns(path: Path, columns: dict) -> None:
     for column in ("label", "split"):
-        if column in df.columns:
+        if column in columns:
             raise ValueError(f"labels file {path.name} has a {column!r} column: an unlabelled "
                              f"ingest takes a file with a 'path' column only (drop --unlabelled "
                              f"to use its labels)")
@@ -201,7 +243,7 @@ def _check_unlabelled_columns(path: Path, df) -> None:
 def _scan_labels(labels: Path, *, unlabelled: bool = False) -> list[dict]:
     labels = check_local_path(labels)
     table = read_labels(labels, unlabelled=unlabelled)
-    return _list_rows(enumerate(table.itertuples(index=False), start=2), labels.parent,
+    return _list_rows(enumerate(table, start=2), labels.parent,
                       "the labels file", unlabelled=unlabelled)
 
 
