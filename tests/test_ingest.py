@@ -1,4 +1,5 @@
 """Ingest end to end on real generated videos: scan, failures as rows, timeout kill, resume."""
+import io
 import json
 import os
 import signal
@@ -344,14 +345,19 @@ def pandas_fingerprint(videos, frames, info) -> str:
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
 def test_recorded_fingerprint_is_the_one_pandas_gave(messy, clip_src, tmp_path, fmt):
     """Tables built as rows and written as Arrow get the fingerprint the pandas tables got
-    (failed rows with no probe, odd names, clips with padding): existing feature caches stay
-    current when their ingest is rerun."""
+    (failed rows with no probe, odd names, clips with padding), and are the very bytes pandas
+    writes for them (Parquet metadata included: each table's own dtypes): existing feature
+    caches stay current when their ingest is rerun."""
     runs = [ingest(messy, tmp_path / "m", frames_per_video=4, size=32, split=(0.5, 0.25, 0.25),
                    seed=1, fmt=fmt, progress=False),
             _clips(clip_src, tmp_path / "c", fmt=fmt)]
     for run in runs:
         m = read_manifest(run.outdir)
         assert m.info["fingerprint"] == pandas_fingerprint(m.videos, m.frames, m.info)
+        for name, df in (("videos", m.videos), ("frames", m.frames)):  # the bytes pandas writes
+            buf = io.BytesIO()
+            df.to_csv(buf, index=False) if fmt == "csv" else df.to_parquet(buf, index=False)
+            assert (run.outdir / f"{name}.{fmt}").read_bytes() == buf.getvalue(), name
 
 
 def test_deleted_truncated_or_damaged_frames_are_remade_by_a_plain_rerun(tiny_dataset, tmp_path):

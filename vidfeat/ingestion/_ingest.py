@@ -569,7 +569,7 @@ def _publish(outdir: Path, videos: dict, frames: dict, info: dict, *, fmt: str) 
     from vidfeat.ingestion.manifest import publish_tables
     from vidfeat.ingestion.tables import arrow_table
 
-    dtypes = {**c.VIDEO_COLUMNS, **c.VIDEO_OPTIONAL, **c.FRAME_COLUMNS, **c.FRAME_PROVENANCE,
-              **c.FRAME_CLIP}
-    return publish_tables(outdir, arrow_table(videos, {k: dtypes[k] for k in videos}),
-                          arrow_table(frames, {k: dtypes[k] for k in frames}), info, fmt=fmt)
+    video_dtypes = {**c.VIDEO_COLUMNS, **c.VIDEO_OPTIONAL}  # per table: repeat is Int64 here,
+    frame_dtypes = {**c.FRAME_COLUMNS, **c.FRAME_PROVENANCE, **c.FRAME_CLIP}  # int64 there
+    return publish_tables(outdir, arrow_table(videos, {k: video_dtypes[k] for k in videos}),
+                          arrow_table(frames, {k: frame_dtypes[k] for k in frames}), info, fmt=fmt)
