@@ -54,7 +54,7 @@ def scan_rows(src, *, labels: str | os.PathLike | None = None,
 
     ``unlabelled``: no labels wanted (module doc): ``src`` (or ``labels``) may also be a file,
     CSV/Parquet with a ``path`` column only or a text file of paths; labels are ``UNLABELLED``.
-    Only a CSV/Parquet source imports pandas (to read it).
+    Only a Parquet labels table imports pandas (to read it).
     """
     if unlabelled:
         rows = _scan_unlabelled(src, labels)
